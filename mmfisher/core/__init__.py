@@ -1,0 +1,24 @@
+"""Plain-PyTorch core of mmfisher (no OpenMMLab imports): tracing, channel units, masks, Fisher, costs, slimming.
+
+Typical use on any ``nn.Module``::
+
+    graph = analyze(model, input_forward(torch.randn(1, 3, 224, 224)))   # atoms, units, unprunable layers
+    masks = ChannelMasks(model, graph); taps = FisherTaps(model, graph)  # train as usual, taps.accumulate()
+    costs = CostModel(graph)                                             # acts / flops per atom
+    cfg = slim_model(model, graph, masks.alive.numpy())                  # real smaller model + channel config
+"""
+from .cost import CostModel
+from .layers import LayerRule, find_rule, register_rule
+from .masks import ChannelMasks, FisherTaps
+from .slim import (ChannelConfigError, apply_channel_config, channel_config, load_channel_config,
+                   model_fingerprint, save_channel_config, slim_model)
+from .trace import trace_channels
+from .units import ChannelGraph, Unit, analyze, build_graph, input_forward
+from .verify import compare_masked_slimmed, random_alive
+
+__all__ = [
+    'CostModel', 'LayerRule', 'find_rule', 'register_rule', 'ChannelMasks', 'FisherTaps', 'ChannelConfigError',
+    'apply_channel_config', 'channel_config', 'load_channel_config', 'model_fingerprint', 'save_channel_config',
+    'slim_model', 'trace_channels', 'ChannelGraph', 'Unit', 'analyze', 'build_graph', 'input_forward',
+    'compare_masked_slimmed', 'random_alive',
+]

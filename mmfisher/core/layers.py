@@ -1,0 +1,310 @@
+"""The per-layer rule table: how a module type's input and output channels relate, and how it is sliced.
+
+Tracing (``trace.py``), masking (``masks.py``), costs (``cost.py``) and slimming (``slim.py``) all read this one
+table, so supporting a new layer type is one :class:`LayerRule` subclass plus :func:`register_rule`.
+
+Vocabulary: a *position* is an index into a layer's input or output channel axis; an *element* is a channel
+identity in the union-find (see ``unionfind.py``); elements coupled by the graph end up in one set, an *atom*.
+"""
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+Keep = Optional[torch.Tensor]  # sorted long tensor of kept positions, or None for "keep all"
+
+
+def _replace_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Swap a parameter or buffer for a resized copy, keeping ``requires_grad`` and the parameter type."""
+    old = getattr(module, name)
+    if old is None:
+        return
+    value = value.detach().clone().contiguous()
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        module._buffers[name] = value
+
+
+def _take(module: nn.Module, name: str, dim: int, keep: Keep) -> None:
+    t = getattr(module, name, None)
+    if keep is None or t is None or not isinstance(t, torch.Tensor) or t.dim() <= dim:
+        return
+    _replace_param(module, name, t.index_select(dim, keep.to(t.device)))
+
+
+class LayerRule:
+    """How one family of modules is traced, masked and sliced.
+
+    Subclasses set ``role``: ``'weighted'`` (reads input channels with weights and produces fresh output channels:
+    conv, linear), ``'norm'`` (per-channel or per-group, output channels are the input's), or ``'passthrough'``
+    (no parameters tied to channels, e.g. RoIAlign).
+    """
+
+    role = 'weighted'
+    in_dim = 1  # tensor dim of the channel axis on the input (negative counts from the end)
+
+    def matches(self, module: nn.Module) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # -- structure -------------------------------------------------------------------------------------------
+    def in_channels(self, module: nn.Module) -> int:
+        raise NotImplementedError
+
+    def out_channels(self, module: nn.Module) -> int:
+        raise NotImplementedError
+
+    def groups(self, module: nn.Module) -> int:
+        """Channel groups whose inputs only feed their own outputs (1 for dense layers)."""
+        return 1
+
+    def out_dim(self, ndim: int) -> int:
+        return self.in_dim if self.in_dim >= 0 else ndim + self.in_dim
+
+    # -- costs -----------------------------------------------------------------------------------------------
+    def kernel_numel(self, module: nn.Module) -> int:
+        return 1
+
+    # -- masking and slicing ---------------------------------------------------------------------------------
+    def weight_in_mask(self, module: nn.Module, keep: torch.Tensor) -> Optional[torch.Tensor]:
+        """A 0/1 tensor broadcastable to ``module.weight`` that zeroes the weights reading input positions where
+        ``keep`` (bool, ``(C_in,)``) is False; None for layers without input weights."""
+        return None
+
+    def slice(self, module: nn.Module, in_keep: Keep, out_keep: Keep) -> None:
+        raise NotImplementedError
+
+
+class ConvRule(LayerRule):
+    """``nn.Conv1d/2d/3d`` and subclasses (adaptive-padding convs, mmcv's Conv2d wrappers).
+
+    Grouped convs are pruned by whole groups: the input and output channels of a group form one atom, so a
+    depthwise conv's output channel is coupled with its input channel.
+    """
+
+    def matches(self, module):
+        return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+
+    def in_channels(self, module):
+        return module.in_channels
+
+    def out_channels(self, module):
+        return module.out_channels
+
+    def groups(self, module):
+        return module.groups
+
+    def kernel_numel(self, module):
+        return int(np.prod(module.kernel_size))
+
+    def weight_in_mask(self, module, keep):
+        g = module.groups
+        ig, og = module.in_channels // g, module.out_channels // g
+        extra = (1,) * (module.weight.dim() - 2)
+        if g == 1:
+            return keep.view(1, -1, *extra)
+        pos = (torch.arange(module.out_channels) // og)[:, None] * ig + torch.arange(ig)[None]
+        return keep[pos].view(module.out_channels, ig, *extra)
+
+    def slice(self, module, in_keep, out_keep):
+        g = module.groups
+        if g == 1:
+            _take(module, 'weight', 0, out_keep)
+            _take(module, 'weight', 1, in_keep)
+            _take(module, 'bias', 0, out_keep)
+            if in_keep is not None:
+                module.in_channels = int(in_keep.numel())
+            if out_keep is not None:
+                module.out_channels = int(out_keep.numel())
+            return
+        ig = module.in_channels // g
+        og = module.out_channels // g
+        if in_keep is None and out_keep is None:
+            return
+        in_keep = torch.arange(module.in_channels) if in_keep is None else in_keep
+        kept_groups = torch.unique(in_keep // ig)
+        expect_in = (kept_groups[:, None] * ig + torch.arange(ig)[None]).reshape(-1)
+        expect_out = (kept_groups[:, None] * og + torch.arange(og)[None]).reshape(-1)
+        if not torch.equal(expect_in, in_keep) or (out_keep is not None and not torch.equal(expect_out, out_keep)):
+            raise ValueError(f'grouped conv ({type(module).__name__}, groups={g}) can only lose whole groups; '
+                             'this channel selection splits a group. The channel config does not fit the model.')
+        _take(module, 'weight', 0, expect_out)
+        _take(module, 'bias', 0, expect_out)
+        module.groups = int(kept_groups.numel())
+        module.in_channels = int(expect_in.numel())
+        module.out_channels = int(expect_out.numel())
+
+
+class ConvTransposeRule(LayerRule):
+    """``nn.ConvTranspose*d`` with ``groups == 1`` (weight layout ``(in, out, *k)``)."""
+
+    def matches(self, module):
+        return isinstance(module, nn.modules.conv._ConvNd) and module.transposed and module.groups == 1
+
+    def in_channels(self, module):
+        return module.in_channels
+
+    def out_channels(self, module):
+        return module.out_channels
+
+    def kernel_numel(self, module):
+        return int(np.prod(module.kernel_size))
+
+    def weight_in_mask(self, module, keep):
+        return keep.view(-1, *(1,) * (module.weight.dim() - 1))
+
+    def slice(self, module, in_keep, out_keep):
+        _take(module, 'weight', 0, in_keep)
+        _take(module, 'weight', 1, out_keep)
+        _take(module, 'bias', 0, out_keep)
+        if in_keep is not None:
+            module.in_channels = int(in_keep.numel())
+        if out_keep is not None:
+            module.out_channels = int(out_keep.numel())
+
+
+class LinearRule(LayerRule):
+    """``nn.Linear``: channels on the last dim. After a flatten, input position ``c*h*w + i`` belongs to channel c."""
+
+    in_dim = -1
+
+    def matches(self, module):
+        return isinstance(module, nn.Linear)
+
+    def in_channels(self, module):
+        return module.in_features
+
+    def out_channels(self, module):
+        return module.out_features
+
+    def weight_in_mask(self, module, keep):
+        return keep.view(1, -1)
+
+    def slice(self, module, in_keep, out_keep):
+        _take(module, 'weight', 0, out_keep)
+        _take(module, 'weight', 1, in_keep)
+        _take(module, 'bias', 0, out_keep)
+        if in_keep is not None:
+            module.in_features = int(in_keep.numel())
+        if out_keep is not None:
+            module.out_features = int(out_keep.numel())
+
+
+class NormRule(LayerRule):
+    """Per-channel norms: BatchNorm (and SyncBN), InstanceNorm, FrozenBatchNorm-like modules."""
+
+    role = 'norm'
+
+    def matches(self, module):
+        if isinstance(module, (nn.modules.batchnorm._NormBase,)):
+            return True
+        name = type(module).__name__
+        return 'FrozenBatchNorm' in name or name in ('FrozenBN', 'FrozenBatchNorm2d')
+
+    def num_features(self, module):
+        for attr in ('num_features', 'num_channels'):
+            if hasattr(module, attr):
+                return int(getattr(module, attr))
+        return int(module.weight.numel())
+
+    def in_channels(self, module):
+        return self.num_features(module)
+
+    out_channels = in_channels
+
+    def slice(self, module, in_keep, out_keep):
+        keep = in_keep if in_keep is not None else out_keep
+        if keep is None:
+            return
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            _take(module, name, 0, keep)
+        for attr in ('num_features', 'num_channels'):
+            if hasattr(module, attr):
+                setattr(module, attr, int(keep.numel()))
+
+
+class GroupNormRule(LayerRule):
+    """``nn.GroupNorm``: a GN group is the smallest atom, so removing whole groups leaves the others' statistics
+    unchanged and slimming stays exact; ``num_groups`` shrinks."""
+
+    role = 'norm'
+
+    def matches(self, module):
+        return isinstance(module, nn.GroupNorm)
+
+    def in_channels(self, module):
+        return module.num_channels
+
+    out_channels = in_channels
+
+    def groups(self, module):
+        return module.num_groups
+
+    def slice(self, module, in_keep, out_keep):
+        keep = in_keep if in_keep is not None else out_keep
+        if keep is None:
+            return
+        size = module.num_channels // module.num_groups
+        if keep.numel() % size:
+            raise ValueError('GroupNorm can only lose whole groups; the channel config does not fit the model.')
+        _take(module, 'weight', 0, keep)
+        _take(module, 'bias', 0, keep)
+        module.num_groups = int(keep.numel() // size)
+        module.num_channels = int(keep.numel())
+
+
+class LayerNormRule(LayerRule):
+    """``nn.LayerNorm``: its statistics mix the normalised dims; channels there are unprunable (the tracer flags
+    them), other channels pass through."""
+
+    role = 'norm'
+    in_dim = -1
+
+    def matches(self, module):
+        return isinstance(module, nn.LayerNorm)
+
+    def in_channels(self, module):
+        return int(np.prod(module.normalized_shape))
+
+    out_channels = in_channels
+
+    def slice(self, module, in_keep, out_keep):  # never sliced: the tracer makes its channels unprunable
+        if in_keep is not None or out_keep is not None:
+            raise ValueError('LayerNorm channels are not prunable; the channel config does not fit the model.')
+
+
+class PassthroughRule(LayerRule):
+    """Parameter-free modules whose output channel c is input channel c but whose op the tracer cannot see
+    (compiled RoI ops: mmcv/torchvision RoIAlign, RoIPool). Only the first input carries channels."""
+
+    role = 'passthrough'
+    names = ('RoIAlign', 'RoIPool', 'RoIAlignRotated', 'SimpleRoIAlign', 'PrRoIPool')
+
+    def matches(self, module):
+        return type(module).__name__ in self.names
+
+    def slice(self, module, in_keep, out_keep):
+        return None
+
+
+_RULES: List[LayerRule] = [ConvRule(), ConvTransposeRule(), LinearRule(), GroupNormRule(), NormRule(),
+                           LayerNormRule(), PassthroughRule()]
+
+
+def register_rule(rule: LayerRule, first: bool = True) -> None:
+    """Add a rule for a new layer type; ``first`` gives it priority over the built-in rules."""
+    if not isinstance(rule, LayerRule):
+        raise TypeError(f'register_rule expects a LayerRule instance, got {type(rule).__name__}')
+    if first:
+        _RULES.insert(0, rule)
+    else:
+        _RULES.append(rule)
+
+
+def find_rule(module: nn.Module) -> Optional[LayerRule]:
+    """The rule for ``module``, or None when the tracer should look inside it."""
+    for rule in _RULES:
+        if rule.matches(module):
+            return rule
+    return None

@@ -1,0 +1,169 @@
+"""Channel masks and per-sample mask gradients (the raw material of the Fisher importance).
+
+A mask is one bool per atom (``ChannelMasks.alive``). It acts at every reader's input: the reader's weights on a
+masked channel are zeroed in place (``apply()``), which costs no activation memory and is exactly what removing
+the channel does, because every path from a channel to the loss passes through some reader. Call ``apply()``
+again after each optimizer step so momentum or weight decay cannot bring masked weights back.
+
+``FisherTaps`` wraps each reader's input in an identity autograd function that shares the input's storage and, in
+backward, computes ``g[n, c] = sum_spatial a[n, c] * dL/da[n, c]`` per sample and channel position, then
+scatters it onto atoms, summing over every reader and every call of a shared reader *before* squaring:
+``F[a] += sum_n (sum_{reader, call, c in a} g[n, c])^2``. The per-sample sum over readers is exactly
+``dL_n/dm_a`` for a mask ``m_a`` multiplying the atom's channels at all its readers.
+"""
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .units import ChannelGraph
+
+
+class ChannelMasks:
+    """Bool mask per atom, applied by zeroing the readers' input weights (see module docstring)."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph) -> None:
+        self.graph = graph
+        self.alive = torch.ones(graph.num_atoms, dtype=torch.bool)
+        modules = dict(model.named_modules())
+        self.readers: List[Tuple[str, nn.Module, torch.Tensor]] = []
+        for name, atoms in graph.in_atoms.items():
+            if (atoms >= 0).any():
+                self.readers.append((name, modules[name], torch.from_numpy(atoms)))
+
+    def prune(self, atoms) -> None:
+        """Mask ``atoms`` (indices) and apply."""
+        self.alive[torch.as_tensor(atoms, dtype=torch.long)] = False
+        self.apply()
+
+    def set_alive(self, alive) -> None:
+        alive = torch.as_tensor(np.asarray(alive), dtype=torch.bool)
+        if alive.shape != self.alive.shape:
+            raise ValueError(f'mask shape {tuple(alive.shape)} does not fit this model ({self.graph.num_atoms} '
+                             'atoms): the checkpoint was made for another model or pruning setup')
+        self.alive = alive.clone()
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero reader weights on masked channels (idempotent; a no-op while nothing is masked)."""
+        if bool(self.alive.all()):
+            return
+        for name, module, atoms in self.readers:
+            keep = torch.ones(atoms.numel(), dtype=torch.bool)
+            valid = atoms >= 0
+            keep[valid] = self.alive[atoms[valid]]
+            if bool(keep.all()):
+                continue
+            rule = self.graph.rules[name]
+            mask = rule.weight_in_mask(module, keep)
+            if mask is not None:
+                module.weight.mul_(mask.to(module.weight.device, module.weight.dtype))
+
+
+class _Tap(torch.autograd.Function):
+    """Identity that shares storage with its input and reports ``sum_spatial a * dL/da`` in backward."""
+
+    @staticmethod
+    def forward(ctx, x, sink, dim):  # noqa: D102
+        ctx.save_for_backward(x)
+        ctx.sink, ctx.dim = sink, dim
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (x,) = ctx.saved_tensors
+        ctx.sink(x, grad, ctx.dim)
+        return grad, None, None
+
+
+class FisherTaps:
+    """Accumulates the group Fisher information of every atom during ordinary training.
+
+    Usage per iteration: forward + backward as usual, then :meth:`accumulate` (squares the per-sample sums and adds
+    them to ``fisher``). ``scale`` divides gradients first (e.g. an AMP loss scale). ``row_groups`` may be set by
+    the caller to map the rows of readers that do not see one row per sample (RoI features) onto samples;
+    otherwise rows that are a multiple of the batch are assumed sample-major.
+    """
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, masks: Optional[ChannelMasks] = None) -> None:
+        self.graph = graph
+        self.masks = masks
+        self.num_atoms = graph.num_atoms
+        self.fisher = torch.zeros(graph.num_atoms, dtype=torch.float64)
+        self.samples = 0
+        self._per_sample: Optional[torch.Tensor] = None
+        self._batch: Optional[int] = None
+        self._handles = []
+        self.enabled = True
+        modules = dict(model.named_modules())
+        for name, atoms in graph.in_atoms.items():
+            if not (atoms >= 0).any():
+                continue
+            rule = graph.rules[name]
+            idx = torch.from_numpy(atoms)
+            self._handles.append(modules[name].register_forward_pre_hook(self._pre_hook(idx, rule.in_dim)))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _pre_hook(self, atoms: torch.Tensor, in_dim: int):
+        valid = atoms >= 0
+        cols = atoms[valid]
+
+        def sink(x: torch.Tensor, grad: torch.Tensor, dim: int) -> None:
+            with torch.no_grad():
+                prod = (x * grad).float()
+                if dim != 1:
+                    prod = prod.movedim(dim, 1)
+                rows = prod.shape[0]
+                g = prod.reshape(rows, prod.shape[1], -1).sum(-1) if prod.dim() > 2 else prod
+                self._add(g[:, valid.to(g.device)], cols.to(g.device))
+
+        def hook(module, args):
+            if not self.enabled or not torch.is_grad_enabled() or not args:
+                return None
+            x = args[0]
+            if not isinstance(x, torch.Tensor) or not x.requires_grad:
+                return None
+            if self._batch is None:
+                self._batch = int(x.shape[0])
+            dim = in_dim if in_dim >= 0 else x.dim() + in_dim
+            if dim == x.dim() - 1 and x.dim() > 2:  # (N, L, C): fold L into the spatial sum
+                dim_arg = dim
+            else:
+                dim_arg = dim
+            return (_Tap.apply(x, sink, dim_arg),) + tuple(args[1:])
+        return hook
+
+    def _add(self, g: torch.Tensor, cols: torch.Tensor) -> None:
+        n = self._batch or g.shape[0]
+        rows = g.shape[0]
+        if rows != n:
+            if rows % n == 0:
+                g = g.reshape(n, rows // n, -1).sum(1)
+            else:  # rows cannot be mapped onto samples: share their sum evenly
+                g = (g.sum(0, keepdim=True) / n).expand(n, -1)
+        if self._per_sample is None or self._per_sample.shape[0] != n:
+            self._per_sample = torch.zeros(n, self.num_atoms, dtype=torch.float32, device=g.device)
+        self._per_sample.index_add_(1, cols, g)
+
+    def accumulate(self, scale: float = 1.0) -> bool:
+        """Square the per-sample sums of the last backward into ``fisher``; False (and nothing added) if the
+        gradients were not finite (e.g. an AMP overflow step)."""
+        ps, self._per_sample, n, self._batch = self._per_sample, None, self._batch, None
+        if ps is None:
+            return False
+        ps = ps.double() / float(scale)
+        if not bool(torch.isfinite(ps).all()):
+            return False
+        self.fisher += ps.pow(2).sum(0).cpu()
+        self.samples += int(n or ps.shape[0])
+        return True
+
+    def reset(self) -> None:
+        self.fisher.zero_()
+        self.samples = 0

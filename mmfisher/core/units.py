@@ -1,0 +1,184 @@
+"""Channel atoms and units: the prunable structure of a model, from one trace.
+
+* An **atom** is the smallest set of channels that must be removed together: one connected set of the tracer's
+  union-find (a channel of a residual stream in every block, FPN lateral and head tower that reads it; a whole
+  GroupNorm group; a whole group of a grouped conv). One mask entry per atom.
+* A **unit** is the set of atoms that share exactly the same layers (e.g. the 256 channels of a ResNet stage's
+  residual stream): the grouping users see in logs and channel configs.
+
+An atom is prunable when some layer produces it, some layer reads it, and nothing flagged it (model outputs,
+ops the tracer cannot map, untracked inputs). Unprunable layers are reported with the reason.
+"""
+import dataclasses
+from collections import Counter, defaultdict
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .layers import LayerRule
+from .trace import ModuleRecord, TraceResult, trace_channels
+
+
+@dataclasses.dataclass
+class Unit:
+    """Atoms that share the same layers; ``atoms`` are ordered by their channel index in ``name``."""
+
+    name: str
+    layers: List[str]
+    atoms: np.ndarray
+
+
+@dataclasses.dataclass
+class ChannelGraph:
+    """The prunable structure of a model (see module docstring). All arrays index atoms ``0..num_atoms-1``;
+    position arrays hold the atom of each channel position or -1 (never pruned)."""
+
+    num_atoms: int
+    in_atoms: Dict[str, np.ndarray]     # weighted layer -> (C_in,)
+    out_atoms: Dict[str, np.ndarray]    # weighted or norm layer -> (C_out,)
+    param_atoms: Dict[str, Tuple[int, np.ndarray]]  # parameter name -> (dim, (size,))
+    rules: Dict[str, LayerRule]
+    records: Dict[str, ModuleRecord]
+    units: List[Unit]
+    trainable: np.ndarray               # (A,) bool: some reader of the atom receives a gradient
+    unprunable: Dict[str, str]          # layer -> reason its output channels are kept
+    batch: int
+    trace_seconds: float
+    unknown_ops: Dict[str, int]
+
+    @property
+    def module_names(self) -> List[str]:
+        return list(self.records)
+
+    def atom_channels(self) -> np.ndarray:
+        """(A,) the number of output channels each atom holds in its first producer."""
+        counts = np.zeros(self.num_atoms, dtype=np.int64)
+        seen = np.zeros(self.num_atoms, dtype=bool)
+        for name, atoms in self.out_atoms.items():
+            if self.rules[name].role != 'weighted':
+                continue
+            valid = atoms[atoms >= 0]
+            c = np.bincount(valid, minlength=self.num_atoms)
+            first = (c > 0) & ~seen
+            counts[first] = c[first]
+            seen |= c > 0
+        return counts
+
+    def summary(self) -> Dict[str, Any]:
+        total = prunable = 0
+        for name, atoms in self.out_atoms.items():
+            if self.rules[name].role == 'weighted':
+                total += atoms.size
+                prunable += int((atoms >= 0).sum())
+        return {'units': len(self.units), 'atoms': self.num_atoms, 'channels_total': total,
+                'channels_prunable': prunable, 'unprunable': dict(self.unprunable),
+                'trace_seconds': round(self.trace_seconds, 3)}
+
+
+def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> ChannelGraph:
+    """Turn a :class:`TraceResult` into atoms and units (deterministic for a given model and input shape)."""
+    uf = trace.uf
+    roots = uf.roots() if len(uf) else np.zeros(0, dtype=np.int64)
+    flagged: Dict[int, str] = {}
+    for elem, reason in uf.reasons.items():
+        flagged.setdefault(int(roots[elem]), reason)
+
+    def root_of(elems: Optional[np.ndarray]) -> np.ndarray:
+        if elems is None:
+            return np.zeros(0, dtype=np.int64)
+        out = np.full(elems.shape, -1, dtype=np.int64)
+        ok = elems >= 0
+        out[ok] = roots[elems[ok]]
+        return out
+
+    produced, consumed = set(), set()
+    for name in trace.module_order:
+        rec = trace.modules[name]
+        if rec.rule.role != 'weighted' or not rec.calls:
+            continue
+        produced.update(root_of(rec.out_elems)[root_of(rec.out_elems) >= 0].tolist())
+        r_in = root_of(rec.in_elems)
+        consumed.update(r_in[r_in >= 0].tolist())
+    prunable = {r for r in produced & consumed if r not in flagged}
+
+    atom_of: Dict[int, int] = {}
+    for name in trace.module_order:
+        rec = trace.modules[name]
+        if rec.rule.role != 'weighted':
+            continue
+        for r in root_of(rec.out_elems).tolist():
+            if r in prunable and r not in atom_of:
+                atom_of[r] = len(atom_of)
+
+    def atoms_of(elems: Optional[np.ndarray]) -> np.ndarray:
+        rs = root_of(elems)
+        return np.array([atom_of.get(r, -1) for r in rs.tolist()], dtype=np.int64)
+
+    in_atoms, out_atoms, rules, records = {}, {}, {}, {}
+    members: Dict[int, set] = defaultdict(set)
+    trainable = np.zeros(len(atom_of), dtype=bool)
+    for name in trace.module_order:
+        rec = trace.modules[name]
+        if not rec.calls and rec.rule.role != 'passthrough':
+            continue
+        rules[name], records[name] = rec.rule, rec
+        if rec.rule.role == 'passthrough':
+            continue
+        o = atoms_of(rec.out_elems)
+        out_atoms[name] = o
+        for a in np.unique(o[o >= 0]).tolist():
+            members[a].add((name, 'out'))
+        if rec.rule.role == 'weighted':
+            i = atoms_of(rec.in_elems)
+            in_atoms[name] = i
+            for a in np.unique(i[i >= 0]).tolist():
+                members[a].add((name, 'in'))
+            if any(c.in_requires_grad for c in rec.calls):
+                trainable[i[i >= 0]] = True
+    param_atoms = {}
+    for pname, use in trace.params.items():
+        a = atoms_of(use.elems)
+        param_atoms[pname] = (use.dim, a)
+        for x in np.unique(a[a >= 0]).tolist():
+            members[x].add((pname, 'param'))
+
+    # units: atoms with identical layer sets, named after their first producer
+    groups: Dict[frozenset, List[int]] = defaultdict(list)
+    for a in range(len(atom_of)):
+        groups[frozenset(members[a])].append(a)
+    order = {n: k for k, n in enumerate(trace.module_order)}
+    units = []
+    for sig, atoms in groups.items():
+        producers = sorted((n for n, k in sig if k == 'out' and rules.get(n) is not None and
+                            rules[n].role == 'weighted'), key=lambda n: order.get(n, 1 << 30))
+        layers = sorted({n for n, _ in sig}, key=lambda n: order.get(n, 1 << 30))
+        units.append(Unit(producers[0] if producers else layers[0], layers, np.array(sorted(atoms))))
+    units.sort(key=lambda u: int(u.atoms[0]))
+
+    unprunable: Dict[str, str] = {}
+    for name, o in out_atoms.items():
+        if rules[name].role != 'weighted':
+            continue
+        rs = root_of(trace.modules[name].out_elems)
+        bad = [r for r, a in zip(rs.tolist(), o.tolist()) if a < 0]
+        if not bad:
+            continue
+        reasons = Counter(flagged.get(r) or ('never read by a layer' if r not in consumed else
+                                             'no layer produces it') for r in bad)
+        reason, _ = reasons.most_common(1)[0]
+        frac = '' if len(bad) == o.size else f' ({len(bad)}/{o.size} channels)'
+        unprunable[name] = reason + frac
+    return ChannelGraph(len(atom_of), in_atoms, out_atoms, param_atoms, rules, records, units, trainable,
+                        unprunable, trace.batch, trace.seconds, dict(trace.unknown_ops))
+
+
+def analyze(model: nn.Module, forward: Callable[[nn.Module], Any], batch: int = 1) -> ChannelGraph:
+    """Trace ``forward(model)`` and build the model's :class:`ChannelGraph` (see :func:`trace_channels`)."""
+    return build_graph(trace_channels(model, forward, batch), model)
+
+
+def input_forward(*inputs: torch.Tensor) -> Callable[[nn.Module], Any]:
+    """A ``forward`` for :func:`analyze` that calls ``model(*inputs)``."""
+    return lambda model: model(*inputs)
