@@ -1,0 +1,68 @@
+"""Shared helpers for the foundation tests (not collected: no ``test_`` prefix)."""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PYTHON = sys.executable
+DET_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_shapes.py')
+CLS_CFG = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_shapes_cls.py')
+DATA_ROOT = osp.join(ROOT, 'data', 'generated')
+
+
+def ensure_data() -> None:
+    """Generate the bundled data sets into data/generated (idempotent; what the configs point at)."""
+    from mmfisher.data_gen import make_all
+    make_all(DATA_ROOT)
+
+
+def env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Subprocess environment: repo root and tests/ importable, no GPU, deterministic threads."""
+    e = dict(os.environ)
+    e['PYTHONPATH'] = os.pathsep.join([ROOT, osp.join(ROOT, 'tests')] +
+                                      ([e['PYTHONPATH']] if e.get('PYTHONPATH') else []))
+    e.setdefault('OMP_NUM_THREADS', '2')
+    e.update(extra or {})
+    return e
+
+
+def run(cmd: Sequence[str], timeout: float = 300, extra_env: Optional[Dict[str, str]] = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cmd`` from the repo root; on failure raise with the tail of its output."""
+    t0 = time.time()
+    proc = subprocess.run(list(cmd), cwd=ROOT, env=env(extra_env), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'command failed (rc={proc.returncode}, {time.time() - t0:.0f} s): {" ".join(cmd)}\n'
+                             + proc.stdout[-6000:])
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def small_det_options(n_train: int = 16, n_val: int = 8, epochs: int = 1) -> List[str]:
+    """--cfg-options that shrink the tiny detector run to a few iterations."""
+    return [
+        f'train_dataloader.dataset.indices={n_train}', f'val_dataloader.dataset.indices={n_val}',
+        f'test_dataloader.dataset.indices={n_val}', f'train_cfg.max_epochs={epochs}',
+        f'train_cfg.val_interval={epochs}', 'default_hooks.logger.interval=1',
+        'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+        'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
+        'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
+    ]

@@ -1,0 +1,134 @@
+"""The bundled data generator: deterministic, idempotent, and valid COCO / mmpretrain folder data."""
+import hashlib
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmfisher.data_gen import CLASSES, ClsSpec, DetSpec, make_all, make_cls, make_det
+
+SMALL_DET = DetSpec(num_train=12, num_val=6)
+SMALL_CLS = ClsSpec(train_per_class=5, val_per_class=2)
+
+
+def tree_digest(root: str) -> dict:
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = osp.join(d, f)
+            with open(p, 'rb') as fh:
+                out[osp.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+    make_det(str(tmp_path / 'a'), SMALL_DET, seed=3)
+    make_det(str(tmp_path / 'b'), SMALL_DET, seed=3)
+    make_cls(str(tmp_path / 'ca'), SMALL_CLS, seed=3)
+    make_cls(str(tmp_path / 'cb'), SMALL_CLS, seed=3)
+    a, b = tree_digest(str(tmp_path / 'a')), tree_digest(str(tmp_path / 'b'))
+    assert len(a) == 12 + 6 + 2 + 1  # images + 2 jsons + manifest
+    assert a == b
+    assert tree_digest(str(tmp_path / 'ca')) == tree_digest(str(tmp_path / 'cb'))
+
+
+def test_other_seed_differs(tmp_path):
+    make_det(str(tmp_path / 'a'), SMALL_DET, seed=0)
+    make_det(str(tmp_path / 'b'), SMALL_DET, seed=1)
+    a, b = tree_digest(str(tmp_path / 'a')), tree_digest(str(tmp_path / 'b'))
+    assert a.keys() == b.keys()
+    assert sum(a[k] != b[k] for k in a) >= len(a) - 1  # everything but (maybe) nothing equal
+
+
+def test_idempotent_and_force(tmp_path):
+    out = str(tmp_path / 'det')
+    assert make_det(out, SMALL_DET) is True
+    img = osp.join(out, 'train', '00000.png')
+    mtime = os.stat(img).st_mtime_ns
+    assert make_det(out, SMALL_DET) is False
+    assert os.stat(img).st_mtime_ns == mtime
+    assert make_det(out, SMALL_DET, force=True) is True
+    # a changed spec regenerates; a tampered manifest (partial or foreign data) does too
+    assert make_det(out, DetSpec(num_train=10, num_val=6)) is True
+    assert len(os.listdir(osp.join(out, 'train'))) == 10
+    with open(osp.join(out, 'manifest.json'), 'w') as f:
+        f.write('{}')
+    assert make_det(out, DetSpec(num_train=10, num_val=6)) is True
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('.')], 'temporary folders left behind'
+
+
+def test_make_all_rejects_unknown_name(tmp_path):
+    with pytest.raises(ValueError, match='shapes_det'):
+        make_all(str(tmp_path), which=['shapes_seg'])
+
+
+def test_coco_detection_set_is_valid(tmp_path):
+    from pycocotools.coco import COCO
+    out = str(tmp_path / 'det')
+    make_det(out, SMALL_DET)
+    for split, n in (('train', 12), ('val', 6)):
+        coco = COCO(osp.join(out, 'annotations', f'{split}.json'))
+        assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
+        assert len(coco.getImgIds()) == n
+        for img_id in coco.getImgIds():
+            info = coco.loadImgs(img_id)[0]
+            img = np.asarray(Image.open(osp.join(out, split, info['file_name'])).convert('RGB'))
+            assert img.shape == (info['height'], info['width'], 3) == (128, 128, 3)
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+            assert SMALL_DET.min_objects <= len(anns) <= SMALL_DET.max_objects
+            for ann in anns:
+                x, y, w, h = ann['bbox']
+                assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128
+                assert SMALL_DET.min_size - 1 <= max(w, h) <= SMALL_DET.max_size + 1
+                assert 0 < ann['area'] <= w * h + 1e-6
+                poly = np.array(ann['segmentation'][0]).reshape(-1, 2)
+                np.testing.assert_allclose([poly[:, 0].min(), poly[:, 1].min()], [x, y], atol=0.02)
+                np.testing.assert_allclose([poly[:, 0].max(), poly[:, 1].max()], [x + w, y + h], atol=0.02)
+                # the box really marks a drawn shape: flat fill colour around the polygon's centroid, while
+                # the background is noisy
+                cx, cy = poly.mean(0).round().astype(int)
+                patch = img[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3)
+                assert (patch == patch[0]).all(), f'{split} image {img_id}: no flat shape at the box centroid'
+            mask = coco.annToMask(anns[0])
+            assert mask.sum() > 0.5 * anns[0]['area']
+
+
+def test_classification_folder_set(tmp_path):
+    out = str(tmp_path / 'cls')
+    make_cls(out, SMALL_CLS)
+    for split, n in (('train', 5), ('val', 2)):
+        assert sorted(os.listdir(osp.join(out, split))) == sorted(CLASSES)
+        for c in CLASSES:
+            files = sorted(os.listdir(osp.join(out, split, c)))
+            assert len(files) == n and all(f.endswith('.png') for f in files)
+            assert Image.open(osp.join(out, split, c, files[0])).size == (64, 64)
+    from mmpretrain.datasets import CustomDataset
+    ds = CustomDataset(data_root=out, data_prefix='train', metainfo=dict(classes=CLASSES), lazy_init=False)
+    assert len(ds) == 15
+    assert sorted(ds.get_gt_labels().tolist()) == sorted([0] * 5 + [1] * 5 + [2] * 5)
+    assert json.load(open(osp.join(out, 'manifest.json')))['kind'] == 'shapes_cls'
+
+
+def test_bundled_sets_load_through_mm_datasets():
+    """The configs' datasets (mmdet CocoDataset, mmpretrain CustomDataset) read the generated data."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    import _foundation as F
+    F.ensure_data()
+    det = Config.fromfile(F.DET_CFG)
+    init_default_scope('mmdet')
+    from mmdet.registry import DATASETS as DET_DATASETS
+    ds = DET_DATASETS.build(det.train_dataloader.dataset)
+    assert len(ds) == DetSpec().num_train
+    item = ds[0]
+    assert tuple(item['inputs'].shape) == (3, 128, 128)
+    assert len(item['data_samples'].gt_instances) >= 1
+    cls = Config.fromfile(F.CLS_CFG)
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import DATASETS as CLS_DATASETS
+    ds = CLS_DATASETS.build(cls.val_dataloader.dataset)
+    assert len(ds) == ClsSpec().val_per_class * len(CLASSES)
+    assert ds.CLASSES == CLASSES or tuple(ds.metainfo['classes']) == CLASSES
