@@ -7,5 +7,5 @@ __version__ = '0.1.0'
 
 from . import engine  # noqa: F401,E402  runtime patches: checkpoint allow-list, CPU distributed
 
-# Registered components (pruning hooks, slimmed-model builders) are imported here, e.g.
-# from . import hooks, models  # noqa: F401,E402
+# Registered components: the pruning hook and the slimmed-model builder.
+from . import hooks, models  # noqa: F401,E402

@@ -68,7 +68,7 @@ def per_sample_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class ToyData(Dataset):
     """``n`` deterministic (image, target) pairs of size ``hw``."""
 
-    def __init__(self, n: int = 32, hw: int = 12, seed: int = 0) -> None:
+    def __init__(self, n: int = 256, hw: int = 12, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, 3, hw, hw, generator=g)
         self.y = torch.randn(n, 2, hw, hw, generator=g)
@@ -89,8 +89,11 @@ def toy_runner(work_dir: str, hook: Dict[str, Any], model: Optional[nn.Module] =
     from mmengine.runner import Runner
     import mmfisher  # noqa: F401
     hook = dict(type='FisherPruningHook', **hook)
+    if model is None:
+        torch.manual_seed(0)  # the same initial weights in every runner built here
+        model = ToyNet()
     return Runner(
-        model=model if model is not None else ToyNet(),
+        model=model,
         work_dir=work_dir,
         train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=shuffle),
                               batch_size=batch_size, num_workers=0, collate_fn=dict(type='default_collate')),

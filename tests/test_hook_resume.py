@@ -16,10 +16,11 @@ def _message_hub_loadable():
     on Python 3.11 (``builtins.getattr`` for its ``statistics_methods``): allow it for this resume only."""
     try:
         torch.load(io.BytesIO(_history_buffer_bytes()), weights_only=True)
-        yield
+        extra = []
     except Exception:  # noqa: BLE001
-        with torch.serialization.safe_globals([getattr]):
-            yield
+        extra = [getattr]
+    with torch.serialization.safe_globals(extra):
+        yield
 
 
 def _history_buffer_bytes() -> bytes:

@@ -1,0 +1,89 @@
+"""``Pruned``: build any model config, then slim it to a channel config written by ``FisherPruningHook``.
+
+Fine-tune / test config pattern (see ``configs/_base_/fisher_finetune.py``)::
+
+    model = dict(_delete_=True, type='mmfisher.Pruned', architecture={{_base_.model}},
+                 channels='work_dirs/prune/channels.json')
+    load_from = 'work_dirs/prune/pruned.pth'
+
+The result is the architecture's own class (e.g. ``RetinaNet``), physically smaller, with no masks or hooks: it
+trains, tests, runs in mmdet/mmpretrain inferencers and exports like the unpruned model.
+
+``init_cfg`` entries of the architecture (e.g. ``Pretrained`` ImageNet backbones) are kept, so
+``runner.train()``'s ``init_weights`` may still download them and load them non-strictly into the slimmed
+layers (mismatched shapes are skipped with a warning); ``load_from`` then overwrites every weight. Set
+``init_cfg=None`` in the architecture to avoid the download (the tests do).
+"""
+import copy
+from typing import Any, Dict, Union
+
+from mmengine.logging import print_log
+from torch import nn
+
+from ..core import ChannelConfigError, apply_channel_config, load_channel_config, model_fingerprint
+from ..registry import MMENGINE_MODELS, MODELS
+
+__all__ = ['Pruned']
+
+
+def _syncbn_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of ``model`` after mmengine's ``sync_bn='torch'`` conversion (what a pruning run with
+    ``sync_bn`` fingerprinted)."""
+    from mmengine.model import convert_sync_batchnorm
+    return model_fingerprint(convert_sync_batchnorm(copy.deepcopy(model), implementation='torch'))
+
+
+def _load(channels: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
+    if isinstance(channels, str):
+        return load_channel_config(channels)
+    if isinstance(channels, dict):
+        return dict(channels)
+    raise TypeError(f'Pruned: channels must be the path of a channels.json written by FisherPruningHook (or its '
+                    f'loaded dict), got {type(channels).__name__}')
+
+
+def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]],
+           check_fingerprint: bool = True) -> nn.Module:
+    """Build ``architecture`` and slim it in place to ``channels``; returns the architecture's own class.
+
+    Args:
+        architecture (dict): the unpruned model config that was pruned (e.g. ``{{_base_.model}}``); built with the
+            current ``default_scope`` (or its ``_scope_`` / ``mmdet.``-style prefixed type).
+        channels (str | dict): path of ``channels.json`` (or ``channels_<r>.json``) from ``FisherPruningHook``.
+        check_fingerprint (bool): refuse a channel config made for a differently shaped model. Defaults to True.
+
+    Raises:
+        ChannelConfigError: missing / corrupted file, or a config made for another model.
+    """
+    from mmengine.registry import MODELS as ROOT
+    if not isinstance(architecture, dict) or 'type' not in architecture:
+        raise TypeError('Pruned: architecture must be the unpruned model config dict (with a "type"), e.g. '
+                        'architecture={{_base_.model}}')
+    if str(architecture['type']).split('.')[-1] == 'Pruned':
+        raise ValueError('Pruned: architecture is itself a Pruned model; pass the unpruned model config that '
+                         'FisherPruningHook pruned')
+    cfg = _load(channels)
+    try:
+        model = ROOT.build(copy.deepcopy(architecture))
+    except KeyError as exc:
+        raise KeyError(f'Pruned: cannot build architecture type={architecture["type"]!r} ({exc}). Fix: set '
+                       "default_scope (e.g. 'mmdet' or 'mmpretrain') or give a scoped type such as "
+                       "'mmdet.RetinaNet'") from exc
+    check = check_fingerprint
+    if check and cfg.get('fingerprint') != model_fingerprint(model) and \
+            cfg.get('fingerprint') == _syncbn_fingerprint(model):
+        check = False  # pruned with runner-level sync_bn: the same structure with SyncBatchNorm layers
+    try:
+        apply_channel_config(model, cfg, check_fingerprint=check)
+    except ChannelConfigError as exc:
+        where = f' ({channels})' if isinstance(channels, str) else ''
+        raise ChannelConfigError(f'Pruned{where}: {exc}') from exc
+    meta = cfg.get('meta') or {}
+    if 'flops_ratio' in meta:
+        print_log(f'Pruned: built {type(model).__name__} slimmed to flops {meta["flops_ratio"]:.4f}, acts '
+                  f'{meta.get("acts_ratio", float("nan")):.4f} of the unpruned model', logger='current')
+    return model
+
+
+MODELS.register_module(name='Pruned', module=Pruned)
+MMENGINE_MODELS.register_module(name='Pruned', module=Pruned)

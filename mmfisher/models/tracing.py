@@ -1,0 +1,90 @@
+"""Deterministic fake batches for tracing OpenMMLab models at a fixed input shape.
+
+The trace (``mmfisher.core.analyze``) needs one ``forward(model)`` call; these helpers build it for
+
+* mmdet detectors (``BaseDetector``): ``model(inputs, data_samples, mode='tensor')`` with ``DetDataSample``\\ s
+  carrying ``img_shape``, ``ori_shape``, ``pad_shape``, ``batch_input_shape`` and ``scale_factor``, so
+  two-stage detectors run their RPN ``predict`` and the RoI head;
+* mmpretrain classifiers (``BaseClassifier``) and other mmengine ``BaseModel``\\ s: ``model(inputs, mode='tensor')``;
+* anything else: ``model(inputs)``.
+
+The input is ``torch.randn((1, C, H, W))`` from a private generator seeded with ``seed`` (the global RNG is not
+touched, so tracing never changes a training run's random stream), on the model's device.
+"""
+import inspect
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DDP / ``MMDistributedDataParallel`` / other registered model wrappers."""
+    from mmengine.model import is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def check_input_shape(input_shape: Any) -> Tuple[int, int, int]:
+    """``(C, H, W)`` as positive ints, or ``ValueError`` naming the field and the fix."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) != 3:
+        raise ValueError(f'input_shape={input_shape!r} must be (C, H, W), e.g. input_shape=(3, 800, 1333) for '
+                         'detection or (3, 224, 224) for classification')
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape):
+        raise ValueError(f'input_shape={tuple(input_shape)!r} must hold three positive ints (C, H, W), e.g. '
+                         '(3, 800, 1333)')
+    return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
+
+
+def _isinstance_of(model: nn.Module, module: str, name: str) -> bool:
+    try:
+        mod = __import__(module, fromlist=[name])
+    except ImportError:  # the task package is not installed: the model cannot be one of its classes
+        return False
+    return isinstance(model, getattr(mod, name))
+
+
+def is_detector(model: nn.Module) -> bool:
+    return _isinstance_of(model, 'mmdet.models.detectors', 'BaseDetector')
+
+
+def is_classifier(model: nn.Module) -> bool:
+    return _isinstance_of(model, 'mmpretrain.models.classifiers', 'BaseClassifier')
+
+
+def _has_mode(model: nn.Module) -> bool:
+    try:
+        return 'mode' in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def det_data_samples(shape: Tuple[int, int], batch: int = 1) -> List[Any]:
+    """``DetDataSample``\\ s whose metainfo describes an unscaled, unpadded ``shape == (H, W)`` image."""
+    from mmdet.structures import DetDataSample
+    h, w = shape
+    samples = []
+    for i in range(batch):
+        sample = DetDataSample()
+        sample.set_metainfo(dict(img_id=i, img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                 batch_input_shape=(h, w), scale_factor=(1.0, 1.0)))
+        samples.append(sample)
+    return samples
+
+
+def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int = 0
+                       ) -> Callable[[nn.Module], Any]:
+    """A ``forward(m)`` for :func:`mmfisher.core.analyze`: the model's tensor-mode forward on a batch of one
+    ``input_shape == (C, H, W)`` input (see module docstring). ``model`` may be wrapped; it is unwrapped."""
+    model = unwrap_model(model)
+    c, h, w = check_input_shape(input_shape)
+    device = next((p.device for p in model.parameters()), torch.device('cpu'))
+    gen = torch.Generator().manual_seed(int(seed))
+    inputs = torch.randn((1, c, h, w), generator=gen).to(device)
+    samples: Optional[List[Any]] = det_data_samples((h, w)) if is_detector(model) else None
+    if samples is not None:
+        return lambda m: m(inputs, samples, mode='tensor')
+    if is_classifier(model) or _has_mode(model):
+        return lambda m: m(inputs, mode='tensor')
+    return lambda m: m(inputs)
