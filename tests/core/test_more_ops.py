@@ -85,6 +85,13 @@ def test_layernorm_over_channels_unprunable(check_exact):
     check_exact(ChannelsLastMLP('ln'), torch.randn(1, 3, 8, 8))
 
 
+def test_layernorm_positions_documented():
+    """ChannelGraph documents ``out_atoms`` as norm layer -> (C_out,): one entry per channel position."""
+    g = analyze(ChannelsLastMLP('ln'), input_forward(torch.randn(1, 3, 8, 8)))
+    assert g.out_atoms['norm'].shape == (8,), g.out_atoms['norm']
+    assert (g.out_atoms['norm'] == -1).all()
+
+
 class Decoder(nn.Module):
     def __init__(self):
         super().__init__()
@@ -180,10 +187,12 @@ class ForwardConstant(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.stem = nn.Conv2d(3, 5, 3, padding=1)
+        self.conv = nn.Conv2d(5, 8, 3, padding=1)
         self.out = nn.Conv2d(8, 2, 1)
 
     def forward(self, x):
+        x = F.relu(self.stem(x))
         w = torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1)
         return self.out(self.conv(x) * w)
 
@@ -191,6 +200,7 @@ class ForwardConstant(nn.Module):
 def test_per_channel_forward_constant_unprunable(check_exact):
     g = analyze(ForwardConstant(), input_forward(torch.randn(1, 3, 8, 8)))
     assert 'conv' in g.unprunable and 'mul' in g.unprunable['conv'], g.unprunable
+    assert (g.out_atoms['stem'] >= 0).all()
     check_exact(ForwardConstant(), torch.randn(1, 3, 8, 8))
 
 
@@ -214,6 +224,22 @@ def test_channel_padding_unprunable():
     for name in ('conv0', 'conv1'):
         assert name in g.unprunable, g.unprunable
         assert 'pad' in g.unprunable[name], g.unprunable[name]
+
+
+def test_no_prunable_atoms_is_not_an_error():
+    """A model with nothing to prune (num_atoms == 0): costs, channel config and slimming are no-ops."""
+    from mmfisher.core import CostModel, channel_config, slim_model
+    model = nn.Sequential(nn.Conv2d(3, 4, 1))
+    g = analyze(model, input_forward(torch.randn(1, 3, 4, 4)))
+    assert g.num_atoms == 0 and g.unprunable == {'0': 'reaches the model output'}
+    alive = np.ones(0, dtype=bool)
+    cm = CostModel(g)
+    assert cm.totals(alive)['flops'] == pytest.approx(4 * 3 * 16)
+    assert cm.deltas(alive)['flops'].shape == (0,)
+    cfg = channel_config(model, g, alive)
+    assert cfg['layers'] == {} and cfg['units'] == []
+    slim_model(model, g, alive)
+    assert model[0].out_channels == 4
 
 
 def test_unread_channels_reason():
