@@ -319,3 +319,76 @@ def test_extreme_ratios_exact(check_exact, ratio):
     from torchvision.models import shufflenet_v2_x0_5
     model = shufflenet_v2_x0_5(weights=None, num_classes=10)
     check_exact(model, torch.randn(1, 3, 32, 32), ratio=ratio, seed=4)
+
+
+class ChannelPermute(nn.Module):
+    """Data movement along channels whose index pattern is baked into the model (a roll by a literal, a fixed
+    permutation buffer) does not follow pruning."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.register_buffer('perm', torch.tensor([3, 6, 0, 7, 1, 5, 2, 4]))
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        if self.how == 'roll':
+            h = torch.roll(h, 1, 1)
+        elif self.how == 'getitem':
+            h = h[:, self.perm]
+        elif self.how == 'index_select':
+            h = h.index_select(1, self.perm)
+        elif self.how == 'flip':  # follows pruning: exact
+            h = h.flip(1)
+        elif self.how == 'repeat':  # follows pruning: exact
+            h = h.repeat(1, 2, 1, 1)[:, ::2] + h.repeat_interleave(2, dim=1)[:, ::2]
+        return self.b(h)
+
+
+@pytest.mark.parametrize('how', ['roll', 'getitem', 'index_select', 'flip', 'repeat'])
+def test_channel_permutations_exact_or_unprunable(how):
+    model = ChannelPermute(how)
+    g = analyze(model, input_forward(torch.randn(1, 3, 4, 4)))
+    if (g.out_atoms['a'] >= 0).any():
+        alive = random_alive(g, 0.4, 0)
+        assert not alive.all()
+        res = compare_masked_slimmed(model, g, input_forward(torch.randn(2, 3, 4, 4)), alive)
+        assert res['max_abs_diff'] <= 1e-5 * res['scale'], (how, res['max_abs_diff'], res['scale'])
+    else:
+        assert how in g.unprunable['a'] or 'roll' in g.unprunable['a'], g.unprunable
+
+
+class ConvWS2d(nn.Conv2d):
+    """Weight-standardised conv as in mmcv (``ConvWS2d``; ``ConvAWS2d``/``SAConv2d`` are alike): the weights are
+    normalised over each output's inputs in forward, so zeroing or removing input weights changes the others."""
+
+    def forward(self, x):
+        w = self.weight
+        flat = w.view(w.size(0), -1)
+        w = (w - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class WSNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.ws = ConvWS2d(8, 6, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.gn(self.ws(F.relu(self.a(x))))))
+
+
+def test_weight_standardized_conv_exact_or_unprunable():
+    model = WSNet()
+    g = analyze(model, input_forward(torch.randn(1, 3, 8, 8)))
+    if (g.in_atoms['ws'] >= 0).any():
+        alive = random_alive(g, 0.4, 0)
+        res = compare_masked_slimmed(model, g, input_forward(torch.randn(2, 3, 8, 8)), alive)
+        assert res['max_abs_diff'] <= 1e-5 * res['scale'], (res['max_abs_diff'], res['scale'])
+    else:
+        assert 'a' in g.unprunable
