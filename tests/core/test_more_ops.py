@@ -329,7 +329,7 @@ class ChannelPermute(nn.Module):
         super().__init__()
         self.how = how
         self.a = nn.Conv2d(3, 8, 1)
-        self.b = nn.Conv2d(8, 4, 1)
+        self.b = nn.Conv2d(32 if how == 'repeat' else 8, 4, 1)
         self.register_buffer('perm', torch.tensor([3, 6, 0, 7, 1, 5, 2, 4]))
 
     def forward(self, x):
@@ -343,7 +343,7 @@ class ChannelPermute(nn.Module):
         elif self.how == 'flip':  # follows pruning: exact
             h = h.flip(1)
         elif self.how == 'repeat':  # follows pruning: exact
-            h = h.repeat(1, 2, 1, 1)[:, ::2] + h.repeat_interleave(2, dim=1)[:, ::2]
+            h = torch.cat([h.repeat(1, 2, 1, 1), h.repeat_interleave(2, dim=1)], 1)
         return self.b(h)
 
 

@@ -127,7 +127,7 @@ def _tap_fisher(model, graph, x, weights, iters=1):
         taps.remove()
 
 
-def _check_fisher(model, x1, x, n_outs, out_shapes):
+def _check_fisher(model, x1, x, n_outs, out_shapes, alive_frac=0.8):
     torch.manual_seed(0)
     model.eval()  # no batch coupling: per-sample gradients of the summed loss are dL_n/da
     graph = analyze(model, input_forward(x1))
@@ -137,7 +137,7 @@ def _check_fisher(model, x1, x, n_outs, out_shapes):
     assert samples == x.shape[0]
     brute = _brute_fisher(model, graph, x, weights)
     assert fisher.shape == brute.shape == (graph.num_atoms,)
-    assert (brute > 0).float().mean() > 0.8, 'most atoms should matter to the loss in this model'
+    assert (brute > 0).float().mean() > alive_frac, 'most atoms should matter to the loss in this model'
     torch.testing.assert_close(fisher, brute, rtol=1e-4, atol=1e-9 * float(brute.max()))
     # per-atom sums must come *before* squaring: the sum of squares per channel differs
     return graph, fisher, brute
@@ -194,3 +194,39 @@ def test_fisher_is_zero_for_masked_atoms():
     # a masked channel is read by zeroed weights only: dL/da is 0 there, so its Fisher is 0
     assert (taps.fisher[lv[:3]] == 0).all()
     assert (taps.fisher[lv[3:]] > 0).all()
+
+
+def test_fisher_torchvision_equals_brute_force():
+    """Depthwise convs, SE blocks, hardswish, chunk + channel shuffle, Linear classifier."""
+    import pytest
+    models = pytest.importorskip('torchvision').models
+    for arch in ('mobilenet_v3_small', 'shufflenet_v2_x0_5'):
+        torch.manual_seed(0)
+        model = getattr(models, arch)(weights=None, num_classes=5)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.1)
+        x = torch.randn(2, 3, 32, 32)
+        graph, fisher, _ = _check_fisher(model, x[:1], x, 1, [(5,)], alive_frac=0.5)
+        assert graph.num_atoms > 100
+
+
+def test_masks_set_alive_shape_checked():
+    import pytest
+    model = SharedHead()
+    g = analyze(model, input_forward(torch.randn(1, 3, 8, 8)))
+    masks = ChannelMasks(model, g)
+    with pytest.raises(ValueError):
+        masks.set_alive(np.ones(g.num_atoms + 1, dtype=bool))
+    alive = np.ones(g.num_atoms, dtype=bool)
+    alive[np.unique(g.out_atoms['l0'])[:2]] = False
+    masks.set_alive(alive)
+    w = model.tower.weight.detach().clone()
+    masks.apply()
+    assert torch.equal(model.tower.weight, w), 'apply is idempotent'
+    cols = [i for i, a in enumerate(g.in_atoms['tower']) if not alive[a]]
+    assert len(cols) == 2 and (model.tower.weight[:, cols] == 0).all()
+    assert (model.tower.weight[:, [i for i in range(8) if i not in cols]] != 0).any()
