@@ -392,3 +392,55 @@ def test_weight_standardized_conv_exact_or_unprunable():
         assert res['max_abs_diff'] <= 1e-5 * res['scale'], (res['max_abs_diff'], res['scale'])
     else:
         assert 'a' in g.unprunable
+
+
+class CoordConv(nn.Module):
+    """SOLO-style CoordConv: two constant coordinate channels concatenated to the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(10, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        n, _, hh, ww = h.shape
+        xs = torch.linspace(-1, 1, ww).view(1, 1, 1, ww).expand(n, 1, hh, ww)
+        ys = torch.linspace(-1, 1, hh).view(1, 1, hh, 1).expand(n, 1, hh, ww)
+        return self.c(F.relu(self.b(torch.cat([h, xs, ys], 1))))
+
+
+def test_concat_with_constant_channels(check_exact):
+    g = analyze(CoordConv(), input_forward(torch.randn(1, 3, 8, 8)))
+    np.testing.assert_array_equal(g.in_atoms['b'][:8], g.out_atoms['a'])
+    assert (g.in_atoms['b'][8:] == -1).all()
+    out = check_exact(CoordConv(), torch.randn(1, 3, 8, 8))
+    assert out['slim'].b.in_channels == out['slim'].a.out_channels + 2 < 10
+
+
+class SetitemAssemble(nn.Module):
+    """Features written into a preallocated tensor at literal channel offsets."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.a2 = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        out = h.new_zeros(h.shape[0], 16, *h.shape[2:])
+        out[:, :8] = h
+        out[:, 8:] = self.a2(x)
+        return self.b(out)
+
+
+def test_setitem_at_literal_channel_offsets_exact_or_unprunable():
+    model = SetitemAssemble()
+    g = analyze(model, input_forward(torch.randn(1, 3, 4, 4)))
+    if (g.out_atoms['a'] >= 0).any() or (g.out_atoms['a2'] >= 0).any():
+        res = compare_masked_slimmed(model, g, input_forward(torch.randn(2, 3, 4, 4)), random_alive(g, 0.4, 0))
+        assert res['max_abs_diff'] <= 1e-5 * res['scale']
+    else:
+        assert 'setitem' in g.unprunable['a'], g.unprunable

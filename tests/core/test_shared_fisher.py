@@ -230,3 +230,33 @@ def test_masks_set_alive_shape_checked():
     cols = [i for i, a in enumerate(g.in_atoms['tower']) if not alive[a]]
     assert len(cols) == 2 and (model.tower.weight[:, cols] == 0).all()
     assert (model.tower.weight[:, [i for i in range(8) if i not in cols]] != 0).any()
+
+
+def test_taps_do_not_change_gradients():
+    """The taps are identities in forward and backward: parameter gradients are bit-identical with and without
+    them (train mode, in-place ReLUs and residual adds of torchvision's ResNet)."""
+    import pytest
+    models = pytest.importorskip('torchvision').models
+    torch.manual_seed(0)
+    model = models.resnet18(weights=None, num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    graph = analyze(model, input_forward(x[:1]))
+    model.train()
+
+    def grads():
+        model.zero_grad()
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        out = model(x)
+        out.pow(2).sum().backward()
+        model.load_state_dict(state)  # undo BN running-stat updates
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    out0, g0 = grads()
+    taps = FisherTaps(model, graph)
+    out1, g1 = grads()
+    assert taps.accumulate() and taps.samples == 2
+    assert (taps.fisher > 0).float().mean() > 0.9
+    taps.remove()
+    assert torch.equal(out0, out1)
+    for a, b in zip(g0, g1):
+        assert torch.equal(a, b)
