@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core import ChannelConfigError, apply_channel_config, load_channel_config, model_fingerprint
 from ..registry import MMENGINE_MODELS, MODELS
+from .fixups import fix_slimmed
 
 __all__ = ['Pruned']
 
@@ -78,6 +79,7 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]],
     except ChannelConfigError as exc:
         where = f' ({channels})' if isinstance(channels, str) else ''
         raise ChannelConfigError(f'Pruned{where}: {exc}') from exc
+    fix_slimmed(model)
     meta = cfg.get('meta') or {}
     if 'flops_ratio' in meta:
         print_log(f'Pruned: built {type(model).__name__} slimmed to flops {meta["flops_ratio"]:.4f}, acts '

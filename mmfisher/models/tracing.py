@@ -3,16 +3,21 @@
 The trace (``mmfisher.core.analyze``) needs one ``forward(model)`` call; these helpers build it for
 
 * mmdet detectors (``BaseDetector``): ``model(inputs, data_samples, mode='tensor')`` with ``DetDataSample``\\ s
-  carrying ``img_shape``, ``ori_shape``, ``pad_shape``, ``batch_input_shape`` and ``scale_factor``, so
-  two-stage detectors run their RPN ``predict`` and the RoI head;
+  carrying ``img_shape``, ``ori_shape``, ``pad_shape``, ``batch_input_shape`` and ``scale_factor``;
+* two-stage detectors (an ``roi_head``): backbone and neck, the RPN head's convs, then ``roi_head.forward`` on
+  fixed, seeded proposals (as many as the RPN keeps at test time, ``test_cfg.rpn.max_per_img``, default 1000).
+  Proposals from the RPN's own ``predict`` would tie every FPN channel to the score sorting and NMS, which read
+  all channels, and make the whole FPN unprunable; fixed boxes trace the same layers and the RoI head's cost at
+  the test-time number of RoIs;
 * mmpretrain classifiers (``BaseClassifier``) and other mmengine ``BaseModel``\\ s: ``model(inputs, mode='tensor')``;
 * anything else: ``model(inputs)``.
 
 The input is ``torch.randn((1, C, H, W))`` from a private generator seeded with ``seed`` (the global RNG is not
 touched, so tracing never changes a training run's random stream), on the model's device.
 """
+import contextlib
 import inspect
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -73,6 +78,41 @@ def det_data_samples(shape: Tuple[int, int], batch: int = 1) -> List[Any]:
     return samples
 
 
+@contextlib.contextmanager
+def _type_as_by_dtype() -> Iterator[None]:
+    """Run ``a.type_as(b)`` as ``a.to(b.dtype, b.device)`` (the same result) so the channel tracer does not treat
+    ``b`` as a pointwise operand: mmdet's RoI extractors call ``rois.type_as(feats[0])`` with a (K, 5) ``rois``
+    and (N, C, H, W) features. Work-around for the tracer's ``type_as`` handling; a no-op for the numbers."""
+    original = torch.Tensor.type_as
+
+    def type_as(self: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.to(dtype=other.dtype, device=other.device)
+    torch.Tensor.type_as = type_as
+    try:
+        yield
+    finally:
+        torch.Tensor.type_as = original
+
+
+def _num_proposals(model: nn.Module) -> int:
+    rpn_cfg = (getattr(model, 'test_cfg', None) or {}).get('rpn') or {}
+    n = rpn_cfg.get('max_per_img') or rpn_cfg.get('max_num') or 1000
+    return int(n)
+
+
+def fixed_proposals(shape: Tuple[int, int], num: int, gen: torch.Generator, device: torch.device) -> List[Any]:
+    """One image's ``InstanceData`` of ``num`` seeded boxes (x1, y1, x2, y2) inside ``shape == (H, W)``."""
+    from mmengine.structures import InstanceData
+    h, w = shape
+    wh = torch.rand((num, 2), generator=gen) * torch.tensor([w, h]) * 0.5 + 4.0
+    ctr = torch.rand((num, 2), generator=gen) * torch.tensor([w, h])
+    boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], dim=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    data = InstanceData(bboxes=boxes.to(device), scores=torch.ones(num, device=device))
+    return [data]
+
+
 def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int = 0
                        ) -> Callable[[nn.Module], Any]:
     """A ``forward(m)`` for :func:`mmfisher.core.analyze`: the model's tensor-mode forward on a batch of one
@@ -83,6 +123,16 @@ def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int =
     gen = torch.Generator().manual_seed(int(seed))
     inputs = torch.randn((1, c, h, w), generator=gen).to(device)
     samples: Optional[List[Any]] = det_data_samples((h, w)) if is_detector(model) else None
+    if samples is not None and getattr(model, 'roi_head', None) is not None:
+        proposals = fixed_proposals((h, w), _num_proposals(model), gen, device)
+        with_rpn = bool(getattr(model, 'with_rpn', False))
+
+        def two_stage(m: nn.Module) -> Any:
+            x = m.extract_feat(inputs)
+            rpn_outs = m.rpn_head(x) if with_rpn else ()
+            with _type_as_by_dtype():
+                return rpn_outs, m.roi_head.forward(x, proposals, samples)
+        return two_stage
     if samples is not None:
         return lambda m: m(inputs, samples, mode='tensor')
     if is_classifier(model) or _has_mode(model):
