@@ -122,7 +122,7 @@ def _overlaps(a: Tuple[float, ...], b: Tuple[float, ...], gap: float = 2.0) -> b
 
 
 def _draw(img: Image.Image, rng: np.random.Generator, bg: np.ndarray, poly: Polygon) -> None:
-    ImageDraw.Draw(img).polygon([(round(x, 2), round(y, 2)) for x, y in poly], fill=_contrasting_colour(rng, bg))
+    ImageDraw.Draw(img).polygon(poly, fill=_contrasting_colour(rng, bg))
 
 
 def draw_det_image(spec: DetSpec, rng: np.random.Generator) -> Tuple[Image.Image, List[_Placed]]:
@@ -136,7 +136,7 @@ def draw_det_image(spec: DetSpec, rng: np.random.Generator) -> Tuple[Image.Image
         label = int(rng.integers(len(spec.classes)))
         s = float(rng.uniform(spec.min_size, spec.max_size))
         cx, cy = rng.uniform(s / 2 + 1, spec.img_size - s / 2 - 1, size=2)
-        poly = _shape_polygon(rng, label, float(cx), float(cy), s)
+        poly = [(round(x, 2), round(y, 2)) for x, y in _shape_polygon(rng, label, float(cx), float(cy), s)]
         box = _bbox(poly)
         if any(_overlaps(box, p.bbox) for p in placed):
             continue
@@ -199,11 +199,11 @@ def make_det(out_dir: str, spec: DetSpec = DetSpec(), seed: int = 0, force: bool
             _save_png(img, os.path.join(tmp, split, name))
             images.append(dict(id=idx + 1, file_name=name, width=spec.img_size, height=spec.img_size))
             for p in placed:
-                x, y, w, h = (round(v, 2) for v in p.bbox)
+                x, y, w, h = (round(v, 2) for v in p.bbox)  # polygon vertices are already on a 0.01 grid
                 anns.append(
                     dict(id=len(anns) + 1, image_id=idx + 1, category_id=p.label + 1, bbox=[x, y, w, h],
                          area=round(_poly_area(p.polygon), 2), iscrowd=0,
-                         segmentation=[[round(c, 2) for pt in p.polygon for c in pt]]))
+                         segmentation=[[c for pt in p.polygon for c in pt]]))
         with open(os.path.join(tmp, 'annotations', f'{split}.json'), 'w') as f:
             json.dump(dict(images=images, annotations=anns, categories=categories), f)
     _publish(tmp, out_dir, manifest)

@@ -1,7 +1,7 @@
 """Test-only mmengine hook (imported via custom_imports in test_dist_cpu.py): each rank writes what it saw.
 
 ``<work_dir>/rank_probe/rank<r>.json``: rank, world size, backend, model wrapper and its device_ids, a digest of
-the parameters before and after training, and the image ids of every batch the rank trained on.
+the parameters before and after training, and the image ids the rank trained on, per epoch.
 """
 import hashlib
 import json
@@ -45,11 +45,12 @@ class RankProbeHook(Hook):
             rank=get_rank(), world_size=get_world_size(),
             backend=torch_dist.get_backend() if torch_dist.is_initialized() else None,
             wrapper=type(runner.model).__name__, device_ids=getattr(runner.model, 'device_ids', 'n/a'),
-            initial=param_digest(self._module(runner)), img_ids=[], iters=0,
+            initial=param_digest(self._module(runner)), img_ids={}, iters=0,
             param_names=sorted(n for n, _ in self._module(runner).named_parameters()))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        self.record['img_ids'].extend(int(s.img_id) for s in data_batch['data_samples'])
+        ids = self.record['img_ids'].setdefault(str(runner.epoch), [])
+        ids.extend(int(s.img_id) for s in data_batch['data_samples'])
         self.record['iters'] += 1
 
     def after_train(self, runner) -> None:

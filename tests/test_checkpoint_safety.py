@@ -9,6 +9,7 @@ from mmengine.runner import load_checkpoint
 
 import mmfisher  # noqa: F401  (registers the allow-list)
 from mmfisher.engine.checkpoint import safe_globals
+from _foundation import pickle_globals
 
 MARKER_ENV = 'MMFISHER_TEST_MARKER'
 
@@ -58,13 +59,32 @@ def test_malicious_checkpoint_is_refused(tmp_path, model, where):
 
 
 def test_allow_list_is_narrow():
-    names = []
+    from mmfisher.engine.checkpoint import history_buffer_getattr
     for item in safe_globals():
         obj = item[0] if isinstance(item, tuple) else item
-        names.append(f'{getattr(obj, "__module__", "?")}.{getattr(obj, "__qualname__", obj)}')
-    assert all(n.startswith(('numpy', 'mmengine.logging.history_buffer')) for n in names), names
-    assert not any(type(np.dtype(object)).__name__ in n for n in names)
-    assert not any(n.startswith(('builtins', 'os', 'posix', 'subprocess')) for n in names)
+        name = f'{obj.__module__}.{obj.__qualname__}'
+        assert name.startswith(('numpy', 'mmengine.logging.history_buffer')) or obj is history_buffer_getattr, name
+        assert obj not in (getattr, eval, exec, os.system, __import__), name
+
+
+class Getattr:
+    """Pickles as ``getattr(owner, name)`` (how a function stored in an object is pickled)."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self):
+        return (getattr, (self.owner, self.name))
+
+
+def test_getattr_only_reaches_history_buffer_statistics(tmp_path):
+    from mmengine.logging import HistoryBuffer
+    ok = _save(tmp_path / 'ok.pth', {'f': Getattr(HistoryBuffer, 'mean')})
+    assert torch.load(ok)['f'] is HistoryBuffer.mean
+    for owner, name in [(HistoryBuffer, '__init__'), (HistoryBuffer, '_statistics_methods'), (np.ndarray, 'tofile')]:
+        bad = _save(tmp_path / 'bad.pth', {'f': Getattr(owner, name)})
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(bad)
 
 
 def test_numpy_and_history_buffer_round_trip(tmp_path, model):
@@ -78,10 +98,15 @@ def test_numpy_and_history_buffer_round_trip(tmp_path, model):
                'meta': {'seed': np.int64(3), 'lr': np.float32(0.5), 'arr': np.arange(4, dtype=np.float16),
                         'flags': np.array([True, False]), 'dt': np.dtype('int32')}}
     path = _save(tmp_path / 'ok.pth', payload)
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    assert unsafe, 'this payload should need allow-listed globals; otherwise the test proves nothing'
+    needed = pickle_globals(path)
+    assert {'mmengine.logging.history_buffer.HistoryBuffer', 'numpy._core.multiarray._reconstruct',
+            'numpy._core.multiarray.scalar', '__builtin__.getattr'} <= needed, needed
     loaded = torch.load(path, map_location='cpu')
     buf = loaded['message_hub']['log_scalars']['train/loss']
-    assert isinstance(buf, HistoryBuffer) and buf.mean() == pytest.approx(2.5)
+    assert isinstance(buf, HistoryBuffer) and buf.mean() == pytest.approx(2.5) and buf.statistics('max') == 4.0
     assert loaded['meta']['seed'] == 3 and loaded['meta']['arr'].dtype == np.float16
     assert loaded['meta']['dt'] == np.dtype('int32')
+    # even an object array of plain values is refused (its dtype class is not allowed)
+    objects = _save(tmp_path / 'objects.pth', {'a': np.array([1, 'a'], dtype=object)})
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(objects)

@@ -83,7 +83,7 @@ def test_coco_detection_set_is_valid(tmp_path):
                 x, y, w, h = ann['bbox']
                 assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128
                 assert SMALL_DET.min_size - 1 <= max(w, h) <= SMALL_DET.max_size + 1
-                assert 0 < ann['area'] <= w * h + 1e-6
+                assert 0 < ann['area'] <= w * h + 0.01  # area rounded to 0.01
                 poly = np.array(ann['segmentation'][0]).reshape(-1, 2)
                 np.testing.assert_allclose([poly[:, 0].min(), poly[:, 1].min()], [x, y], atol=0.02)
                 np.testing.assert_allclose([poly[:, 0].max(), poly[:, 1].max()], [x + w, y + h], atol=0.02)

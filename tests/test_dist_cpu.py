@@ -39,8 +39,11 @@ def test_both_ranks_ran_on_gloo_with_ddp(dist_run):
 def test_ranks_end_with_identical_weights_from_different_data(dist_run):
     _, work, _, (r0, r1) = dist_run
     # each rank trained on its own shard of the data: equal weights come from gradient all-reduce, not equal inputs
-    assert set(r0['img_ids']).isdisjoint(r1['img_ids'])
-    assert len(set(r0['img_ids']) | set(r1['img_ids'])) == N_TRAIN
+    assert sorted(r0['img_ids']) == sorted(r1['img_ids']) == [str(e) for e in range(EPOCHS)]
+    for epoch, ids0 in r0['img_ids'].items():
+        ids1 = r1['img_ids'][epoch]
+        assert set(ids0).isdisjoint(ids1)
+        assert len(set(ids0) | set(ids1)) == N_TRAIN
     assert r0['initial'] == r1['initial']  # DDP broadcast rank 0's initial weights
     assert r0['final'] != r0['initial']  # training changed them...
     assert r0['final'] == r1['final']  # ...identically on both ranks
