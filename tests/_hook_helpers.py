@@ -111,3 +111,62 @@ def toy_runner(work_dir: str, hook: Dict[str, Any], model: Optional[nn.Module] =
 def get_hook(runner):
     from mmfisher.hooks import FisherPruningHook
     return next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
+
+
+DET_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_shapes.py')
+DET_SHAPE = (3, 128, 128)
+
+
+def ensure_det_data() -> None:
+    from mmfisher.data_gen import make_all
+    make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_det'])
+
+
+def smaller_detector(model_cfg) -> None:
+    """Shrink the tiny RetinaNet config in place: ResNet-18 at base_channels=8, FPN/head of 16 channels."""
+    model_cfg.backbone.update(base_channels=8, init_cfg=None)
+    model_cfg.neck.update(in_channels=[8, 16, 32, 64], out_channels=16)
+    model_cfg.bbox_head.update(in_channels=16, feat_channels=16)
+
+
+def det_cfg(work_dir: str, hook: Optional[Dict[str, Any]] = None, max_iters: int = 40, batch_size: int = 2):
+    """The tiny-shapes RetinaNet config, smaller, iteration based, no validation, optional pruning hook."""
+    from mmengine.config import Config
+    ensure_det_data()
+    cfg = Config.fromfile(DET_CFG)
+    smaller_detector(cfg.model)
+    cfg.merge_from_dict({
+        'work_dir': work_dir, 'train_dataloader.num_workers': 0, 'train_dataloader.persistent_workers': False,
+        'train_dataloader.batch_size': batch_size, 'default_hooks.logger.interval': 1,
+        'env_cfg.dist_cfg.backend': 'gloo'})
+    cfg.data_root = osp.join(ROOT, 'data', 'generated', 'shapes_det') + '/'
+    cfg.train_dataloader.dataset.data_root = cfg.data_root
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100000)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100000, by_epoch=False)
+    cfg.param_scheduler = None
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.custom_hooks = [dict(type='mmfisher.FisherPruningHook', **hook)] if hook else []
+    return cfg
+
+
+def tensors(obj: Any) -> List[torch.Tensor]:
+    """Every tensor in a nested tuple/list/dict, in order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in tensors(v)]
+    return []
+
+
+def assert_same_outputs(a: nn.Module, b: nn.Module, forward) -> None:
+    """``forward(a)`` and ``forward(b)`` give the same tensors (eval mode, no grad)."""
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        ta, tb = tensors(forward(a)), tensors(forward(b))
+    assert len(ta) == len(tb) and ta
+    for x, y in zip(ta, tb):
+        assert x.shape == y.shape
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5 * max(1.0, float(x.abs().max())))

@@ -21,4 +21,6 @@
 # The architecture's init_cfg (e.g. a Pretrained ImageNet backbone) is kept: `runner.train()` may download it and
 # load what fits into the slimmed layers before `load_from` overwrites every weight. Set the backbone's
 # init_cfg=None to skip that download.
-custom_imports = dict(imports=['mmfisher'], allow_failed_imports=False)
+#
+# 'mmfisher.Pruned' makes mmengine import mmfisher by itself, so this file sets no keys at all (mmengine refuses a
+# key set by two _base_ files): it is this documentation, and a stable name to list in _base_.

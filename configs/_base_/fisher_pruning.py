@@ -15,14 +15,16 @@
 # activations are counted there (classification: (3, 224, 224)).
 #
 # Override arguments with --cfg-options custom_hooks.0.target=0.4, or redefine the list in your config:
-#   custom_hooks = [dict(type='FisherPruningHook', target=0.4, input_shape=(3, 640, 640))]
-# This file sets custom_hooks and custom_imports; mmengine refuses duplicate keys among _base_ files, so with a
-# base that sets them too (e.g. an EMAHook), drop this file and write both lists in your config instead.
-custom_imports = dict(imports=['mmfisher'], allow_failed_imports=False)
-
+#   custom_hooks = [dict(type='mmfisher.FisherPruningHook', target=0.4, input_shape=(3, 640, 640))]
+# The 'mmfisher.' prefix makes mmengine import mmfisher by itself, so this file sets no custom_imports (mmengine
+# refuses a key set by two _base_ files; many model configs set custom_imports). It does set custom_hooks: with a
+# base that sets them too (e.g. an EMAHook), leave this file out and list all hooks in your config.
+# (With mmdet's / mmpretrain's own tools and distributed training on CPUs, add
+#  custom_imports = dict(imports=['mmfisher']) to your config so mmfisher's CPU patches load before dist init;
+#  mmfisher's tools/train.py imports it anyway.)
 custom_hooks = [
     dict(
-        type='FisherPruningHook',
+        type='mmfisher.FisherPruningHook',
         interval=10,                 # iterations between pruning steps (paper: 10 detection, 25 ImageNet)
         delta='acts',                # 'acts' (paper default) | 'flops' | 'none'
         target=0.5,                  # stop when FLOPs <= 50% of the unpruned model

@@ -80,10 +80,13 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]],
         where = f' ({channels})' if isinstance(channels, str) else ''
         raise ChannelConfigError(f'Pruned{where}: {exc}') from exc
     fix_slimmed(model)
+    units = cfg.get('units') or []
+    kept = sum(len(u.get('kept', ())) for u in units)
+    total = sum(int(u.get('channels', 0)) for u in units)
     meta = cfg.get('meta') or {}
-    if 'flops_ratio' in meta:
-        print_log(f'Pruned: built {type(model).__name__} slimmed to flops {meta["flops_ratio"]:.4f}, acts '
-                  f'{meta.get("acts_ratio", float("nan")):.4f} of the unpruned model', logger='current')
+    ratio = f', flops {meta["flops_ratio"]:.4f} of the unpruned model' if 'flops_ratio' in meta else ''
+    print_log(f'Pruned: built {type(model).__name__} keeping {kept}/{total} prunable atoms{ratio}',
+              logger='current')
     return model
 
 
