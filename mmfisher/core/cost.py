@@ -32,7 +32,11 @@ class CostModel:
             self.layers.append((name, module_in, module_out, rec.groups, rec.kernel, spatial))
 
     def _counts(self, atoms: np.ndarray, alive: np.ndarray) -> int:
-        return int(((atoms < 0) | alive[np.clip(atoms, 0, None)]).sum()) if atoms.size else 0
+        if atoms.size == 0:
+            return 0
+        if alive.size == 0:
+            return int(atoms.size)
+        return int(((atoms < 0) | alive[np.clip(atoms, 0, None)]).sum())
 
     def totals(self, alive: np.ndarray) -> Dict[str, float]:
         """{'flops', 'acts', 'params'} of the model with atoms ``alive``."""

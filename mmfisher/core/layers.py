@@ -83,8 +83,21 @@ class ConvRule(LayerRule):
     depthwise conv's output channel is coupled with its input channel.
     """
 
+    #: subclasses whose forward only adds padding or empty-input handling around the standard conv
+    safe_forwards = ('Conv2dAdaptivePadding', 'Conv2dSamePadding', 'Conv1d', 'Conv2d', 'Conv3d')
+
     def matches(self, module):
-        return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+        if not isinstance(module, nn.modules.conv._ConvNd) or module.transposed:
+            return False
+        cls = type(module)
+        if cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+            return True
+        # a subclass that transforms its weight in forward (weight standardisation, SAC) would make zeroed or
+        # removed input weights change the others: only known-safe forwards are treated as plain convs
+        own = [k for k in cls.__mro__ if k not in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and
+               ('forward' in vars(k) or '_conv_forward' in vars(k)) and issubclass(k, nn.modules.conv._ConvNd)
+               and k is not nn.modules.conv._ConvNd]
+        return all(k.__name__ in self.safe_forwards for k in own)
 
     def in_channels(self, module):
         return module.in_channels

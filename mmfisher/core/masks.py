@@ -81,10 +81,11 @@ class _Tap(torch.autograd.Function):
 class FisherTaps:
     """Accumulates the group Fisher information of every atom during ordinary training.
 
-    Usage per iteration: forward + backward as usual, then :meth:`accumulate` (squares the per-sample sums and adds
-    them to ``fisher``). ``scale`` divides gradients first (e.g. an AMP loss scale). ``row_groups`` may be set by
-    the caller to map the rows of readers that do not see one row per sample (RoI features) onto samples;
-    otherwise rows that are a multiple of the batch are assumed sample-major.
+    Usage per iteration: set ``batch_size`` (images in the batch; if left None, the length of the first tensor
+    the model is called with), forward + backward as usual, then :meth:`accumulate` (squares the per-sample sums and adds them to
+    ``fisher``; ``scale`` divides gradients first, e.g. an AMP loss scale). Readers that see more rows than
+    samples (RoI features: ``rows = samples x rois``) are folded sample-major; rows that are not a multiple of
+    the batch are shared evenly.
     """
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, masks: Optional[ChannelMasks] = None) -> None:
@@ -95,9 +96,11 @@ class FisherTaps:
         self.samples = 0
         self._per_sample: Optional[torch.Tensor] = None
         self._batch: Optional[int] = None
+        self.batch_size: Optional[int] = None
         self._handles = []
         self.enabled = True
         modules = dict(model.named_modules())
+        self._handles.append(model.register_forward_pre_hook(self._root_hook, with_kwargs=True))
         for name, atoms in graph.in_atoms.items():
             if not (atoms >= 0).any():
                 continue
@@ -109,6 +112,19 @@ class FisherTaps:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+    def _root_hook(self, module, args, kwargs):
+        """The batch size is the first tensor (or list of tensors) the whole model is called with."""
+        if self.batch_size or self._batch is not None or not self.enabled:
+            return None
+        for value in list(args) + list(kwargs.values()):
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                self._batch = int(value.shape[0])
+                return None
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+                self._batch = len(value)
+                return None
+        return None
 
     def _pre_hook(self, atoms: torch.Tensor, in_dim: int):
         valid = atoms >= 0
@@ -130,13 +146,9 @@ class FisherTaps:
             if not isinstance(x, torch.Tensor) or not x.requires_grad:
                 return None
             if self._batch is None:
-                self._batch = int(x.shape[0])
-            dim = in_dim if in_dim >= 0 else x.dim() + in_dim
-            if dim == x.dim() - 1 and x.dim() > 2:  # (N, L, C): fold L into the spatial sum
-                dim_arg = dim
-            else:
-                dim_arg = dim
-            return (_Tap.apply(x, sink, dim_arg),) + tuple(args[1:])
+                self._batch = int(self.batch_size) if self.batch_size else int(x.shape[0])
+            dim = in_dim if in_dim >= 0 else x.dim() + in_dim  # (N, L, C) inputs: L joins the spatial sum
+            return (_Tap.apply(x, sink, dim),) + tuple(args[1:])
         return hook
 
     def _add(self, g: torch.Tensor, cols: torch.Tensor) -> None:

@@ -37,6 +37,8 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def _keep(atoms: np.ndarray, alive: np.ndarray) -> Optional[list]:
+    if atoms.size == 0 or alive.size == 0:
+        return None
     keep = (atoms < 0) | alive[np.clip(atoms, 0, None)]
     if keep.all():
         return None
@@ -65,10 +67,15 @@ def channel_config(model: nn.Module, graph: ChannelGraph, alive: np.ndarray,
         keep = _keep(atoms, alive)
         if keep is not None:
             params[pname] = {'dim': dim, 'keep': keep}
+    attrs = {}
+    for key, atoms in graph.attr_atoms.items():
+        keep = _keep(atoms, alive)
+        if keep is not None:
+            attrs[key] = len(keep)
     units = [{'name': u.name, 'layers': u.layers, 'channels': int(u.atoms.size),
               'kept': np.nonzero(alive[u.atoms])[0].tolist()} for u in graph.units]
     cfg = {'format': FORMAT, 'fingerprint': model_fingerprint(model), 'layers': layers, 'params': params,
-           'units': units}
+           'attrs': attrs, 'units': units}
     if extra:
         cfg['meta'] = extra
     return cfg
@@ -137,6 +144,13 @@ def apply_channel_config(model: nn.Module, cfg: Dict[str, Any], check_fingerprin
             owner._parameters[attr] = nn.Parameter(new, requires_grad=t.requires_grad)
         else:
             owner._buffers[attr] = new
+    for key, value in cfg.get('attrs', {}).items():
+        owner_name, attr = key.rsplit('.', 1) if '.' in key else ('', key)
+        owner = modules.get(owner_name)
+        if owner is None or not isinstance(getattr(owner, attr, None), int) or not isinstance(value, int) or \
+                not 0 < value <= getattr(owner, attr):
+            raise ChannelConfigError(f'channel config sets "{key}" = {value!r}, which does not fit this model')
+        setattr(owner, attr, value)
     return model
 
 

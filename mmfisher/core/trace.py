@@ -89,10 +89,21 @@ class ParamUse:
 
 
 @dataclasses.dataclass
+class AttrUse:
+    """A module's int attribute that sizes a buffer the forward writes channels into (mmdet's RoI extractor:
+    ``new_zeros(n, self.out_channels, ...)``): slimming sets it to the number of kept positions."""
+
+    module: str
+    attr: str
+    elems: np.ndarray
+
+
+@dataclasses.dataclass
 class TraceResult:
     uf: UnionFind
     modules: Dict[str, ModuleRecord]
     params: Dict[str, ParamUse]
+    attrs: Dict[str, AttrUse]
     module_order: List[str]
     batch: int
     unknown_ops: Dict[str, int]
@@ -136,11 +147,19 @@ _REDUCE = {'sum', 'mean', 'amax', 'amin', 'max', 'min', 'std', 'var', 'norm', 'l
            'nanmean', 'median', 'argmax', 'argmin', 'all', 'any', 'std_mean', 'var_mean'}
 _ALONG = {'softmax', 'log_softmax', 'cumsum', 'cumprod', 'normalize', 'sort', 'argsort', 'topk', 'cummax',
           'cummin', 'softmin'}
+# ops whose result does not depend on the values (shapes, metadata, fresh tensors shaped like the input)
 _NEW = {'new_zeros', 'new_ones', 'new_full', 'new_empty', 'new_tensor', 'zeros_like', 'ones_like', 'empty_like',
         'full_like', 'rand_like', 'randn_like', 'randint_like', 'size', 'dim', 'numel', 'len', 'get',
-        'is_contiguous', 'stride', 'element_size', 'data_ptr', 'tolist', 'item', 'bool_', 'format', 'repr',
-        'numpy', 'nelement', 'get_device', 'is_floating_point', 'storage_offset', 'has_names', 'dim_order',
-        'is_complex', 'untyped_storage', 'hash', 'iter', 'reversed', 'index', 'shape'}
+        'is_contiguous', 'stride', 'element_size', 'data_ptr', 'nelement', 'get_device', 'is_floating_point',
+        'storage_offset', 'has_names', 'dim_order', 'is_complex', 'untyped_storage', 'hash', 'shape', 'repr',
+        'format', 'is_same_size', 'is_nonzero_shape'}
+# ops whose only data input is the first argument (the others are shapes, dtypes, indices or references)
+_FIRST_ONLY = {'type_as', 'view_as', 'expand_as', 'reshape_as', 'to', 'index_select', 'gather', 'take_along_dim',
+               'getitem', 'narrow', 'select', 'roll', 'flip', 'grid_sample', 'masked_select', 'repeat_interleave'}
+# data movement whose channel-axis action is fixed by literals (indices, offsets, sizes): exact only when it
+# leaves the channel axis untouched
+_LITERAL = {'getitem', 'index_select', 'gather', 'take_along_dim', 'roll', 'narrow', 'select', 'split',
+            'split_with_sizes', 'unbind', 'masked_select', 'tensor_split'}
 
 
 def _op_name(func: Callable) -> Tuple[str, bool]:
@@ -183,6 +202,8 @@ class _Tracer(TorchFunctionMode):
         self.modules: Dict[str, ModuleRecord] = {}
         self.module_order: List[str] = []
         self.params: Dict[str, ParamUse] = {}
+        self.attrs: Dict[str, AttrUse] = {}
+        self.module_objs: Dict[str, nn.Module] = {}
         self.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self.param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self.unknown_ops: Dict[str, int] = {}
@@ -285,6 +306,8 @@ class _Tracer(TorchFunctionMode):
         return vec
 
     def flag_info(self, info: Any, reason: str) -> None:
+        if isinstance(info, Mixed):  # name the op that mixed the channels, not the layer that met the result
+            reason = info.reason
         elems = self.elems_of(info)
         if elems is not None:
             self.uf.flag(elems, reason)
@@ -362,6 +385,11 @@ class _Tracer(TorchFunctionMode):
                 norm_dims = set(range(x.dim() - len(module.normalized_shape), x.dim()))
                 if isinstance(info, ChannelInfo) and norm_dims & set(info.dims):  # noqa: SIM102
                     self.uf.flag(info.cmap, f'{name} (LayerNorm) normalises over channels')
+                if rec.in_elems is None:
+                    rec.in_elems = vec.copy()
+                else:
+                    self.uf.union_arrays(rec.in_elems, vec)
+                rec.out_elems = rec.in_elems
                 self.set(out, info if isinstance(info, ChannelInfo) else None)
                 return
             if rec.in_elems is None:
@@ -415,7 +443,10 @@ class _Tracer(TorchFunctionMode):
 
     def unmappable(self, func, args, kwargs, out, why: str) -> None:
         name = _op_name(func)[0]
-        infos = [self.get(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if name in _FIRST_ONLY and args:
+            infos = [self.get(args[0])]
+        else:
+            infos = [self.get(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         elems = [self.elems_of(i) for i in infos if i is not None]
         for i in infos:
             self.use(i)
@@ -430,32 +461,35 @@ class _Tracer(TorchFunctionMode):
 
     def record_op(self, func, args, kwargs, out) -> None:
         name, inplace = _op_name(func)
-        flat_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        in_infos = [self.get(t) for t in flat_in]
         if name == 'setitem':
             self.op_setitem(args)
             return
-        if all(i is None for i in in_infos):
-            return  # nothing traced flows in: constants stay constants
         if name in _NEW:
             return
+        if name in _FIRST_ONLY and args:
+            flat_in = [args[0]] if isinstance(args[0], torch.Tensor) else []
+        else:
+            flat_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        in_infos = [self.get(t) for t in flat_in]
+        if all(i is None for i in in_infos):
+            return  # nothing traced flows in: constants stay constants
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        if any(isinstance(i, Mixed) for i in in_infos):
-            zero = name == 'mul' and any(_is_zero_scalar(a) for a in list(args[1:]) + list(kwargs.values()))
+        if not outs:  # values leave tensor land (item, tolist, numpy, bool): a read the tracer cannot follow
+            raise _Unmappable('its values leave torch (python or numpy values)')
+        zero = name == 'mul' and any(_is_zero_scalar(a) for a in list(args[1:]) + list(kwargs.values()))
+        if zero:  # mmdet keeps graphs connected with `x.sum() * 0`: the result carries no channel
             for i in in_infos:
-                self.use(i, zero=zero)
-            if zero:
-                for t in outs:
-                    self.set(t, None)
-                return
+                self.use(i, zero=True)
+            for t in outs:
+                self.set(t, None)
+            return
+        if any(isinstance(i, Mixed) for i in in_infos):
+            for i in in_infos:
+                self.use(i)
             self.propagate_mixed(name, in_infos, outs)
             return
         if name in _UNARY or (name in ('max', 'min') and len(args) > 1 and isinstance(args[1], torch.Tensor)) or \
                 (name in _NARY):
-            if name == 'mul' and any(_is_zero_scalar(a) for a in list(args[1:]) + list(kwargs.values())):
-                for t in outs:
-                    self.set(t, None)
-                return
             self.op_pointwise(name, flat_in, in_infos, outs)
         elif name in _MOVE:
             self.op_move(func, name, args, kwargs, out)
@@ -464,11 +498,9 @@ class _Tracer(TorchFunctionMode):
         elif name in _REDUCE or name in _ALONG:
             self.op_reduce(name, args, kwargs, in_infos, outs)
         elif name == 'copy':
-            if outs:
-                self.set(outs[0], in_infos[1] if len(in_infos) > 1 else None)
+            self.set(outs[0], in_infos[1] if len(in_infos) > 1 else None)
         elif name in ('fill', 'zero', 'normal', 'uniform'):
-            if outs:
-                self.set(outs[0], None)
+            self.set(outs[0], None)
         else:
             raise _Unmappable('the tracer has no rule for it')
         if inplace and outs and flat_in and outs[0] is not flat_in[0]:
@@ -493,7 +525,15 @@ class _Tracer(TorchFunctionMode):
         traced = [(t, i) for t, i in zip(flat_in, in_infos) if isinstance(i, ChannelInfo)]
         shift = lambda t, d: d + len(shape) - t.dim()  # noqa: E731
         dims = sorted({shift(t, d) for t, i in traced for d in i.dims})
-        maps = [self.broadcast_cmap(i, t.dim(), shape, dims) for t, i in traced]
+        maps = []
+        for t, i in traced:
+            m = self.broadcast_cmap(i, t.dim(), shape, dims)
+            # a size-1 channel broadcast over many (a 1-channel gate) couples nothing: it acts as a scalar
+            bdims = [k for k, d in enumerate(dims) if shape[d] > 1 and (t.dim() - len(shape) + d < 0 or
+                                                                        t.shape[t.dim() - len(shape) + d] == 1)]
+            if bdims:
+                m = np.full(m.shape, -1, dtype=np.int64)
+            maps.append(m)
         # constants (incl. parameters) with per-channel extent along a channel dim
         for t, i in zip(flat_in, in_infos):
             if i is not None or t.dim() == 0:
@@ -580,33 +620,63 @@ class _Tracer(TorchFunctionMode):
         """
         data = pargs[0]
         ins = data if isinstance(data, (list, tuple)) else [data]
+        in_infos = [self.info_from_ids(i) for i in ins]
         in_elems = np.unique(np.concatenate([np.unique(i.numpy()) for i in ins]))
         in_elems = in_elems[in_elems >= 0]
-        in_dims = max((len(self.info_from_ids(i).dims) for i in ins
-                       if self.info_from_ids(i) is not None), default=0)
-        out_sets = [np.unique(i.cmap) for i in infos]
-        if len(infos) > 1:
-            union = np.unique(np.concatenate(out_sets))
-            union = union[union >= 0]
-            parts_cover = union.size == in_elems.size
-            if all(len(s[s >= 0]) == len(in_elems) for s in out_sets):
-                return  # every part carries all channels (split along a non-channel dim)
-            shapes = {i.cmap.shape for i in infos}
-            if parts_cover and len(shapes) == 1 and len({i.dims for i in infos}) == 1:
-                for other in infos[1:]:
-                    self.uf.union_arrays(infos[0].cmap, other.cmap)
+        in_dims = max((len(i.dims) for i in in_infos if i is not None), default=0)
+        if name in _LITERAL:
+            src = in_infos[0]
+            if all(src is not None and i.cmap.shape == src.cmap.shape and np.array_equal(i.cmap, src.cmap)
+                   for i in infos):
+                return  # channel axis untouched (slicing batch/spatial dims, splitting along them)
+            if name == 'tensor_split' and len(pargs) > 1 and isinstance(pargs[1], int):
+                name = 'chunk'  # a section count scales with the channels like chunk
+            elif name in ('split', 'split_with_sizes') and len(infos) > 1 and self.split_sizes_follow(pargs, infos):
                 return
-            self.uf.flag(in_elems, f'op {name} splits channels into unequal parts')
+            else:
+                self.uf.flag(in_elems, f'op {name} picks channels at literal positions')
+                return
+        if name == 'chunk' and len(infos) > 1 and not all(
+                np.array_equal(i.cmap, infos[0].cmap) and i.cmap.shape == infos[0].cmap.shape for i in infos[1:]):
+            if len({i.cmap.shape for i in infos}) == 1 and len({i.dims for i in infos}) == 1:
+                for other in infos[1:]:  # position i of every part is one atom: parts stay equal and aligned
+                    self.uf.union_arrays(infos[0].cmap, other.cmap)
+            else:
+                self.uf.flag(in_elems, 'op chunk splits channels into unequal parts')
             return
         info = infos[0]
-        out_set = out_sets[0][out_sets[0] >= 0]
-        if name not in _LIST_DATA and out_set.size < in_elems.size:
-            self.uf.flag(in_elems, f'op {name} selects channels by position')
-            return
         if len(info.dims) > in_dims and info.cmap.ndim > 1:
+            # a reshape that splits a channel dim (channel shuffle): couple positions across the outer axes
             cm = info.cmap.reshape(-1, info.cmap.shape[-1])
             for j in range(1, cm.shape[0]):
                 self.uf.union_arrays(cm[0], cm[j])
+
+    def split_sizes_follow(self, pargs, infos: List[ChannelInfo]) -> bool:
+        """Equal parts of a channel split stay exact if their size follows pruning: couple position i of every
+        part, and tie the size to the running module's int attribute that holds it (Res2Net's ``width``, C2f's
+        ``mid_channels``); an int size with no such attribute is taken as computed from the input's shape."""
+        sizes = pargs[1] if len(pargs) > 1 else None
+        if len({i.cmap.shape for i in infos}) != 1 or len({i.dims for i in infos}) != 1 or not infos[0].dims:
+            return False
+        for other in infos[1:]:
+            self.uf.union_arrays(infos[0].cmap, other.cmap)
+        part = infos[0]
+        size = part.cmap.shape[-1] if part.cmap.ndim else 1
+        owner = next((n for n, rule, _ in reversed(self._stack) if rule is None), None)
+        module = self.module_objs.get(owner) if owner is not None else None
+        names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool) and v == size
+                 and any(w in k for w in ('channels', 'width', 'mid'))] if module is not None else []
+        if len(names) == 1:
+            vec = self.channel_vector(part, part.dims[-1], size)
+            if vec is not None:
+                key = f'{owner}.{names[0]}'
+                use = self.attrs.get(key)
+                if use is None:
+                    self.attrs[key] = AttrUse(owner, names[0], vec.copy())
+                else:
+                    self.uf.union_arrays(use.elems, vec)
+                return True
+        return isinstance(sizes, int)
 
     def op_setitem(self, args) -> None:
         target, index, value = args[0], args[1], args[2]
@@ -628,10 +698,64 @@ class _Tracer(TorchFunctionMode):
             ids[index] = vids
         except Exception:
             raise _Unmappable('setitem could not be replayed on channel ids')
+        if isinstance(v_info, ChannelInfo) and v_info.dims and isinstance(value, torch.Tensor):
+            self.check_setitem_positions(target, index, value, v_info)
         info = self.info_from_ids(ids)
         if info is None:
             raise _Unmappable('setitem mixes channel identities')
+        if t_info is None and isinstance(v_info, ChannelInfo) and v_info.dims and isinstance(value, torch.Tensor):
+            region = target[index].shape
+            offset = target.dim() - len(region)
+            shift = len(region) - value.dim()
+            dims = [vd + shift + offset for vd in v_info.dims if value.shape[vd] > 1]
+            self.bind_buffer_size(target, info, [d for d in dims if 0 <= d < target.dim()])
         self.set(target, info)
+
+    def bind_buffer_size(self, target: torch.Tensor, info: ChannelInfo, dims: List[int]) -> None:
+        """A fresh buffer receives channels: its channel size came from somewhere the tracer cannot see. Tie it
+        to the one ``*channels*`` int attribute of the running module that equals it, or make it unprunable."""
+        owner = next((n for n, rule, _ in reversed(self._stack) if rule is None), None)
+        module = self.module_objs.get(owner) if owner is not None else None
+        for d in dims:
+            size = target.shape[d]
+            vec = self.channel_vector(info, d, size)
+            if vec is None:
+                continue
+            names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool)
+                     and v == size and 'channels' in k] if module is not None else []
+            if len(names) != 1:
+                self.uf.flag(vec, f'op setitem writes channels into a buffer of literal size {size}'
+                             + (f' in {owner}' if owner else ''))
+                continue
+            key = f'{owner}.{names[0]}'
+            use = self.attrs.get(key)
+            if use is None:
+                self.attrs[key] = AttrUse(owner, names[0], vec.copy())
+            else:
+                self.uf.union_arrays(use.elems, vec)
+
+    def check_setitem_positions(self, target, index, value, v_info: ChannelInfo) -> None:
+        """Writing channels into a buffer is exact only if every channel dim is written whole and in order
+        (``feats[rows] = x``); ``out[:, :8] = x`` puts channels at literal offsets that would not follow pruning."""
+        region = target[index].shape
+        shift = len(region) - value.dim()
+        for vd in v_info.dims:
+            rd = vd + shift
+            if rd < 0 or value.shape[vd] <= 1:
+                continue
+            whole = False
+            for d in range(target.dim()):
+                if target.shape[d] != region[rd]:
+                    continue
+                pos = torch.arange(target.shape[d]).view([-1 if k == d else 1 for k in range(target.dim())])
+                sel = pos.expand(target.shape)[index]
+                line = sel.movedim(rd, -1).reshape(-1, region[rd])
+                if bool((line == torch.arange(region[rd])).all()):
+                    whole = True
+                    break
+            if not whole:
+                self.uf.flag(v_info.cmap, 'op setitem writes channels at literal positions')
+                return
 
     def op_spatial(self, name, args, kwargs, flat_in, in_infos, outs) -> None:
         x, info = flat_in[0], in_infos[0]
@@ -719,6 +843,7 @@ def trace_channels(model: nn.Module, forward: Callable[[nn.Module], Any], batch:
             if not name:
                 continue
             rule = find_rule(module)
+            tracer.module_objs[name] = module
             handles.append(module.register_forward_pre_hook(tracer.pre_hook(name, rule), with_kwargs=True))
             handles.append(module.register_forward_hook(tracer.post_hook(name, rule), with_kwargs=True))
         with torch.enable_grad(), tracer:
@@ -741,5 +866,5 @@ def trace_channels(model: nn.Module, forward: Callable[[nn.Module], Any], batch:
             m.training = mode
         for p, g in grads.items():
             p.requires_grad_(g)
-    return TraceResult(tracer.uf, tracer.modules, tracer.params, tracer.module_order, batch,
+    return TraceResult(tracer.uf, tracer.modules, tracer.params, tracer.attrs, tracer.module_order, batch,
                        tracer.unknown_ops, time.perf_counter() - t0)

@@ -39,6 +39,7 @@ class ChannelGraph:
     in_atoms: Dict[str, np.ndarray]     # weighted layer -> (C_in,)
     out_atoms: Dict[str, np.ndarray]    # weighted or norm layer -> (C_out,)
     param_atoms: Dict[str, Tuple[int, np.ndarray]]  # parameter name -> (dim, (size,))
+    attr_atoms: Dict[str, np.ndarray]   # "module.attr" (an int sizing a channel buffer) -> (size,)
     rules: Dict[str, LayerRule]
     records: Dict[str, ModuleRecord]
     units: List[Unit]
@@ -144,6 +145,8 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
         for x in np.unique(a[a >= 0]).tolist():
             members[x].add((pname, 'param'))
 
+    attr_atoms = {key: atoms_of(use.elems) for key, use in trace.attrs.items()}
+
     # units: atoms with identical layer sets, named after their first producer
     groups: Dict[frozenset, List[int]] = defaultdict(list)
     for a in range(len(atom_of)):
@@ -170,7 +173,7 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
         reason, _ = reasons.most_common(1)[0]
         frac = '' if len(bad) == o.size else f' ({len(bad)}/{o.size} channels)'
         unprunable[name] = reason + frac
-    return ChannelGraph(len(atom_of), in_atoms, out_atoms, param_atoms, rules, records, units, trainable,
+    return ChannelGraph(len(atom_of), in_atoms, out_atoms, param_atoms, attr_atoms, rules, records, units, trainable,
                         unprunable, trace.batch, trace.seconds, dict(trace.unknown_ops))
 
 

@@ -386,7 +386,7 @@ class WSNet(nn.Module):
 def test_weight_standardized_conv_exact_or_unprunable():
     model = WSNet()
     g = analyze(model, input_forward(torch.randn(1, 3, 8, 8)))
-    if (g.in_atoms['ws'] >= 0).any():
+    if (g.in_atoms.get('ws', np.array([-1])) >= 0).any():  # not a plain conv: it may have no rule at all
         alive = random_alive(g, 0.4, 0)
         res = compare_masked_slimmed(model, g, input_forward(torch.randn(2, 3, 8, 8)), alive)
         assert res['max_abs_diff'] <= 1e-5 * res['scale'], (res['max_abs_diff'], res['scale'])
