@@ -72,8 +72,9 @@ class FisherPruningHook(Hook):
             first drops to ``<= r``; every ``r`` in (target, 1). Defaults to ().
         input_shape (Sequence[int]): ``(C, H, W)`` of the fixed fake input used for tracing and costs (the same on
             every rank). Defaults to (3, 800, 1333); use (3, 224, 224) for ImageNet classifiers.
-        skip (Sequence[str]): fnmatch patterns over unit names and layer names; a unit matching one (or holding a
-            layer that matches) is never pruned. Defaults to ().
+        skip (Sequence[str]): fnmatch patterns; a unit is never pruned when its name, or the name of a layer that
+            produces its channels (a conv/linear/norm output, e.g. ``'backbone.conv1'``, ``'neck.*'``), matches.
+            Layers that only read a unit do not protect it. Defaults to ().
         divisor (int): no unit is left with fewer than ``max(1, divisor)`` alive atoms, and when the results are
             written every unit's kept-atom count is rounded *up* to a multiple of ``divisor`` (at most the unit's
             size) by keeping its most recently masked atoms (their reader weights are zero, so the outputs do not
@@ -194,8 +195,7 @@ class FisherPruningHook(Hook):
         self.digest = self._digest(graph)
         self.unit_atoms = [u.atoms for u in graph.units]
         self.unit_of = selection.unit_index(graph.num_atoms, self.unit_atoms)
-        self.skipped_units = [i for i, u in enumerate(graph.units)
-                              if any(fnmatch.fnmatchcase(n, p) for p in self.skip for n in [u.name, *u.layers])]
+        self.skipped_units = self._skipped(graph)
         eligible = np.ones(graph.num_atoms, dtype=bool)
         if not self.prune_frozen:
             eligible &= graph.trainable
@@ -213,6 +213,19 @@ class FisherPruningHook(Hook):
         self.fisher = torch.zeros(graph.num_atoms, dtype=torch.float64)
         self.samples = 0
         runner.logger.info(self._summary(type(model).__name__, seconds))
+
+    def _skipped(self, graph: ChannelGraph) -> List[int]:
+        """Units whose name, or the name of a layer producing their channels (conv/linear/norm outputs), matches
+        a ``skip`` pattern."""
+        if not self.skip:
+            return []
+        producers: Dict[int, set] = {}
+        for layer, atoms in graph.out_atoms.items():
+            if any(fnmatch.fnmatchcase(layer, p) for p in self.skip):
+                for a in np.unique(atoms[atoms >= 0]).tolist():
+                    producers.setdefault(a, set()).add(layer)
+        return [i for i, u in enumerate(graph.units)
+                if any(fnmatch.fnmatchcase(u.name, p) for p in self.skip) or any(int(a) in producers for a in u.atoms)]
 
     @property
     def min_keep(self) -> int:
@@ -354,11 +367,14 @@ class FisherPruningHook(Hook):
             self._finish(runner)
 
     def _finish(self, runner) -> None:
-        self._write(runner, '', self._ratios())
+        ratios = self._ratios()
+        self._write(runner, '', ratios)
         self.done = True
         self._finish_taps()
-        runner.logger.info(f'FisherPruningHook: target reached ({self.target_metric} <= {self.target:g}); wrote '
-                           f'{self.outputs.get("channels")} and {self.outputs.get("weights")}')
+        what = ('target reached' if ratios[self.target_metric] <= self.target else 'stopped before the target')
+        runner.logger.info(f'FisherPruningHook: {what} ({self.target_metric} {ratios[self.target_metric]:.4f}, '
+                           f'target {self.target:g}); wrote {self.outputs.get("channels")} and '
+                           f'{self.outputs.get("weights")}')
         if self.stop_at_target:
             runner.train_loop.stop_training = True
 
@@ -379,7 +395,8 @@ class FisherPruningHook(Hook):
                 'flops': self.costs.totals(alive)['flops'], 'flops_unpruned': self.full['flops'],
                 'pruned_atoms': int((~alive).sum()), 'num_atoms': self.graph.num_atoms,
                 'input_shape': list(self.input_shape), 'target': self.target, 'target_metric': self.target_metric,
-                'delta': self.delta, 'divisor': self.divisor}
+                'delta': self.delta, 'divisor': self.divisor,
+                'reached': bool(ratios[self.target_metric] <= self.target) if not suffix else True}
         try:
             meta['dataset_meta'] = runner.train_dataloader.dataset.metainfo
         except Exception:  # noqa: BLE001  (no dataset meta is fine: inferencers then use default names)
