@@ -1,7 +1,6 @@
 """Shared helpers for the FisherPruningHook / Pruned tests (not collected: no ``test_`` prefix)."""
 from __future__ import annotations
 
-import copy
 import os.path as osp
 from typing import Any, Dict, List, Optional
 
@@ -87,7 +86,7 @@ def toy_runner(work_dir: str, hook: Dict[str, Any], model: Optional[nn.Module] =
                **kwargs):
     """An mmengine Runner training ``ToyNet`` with ``FisherPruningHook(**hook)`` (iteration based, CPU)."""
     from mmengine.runner import Runner
-    import mmfisher  # noqa: F401
+    import mmfisher  # noqa: F401  registers the hook
     hook = dict(type='FisherPruningHook', **hook)
     if model is None:
         torch.manual_seed(0)  # the same initial weights in every runner built here

@@ -80,8 +80,9 @@ class FisherPruningHook(Hook):
             size) by keeping its most recently masked atoms (their reader weights are zero, so the outputs do not
             change). The target and the logged ratios refer to the rounded structure. Use 8 or 16 for GPU-friendly
             channel counts; an atom is one channel except in GroupNorm groups and grouped convs. Defaults to 1.
-        prune_frozen (bool): also prune atoms read only by frozen layers (no gradient reaches them, so their
-            Fisher is 0 and they go first). Defaults to False (frozen atoms are kept and listed in the log).
+        prune_frozen (bool): also prune atoms whose activations receive no gradient (channels inside and at the
+            output of frozen stages: their Fisher cannot be measured, it stays 0, so they go first, in index
+            order). Defaults to False: they are kept and listed in the log.
         stop_at_target (bool): set ``runner.train_loop.stop_training`` once the target is reached. An
             ``IterBasedTrainLoop`` stops at once; an ``EpochBasedTrainLoop`` only at the end of the current epoch
             (the masks no longer change in between). Defaults to True.
@@ -261,7 +262,7 @@ class FisherPruningHook(Hook):
                  + (f', divisor={self.divisor}' if self.divisor > 1 else '')]
         frozen = [u.name for u in g.units if not g.trainable[u.atoms].any()]
         if frozen and not self.prune_frozen:
-            lines.append(f'  frozen, kept ({len(frozen)} units, no gradient reaches their readers): '
+            lines.append(f'  frozen, kept ({len(frozen)} units, their activations get no gradient): '
                          + self._short(frozen))
         if self.skipped_units:
             lines.append(f'  skipped by skip={self.skip} ({len(self.skipped_units)} units): '
