@@ -64,7 +64,7 @@ def test_retinanet_units_match_the_paper():
     by_layers = {frozenset(u.layers): u for u in graph.units}
 
     def unit_with(layer):
-        units = [u for u in graph.units if layer in u.layers]
+        units = [u for u in graph.units if layer in u.producers]
         assert len(units) == 1, (layer, [u.name for u in units])
         return units[0]
 
@@ -74,14 +74,16 @@ def test_retinanet_units_match_the_paper():
         for b in range(blocks):
             assert f'backbone.layer{stage}.{b}.conv3' in unit.layers
         assert f'backbone.layer{stage}.0.downsample.0' in unit.layers
-        assert lateral in unit.layers
+        assert lateral in unit.readers
     fpn = unit_with('neck.fpn_convs.0.conv')
     for i in range(5):
-        assert f'neck.fpn_convs.{i}.conv' in fpn.layers
-    assert 'bbox_head.cls_convs.0.conv' in fpn.layers and 'bbox_head.reg_convs.0.conv' in fpn.layers
+        assert f'neck.fpn_convs.{i}.conv' in fpn.producers
+    assert fpn.readers == ['neck.fpn_convs.4.conv', 'bbox_head.cls_convs.0.conv', 'bbox_head.reg_convs.0.conv'] or \
+        set(fpn.readers) == {'neck.fpn_convs.4.conv', 'bbox_head.cls_convs.0.conv', 'bbox_head.reg_convs.0.conv'}
     assert fpn.atoms.size == 256
     laterals = unit_with('neck.lateral_convs.0.conv')
-    assert 'neck.lateral_convs.2.conv' in laterals.layers  # top-down adds couple the laterals
+    assert set(laterals.producers) == {'neck.lateral_convs.0.conv', 'neck.lateral_convs.1.conv',
+                                       'neck.lateral_convs.2.conv'}  # top-down adds couple the laterals
     assert 'bbox_head.retina_cls' in graph.unprunable and 'bbox_head.retina_reg' in graph.unprunable
     assert len(by_layers) == len(graph.units)
 
@@ -91,9 +93,10 @@ def test_faster_rcnn_couples_rpn_conv_with_roi_fc():
     from mmfisher.zoo import build_model, load_config, tensor_forward
     model = build_model(load_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
     graph = analyze(model, tensor_forward(model, DET))
-    units = [u for u in graph.units if 'rpn_head.rpn_conv' in u.layers]
+    units = [u for u in graph.units if 'rpn_head.rpn_conv' in u.readers]
     assert len(units) == 1
-    assert 'roi_head.bbox_head.shared_fcs.0' in units[0].layers
+    assert 'roi_head.bbox_head.shared_fcs.0' in units[0].readers
+    assert {'neck.fpn_convs.0.conv', 'neck.fpn_convs.3.conv'} <= set(units[0].producers)
     # the FC reads 7x7 positions per channel: 256 atoms, 12544 input positions
     fc_atoms = graph.in_atoms['roi_head.bbox_head.shared_fcs.0']
     assert fc_atoms.size == 256 * 49 and (fc_atoms >= 0).all()

@@ -28,6 +28,8 @@ class Unit:
     name: str
     layers: List[str]
     atoms: np.ndarray
+    producers: List[str] = dataclasses.field(default_factory=list)  # layers whose outputs are these channels
+    readers: List[str] = dataclasses.field(default_factory=list)    # weighted layers that read them
 
 
 @dataclasses.dataclass
@@ -157,7 +159,9 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
         producers = sorted((n for n, k in sig if k == 'out' and rules.get(n) is not None and
                             rules[n].role == 'weighted'), key=lambda n: order.get(n, 1 << 30))
         layers = sorted({n for n, _ in sig}, key=lambda n: order.get(n, 1 << 30))
-        units.append(Unit(producers[0] if producers else layers[0], layers, np.array(sorted(atoms))))
+        readers = sorted((n for n, k in sig if k == 'in'), key=lambda n: order.get(n, 1 << 30))
+        units.append(Unit(producers[0] if producers else layers[0], layers, np.array(sorted(atoms)), producers,
+                          readers))
     units.sort(key=lambda u: int(u.atoms[0]))
 
     unprunable: Dict[str, str] = {}
