@@ -15,7 +15,7 @@ layers (mismatched shapes are skipped with a warning); ``load_from`` then overwr
 ``init_cfg=None`` in the architecture to avoid the download (the tests do).
 """
 import copy
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from mmengine.logging import print_log
 from torch import nn
@@ -43,8 +43,8 @@ def _load(channels: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
                     f'loaded dict), got {type(channels).__name__}')
 
 
-def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]],
-           check_fingerprint: bool = True) -> nn.Module:
+def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]], check_fingerprint: bool = True,
+           data_preprocessor: Optional[Dict[str, Any]] = None) -> nn.Module:
     """Build ``architecture`` and slim it in place to ``channels``; returns the architecture's own class.
 
     Args:
@@ -52,6 +52,9 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]],
             current ``default_scope`` (or its ``_scope_`` / ``mmdet.``-style prefixed type).
         channels (str | dict): path of ``channels.json`` (or ``channels_<r>.json``) from ``FisherPruningHook``.
         check_fingerprint (bool): refuse a channel config made for a differently shaped model. Defaults to True.
+        data_preprocessor (dict, optional): what the Runner passes from a top-level ``data_preprocessor`` config
+            field (mmpretrain configs); set on ``architecture`` unless it has its own, as the Runner does for an
+            unpruned model, so the structure matches the pruned one.
 
     Raises:
         ChannelConfigError: missing / corrupted file, or a config made for another model.
@@ -64,8 +67,11 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]],
         raise ValueError('Pruned: architecture is itself a Pruned model; pass the unpruned model config that '
                          'FisherPruningHook pruned')
     cfg = _load(channels)
+    architecture = copy.deepcopy(architecture)
+    if data_preprocessor is not None:
+        architecture.setdefault('data_preprocessor', data_preprocessor)
     try:
-        model = ROOT.build(copy.deepcopy(architecture))
+        model = ROOT.build(architecture)
     except KeyError as exc:
         raise KeyError(f'Pruned: cannot build architecture type={architecture["type"]!r} ({exc}). Fix: set '
                        "default_scope (e.g. 'mmdet' or 'mmpretrain') or give a scoped type such as "
