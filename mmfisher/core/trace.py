@@ -297,12 +297,13 @@ class _Tracer(TorchFunctionMode):
         cm = np.moveaxis(info.cmap, axis, 0).reshape(info.cmap.shape[axis], -1)
         if cm.shape[0] != size:
             return None
+        if cm.shape[1] > 1:
+            cm = np.unique(cm, axis=1)  # rows usually repeat a few maps (one per pyramid level)
         for j in range(1, cm.shape[1]):
             self.uf.union_arrays(cm[:, 0], cm[:, j])
         vec = cm[:, 0].copy()
-        if cm.shape[1] > 1:  # a position constant in one row but a channel in another keeps the channel
-            for j in range(1, cm.shape[1]):
-                vec = np.where(vec < 0, cm[:, j], vec)
+        for j in range(1, cm.shape[1]):  # a position constant in one row but a channel in another keeps it
+            vec = np.where(vec < 0, cm[:, j], vec)
         return vec
 
     def flag_info(self, info: Any, reason: str) -> None:
