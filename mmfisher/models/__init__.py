@@ -1,6 +1,5 @@
 """mm-aware model glue: the ``Pruned`` registry builder and tracing helpers for OpenMMLab models."""
-from .fixups import fix_slimmed
 from .pruned import Pruned
 from .tracing import is_classifier, is_detector, make_trace_forward, unwrap_model
 
-__all__ = ['Pruned', 'fix_slimmed', 'make_trace_forward', 'unwrap_model', 'is_detector', 'is_classifier']
+__all__ = ['Pruned', 'make_trace_forward', 'unwrap_model', 'is_detector', 'is_classifier']

@@ -22,7 +22,6 @@ from torch import nn
 
 from ..core import ChannelConfigError, apply_channel_config, load_channel_config, model_fingerprint
 from ..registry import MMENGINE_MODELS, MODELS
-from .fixups import fix_slimmed
 
 __all__ = ['Pruned']
 
@@ -85,7 +84,6 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]], c
     except ChannelConfigError as exc:
         where = f' ({channels})' if isinstance(channels, str) else ''
         raise ChannelConfigError(f'Pruned{where}: {exc}') from exc
-    fix_slimmed(model)
     units = cfg.get('units') or []
     kept = sum(len(u.get('kept', ())) for u in units)
     total = sum(int(u.get('channels', 0)) for u in units)

@@ -15,9 +15,8 @@ The trace (``mmfisher.core.analyze``) needs one ``forward(model)`` call; these h
 The input is ``torch.randn((1, C, H, W))`` from a private generator seeded with ``seed`` (the global RNG is not
 touched, so tracing never changes a training run's random stream), on the model's device.
 """
-import contextlib
 import inspect
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -78,22 +77,6 @@ def det_data_samples(shape: Tuple[int, int], batch: int = 1) -> List[Any]:
     return samples
 
 
-@contextlib.contextmanager
-def _type_as_by_dtype() -> Iterator[None]:
-    """Run ``a.type_as(b)`` as ``a.to(b.dtype, b.device)`` (the same result) so the channel tracer does not treat
-    ``b`` as a pointwise operand: mmdet's RoI extractors call ``rois.type_as(feats[0])`` with a (K, 5) ``rois``
-    and (N, C, H, W) features. Work-around for the tracer's ``type_as`` handling; a no-op for the numbers."""
-    original = torch.Tensor.type_as
-
-    def type_as(self: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        return self.to(dtype=other.dtype, device=other.device)
-    torch.Tensor.type_as = type_as
-    try:
-        yield
-    finally:
-        torch.Tensor.type_as = original
-
-
 def _num_proposals(model: nn.Module) -> int:
     rpn_cfg = (getattr(model, 'test_cfg', None) or {}).get('rpn') or {}
     n = rpn_cfg.get('max_per_img') or rpn_cfg.get('max_num') or 1000
@@ -130,8 +113,7 @@ def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int =
         def two_stage(m: nn.Module) -> Any:
             x = m.extract_feat(inputs)
             rpn_outs = m.rpn_head(x) if with_rpn else ()
-            with _type_as_by_dtype():
-                return rpn_outs, m.roi_head.forward(x, proposals, samples)
+            return rpn_outs, m.roi_head.forward(x, proposals, samples)
         return two_stage
     if samples is not None:
         return lambda m: m(inputs, samples, mode='tensor')
