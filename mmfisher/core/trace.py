@@ -634,6 +634,8 @@ class _Tracer(TorchFunctionMode):
                 name = 'chunk'  # a section count scales with the channels like chunk
             elif name in ('split', 'split_with_sizes') and len(infos) > 1 and self.split_sizes_follow(pargs, infos):
                 return
+            elif name in ('getitem', 'narrow') and len(infos) == 1 and self.half_slice(src, infos[0]):
+                return
             else:
                 self.uf.flag(in_elems, f'op {name} picks channels at literal positions')
                 return
@@ -651,6 +653,20 @@ class _Tracer(TorchFunctionMode):
             cm = info.cmap.reshape(-1, info.cmap.shape[-1])
             for j in range(1, cm.shape[0]):
                 self.uf.union_arrays(cm[0], cm[j])
+
+    def half_slice(self, src: Optional[ChannelInfo], out: ChannelInfo) -> bool:
+        """``x[:, :c]`` / ``x[:, c:]`` with ``c = C/2`` (mmpretrain's ShuffleNetV2 channel split, written this way
+        for deployment): the halves are coupled position by position, so ``c`` stays half after pruning."""
+        if src is None or len(src.dims) != 1 or out.dims != src.dims or src.cmap.ndim != 1:
+            return False
+        full, part = src.cmap, out.cmap
+        if full.size % 2 or part.size != full.size // 2:
+            return False
+        half = full.size // 2
+        if not (np.array_equal(part, full[:half]) or np.array_equal(part, full[half:])):
+            return False
+        self.uf.union_arrays(full[:half], full[half:])
+        return True
 
     def split_sizes_follow(self, pargs, infos: List[ChannelInfo]) -> bool:
         """Equal parts of a channel split stay exact if their size follows pruning: couple position i of every
