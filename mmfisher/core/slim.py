@@ -25,14 +25,21 @@ class ChannelConfigError(ValueError):
     """A channel config that cannot be applied to this model (wrong model, corrupted or missing file)."""
 
 
+def _kind(module: nn.Module) -> str:
+    """A module's structural kind: its rule's class for ruled layers (so SyncBatchNorm, BatchNorm2d and
+    FrozenBatchNorm agree, as Runner's ``sync_bn`` conversion must not change the fingerprint), else its type."""
+    rule = find_rule(module)
+    return type(rule).__name__ if rule is not None else type(module).__name__
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over every module's name, type and parameter/buffer shapes (batch-norm counters excluded)."""
+    """sha256 over every module's name, kind and parameter/buffer shapes (batch-norm counters excluded)."""
     items = []
     for name, module in model.named_modules():
         shapes = [(k, list(v.shape)) for k, v in list(module._parameters.items()) + list(module._buffers.items())
                   if v is not None and not k.endswith('num_batches_tracked')]
         if shapes:
-            items.append([name, type(module).__name__, shapes])
+            items.append([name, _kind(module), shapes])
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:32]
 
 

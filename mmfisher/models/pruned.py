@@ -20,17 +20,10 @@ from typing import Any, Dict, Optional, Union
 from mmengine.logging import print_log
 from torch import nn
 
-from ..core import ChannelConfigError, apply_channel_config, load_channel_config, model_fingerprint
+from ..core import ChannelConfigError, apply_channel_config, load_channel_config
 from ..registry import MMENGINE_MODELS, MODELS
 
 __all__ = ['Pruned']
-
-
-def _syncbn_fingerprint(model: nn.Module) -> str:
-    """Fingerprint of ``model`` after mmengine's ``sync_bn='torch'`` conversion (what a pruning run with
-    ``sync_bn`` fingerprinted)."""
-    from mmengine.model import convert_sync_batchnorm
-    return model_fingerprint(convert_sync_batchnorm(copy.deepcopy(model), implementation='torch'))
 
 
 def _load(channels: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
@@ -75,12 +68,8 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]], c
         raise KeyError(f'Pruned: cannot build architecture type={architecture["type"]!r} ({exc}). Fix: set '
                        "default_scope (e.g. 'mmdet' or 'mmpretrain') or give a scoped type such as "
                        "'mmdet.RetinaNet'") from exc
-    check = check_fingerprint
-    if check and cfg.get('fingerprint') != model_fingerprint(model) and \
-            cfg.get('fingerprint') == _syncbn_fingerprint(model):
-        check = False  # pruned with runner-level sync_bn: the same structure with SyncBatchNorm layers
-    try:
-        apply_channel_config(model, cfg, check_fingerprint=check)
+    try:  # the fingerprint ignores norm flavours: a run with runner-level sync_bn fits a plain-BN build
+        apply_channel_config(model, cfg, check_fingerprint=check_fingerprint)
     except ChannelConfigError as exc:
         where = f' ({channels})' if isinstance(channels, str) else ''
         raise ChannelConfigError(f'Pruned{where}: {exc}') from exc
