@@ -88,6 +88,9 @@ class FisherPruningHook(Hook):
             (the masks no longer change in between). Defaults to True.
         start_iter (int): iteration from which Fisher is accumulated (pruning steps follow every ``interval``
             iterations after it). Defaults to 0.
+        verify_export (bool): before writing results, run the masked model and its slimmed copy once on the
+            trace input (eval mode) and refuse to write anything if they differ (relative 1e-3): a safety net
+            against any layer or op the engine mapped wrongly. Costs one forward per export. Defaults to True.
 
     Priority ``'LOW'``: after the optimizer step (inside ``train_step``), the logger and EMA hooks, and before
     ``CheckpointHook`` (``'VERY_LOW'``), so a checkpoint holds this iteration's masks and Fisher sums
@@ -110,7 +113,8 @@ class FisherPruningHook(Hook):
                  divisor: int = 1,
                  prune_frozen: bool = False,
                  stop_at_target: bool = True,
-                 start_iter: int = 0) -> None:
+                 start_iter: int = 0,
+                 verify_export: bool = True) -> None:
         if not _is_int(interval) or interval < 1:
             raise ValueError(f'interval={interval!r} must be an int >= 1 (iterations between pruning steps; the '
                              'paper uses 10 for detection, 25 for ImageNet)')
@@ -138,7 +142,8 @@ class FisherPruningHook(Hook):
                              'of 8)')
         if not _is_int(start_iter) or start_iter < 0:
             raise ValueError(f'start_iter={start_iter!r} must be an int >= 0')
-        for name, value in (('prune_frozen', prune_frozen), ('stop_at_target', stop_at_target)):
+        for name, value in (('prune_frozen', prune_frozen), ('stop_at_target', stop_at_target),
+                            ('verify_export', verify_export)):
             if not isinstance(value, bool):
                 raise TypeError(f'{name}={value!r} must be True or False')
         self.interval = int(interval)
@@ -153,6 +158,7 @@ class FisherPruningHook(Hook):
         self.prune_frozen = prune_frozen
         self.stop_at_target = stop_at_target
         self.start_iter = int(start_iter)
+        self.verify_export = verify_export
 
         self.graph: Optional[ChannelGraph] = None
         self.masks: Optional[ChannelMasks] = None
@@ -402,7 +408,9 @@ class FisherPruningHook(Hook):
             meta['dataset_meta'] = runner.train_dataloader.dataset.metainfo
         except Exception:  # noqa: BLE001  (no dataset meta is fine: inferencers then use default names)
             pass
-        export_pruned(unwrap_model(runner.model), self.graph, alive, runner.work_dir, suffix, meta)
+        model = unwrap_model(runner.model)
+        check = make_trace_forward(model, self.input_shape) if self.verify_export else None
+        export_pruned(model, self.graph, alive, runner.work_dir, suffix, meta, forward=check)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
