@@ -1,0 +1,212 @@
+"""Shared helpers for the benchmark scripts: machine description, JSON output, mmengine runner set-up.
+
+Not a benchmark itself (no figures). Every script writes ``benchmarks/results/<name>.json`` (or ``--out``) with
+``machine``, ``command``, ``started`` / ``finished`` timestamps and its figures.
+"""
+import datetime
+import json
+import os
+import os.path as osp
+import platform
+import shlex
+import sys
+import time
+from typing import Any, Dict, Optional
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+RESULTS = osp.join(ROOT, 'benchmarks', 'results')
+DET_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_shapes.py')
+CLS_CFG = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_shapes_cls.py')
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def machine() -> Dict[str, Any]:
+    import torch
+    info = {
+        'cpu_count': os.cpu_count(),
+        'sched_affinity': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+        'cpu_model': _cpu_model(),
+        'platform': platform.platform(),
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+        'torch_num_threads': torch.get_num_threads(),
+        'cuda_available': torch.cuda.is_available(),
+        'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        'load_average_at_start': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
+    }
+    for dist in ('mmengine', 'mmdet', 'mmpretrain', 'mmcv', 'torch-pruning', 'onnx', 'onnxruntime'):
+        info[dist] = _version(dist)
+    return info
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def command() -> str:
+    return ' '.join(shlex.quote(a) for a in [osp.relpath(sys.executable, ROOT)] + sys.argv)
+
+
+class Result:
+    """Collects a benchmark's figures; ``save()`` writes them with machine, command and timestamps."""
+
+    def __init__(self, name: str, out: Optional[str] = None, quick: bool = False) -> None:
+        self.name = name
+        self.path = out or osp.join(RESULTS, f'{name}.json')
+        self.data: Dict[str, Any] = {'benchmark': name, 'quick': quick, 'command': command(), 'started': now(),
+                                     'machine': machine()}
+        self.t0 = time.perf_counter()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def save(self, final: bool = True) -> str:
+        self.data['finished' if final else 'updated'] = now()
+        self.data['wall_s'] = round(time.perf_counter() - self.t0, 2)
+        os.makedirs(osp.dirname(osp.abspath(self.path)), exist_ok=True)
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(self.data, f, indent=1, default=_plain)
+            f.write('\n')
+        os.replace(tmp, self.path)
+        return self.path
+
+
+def _plain(obj: Any) -> Any:
+    import numpy as np
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def tiny_runner_cfg(config: str, work_dir: str, max_iters: int, custom_hooks=(), seed: int = 0,
+                    val: bool = False, batch_size: Optional[int] = None):
+    """An mmengine config for a short IterBasedTrainLoop run of ``config`` on the bundled data: no checkpoints,
+    quiet logger, no dataloader workers (fewer processes competing for the CPU)."""
+    from mmengine.config import Config
+    import mmfisher  # noqa: F401
+    cfg = Config.fromfile(config)
+    cfg.work_dir = work_dir
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=10 ** 9, val_begin=10 ** 9)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20)]
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10 ** 9, save_last=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=10 ** 6)
+    cfg.custom_hooks = list(custom_hooks)
+    cfg.randomness = dict(seed=seed)
+    cfg.log_level = 'WARNING'
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dl = cfg.get(key)
+        if dl is not None:
+            dl.num_workers = 0
+            dl.persistent_workers = False
+            if batch_size is not None and key == 'train_dataloader':
+                dl.batch_size = batch_size
+    if not val:
+        cfg.val_cfg = None
+        cfg.val_dataloader = None
+        cfg.val_evaluator = None
+    return cfg
+
+
+def build_runner(cfg):
+    from mmfisher.engine import launch
+    launch.set_launcher(cfg, 'none')
+    return launch.build_runner(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- pruning pipeline
+def metric_key(cfg) -> str:
+    return 'coco/bbox_mAP' if cfg.get('default_scope', 'mmdet') == 'mmdet' else 'accuracy/top1'
+
+
+def train_baseline(config: str, path: str, iters: int, seed: int = 0) -> Dict[str, Any]:
+    """Train ``config`` from scratch for ``iters`` iterations; save ``{'state_dict'}`` at ``path``; reuse it if
+    it exists (same iters and seed recorded beside it)."""
+    import torch
+    info_path = path + '.json'
+    if osp.isfile(path) and osp.isfile(info_path):
+        with open(info_path) as f:
+            info = json.load(f)
+        if info.get('iters') == iters and info.get('seed') == seed and info.get('config') == osp.relpath(config, ROOT):
+            info['reused'] = True
+            return info
+    work = osp.dirname(path)
+    os.makedirs(work, exist_ok=True)
+    cfg = tiny_runner_cfg(config, osp.join(work, 'base_run'), iters, seed=seed, val=True)
+    runner = build_runner(cfg)
+    t0 = time.perf_counter()
+    runner.train()
+    wall = time.perf_counter() - t0
+    metrics = runner.val_loop.run() if runner.val_loop is not None else {}
+    torch.save({'state_dict': runner.model.state_dict()}, path)
+    info = dict(config=osp.relpath(config, ROOT), iters=iters, seed=seed, train_wall_s=wall,
+                metric=metric_key(cfg), value=float(metrics.get(metric_key(cfg), 0.0)), reused=False)
+    with open(info_path, 'w') as f:
+        json.dump(info, f)
+    return info
+
+
+def run_hook_pruning(config: str, base: str, work_dir: str, hook, seed: int = 0, max_iters: int = 100000
+                     ) -> Dict[str, Any]:
+    """Train from ``base`` with ``hook`` (a FisherPruningHook instance) until it reaches its target (or
+    ``max_iters``). Returns iterations, wall time, pruning steps and the written files."""
+    cfg = tiny_runner_cfg(config, work_dir, max_iters, seed=seed)
+    cfg.load_from = base
+    runner = build_runner(cfg)
+    runner.register_hook(hook, priority='LOW')
+    t0 = time.perf_counter()
+    runner.train()
+    wall = time.perf_counter() - t0
+    return dict(iters=runner.iter, wall_s=wall, done=bool(hook.done), atoms_masked=len(hook.order),
+                num_atoms=hook.graph.num_atoms, steps=getattr(hook, 'steps', None),
+                ratios=hook._ratios(), channels=hook.outputs.get('channels'), weights=hook.outputs.get('weights'))
+
+
+def finetune_eval(config: str, channels: Optional[str], weights: str, work_dir: str, iters: int, seed: int = 0
+                  ) -> Dict[str, Any]:
+    """Fine-tune the slimmed model (``mmfisher.Pruned`` from ``channels`` + ``weights``; the unpruned model when
+    ``channels`` is None) for ``iters`` iterations, then evaluate on the val set."""
+    cfg = tiny_runner_cfg(config, work_dir, max(iters, 1), seed=seed, val=True)
+    if channels is not None:
+        arch = cfg.model
+        cfg.model = dict(type='mmfisher.Pruned', architecture=arch, channels=channels)
+    cfg.load_from = weights
+    if iters == 0:
+        cfg.optim_wrapper.optimizer.lr = 0.0
+    runner = build_runner(cfg)
+    t0 = time.perf_counter()
+    if iters > 0:
+        runner.train()
+    else:
+        runner.load_or_resume()
+    wall = time.perf_counter() - t0
+    metrics = runner.val_loop.run()
+    key = metric_key(cfg)
+    # CocoMetric returns {} when the model detects nothing: that is an mAP of 0
+    return dict(metric=key, value=float(metrics.get(key, 0.0)), no_predictions=key not in metrics,
+                finetune_iters=iters, finetune_wall_s=wall)

@@ -1,0 +1,134 @@
+"""Pruning cost vs channels per step: iterations and wall time to reach 50% FLOPs, and the metric afterwards.
+
+The tiny RetinaNet (configs/tiny/retinanet_tiny_shapes.py) on the bundled shapes set:
+
+1. a baseline trained from scratch for ``--base-iters`` iterations (cached under ``--work-dir``);
+2. from it, FisherPruningHook pruning (delta 'acts', FLOPs target 0.5 at input_shape (3, 128, 128), the same
+   ``--interval`` for every variant) with ``channels_per_step`` k = 1, 8, 32 and ``adaptive`` (k = 1% of the
+   remaining eligible atoms at each step, at least 1: implemented here, in the benchmark only, by a
+   FisherPruningHook subclass);
+3. each slimmed result fine-tuned for the same ``--ft-iters`` iterations (same seed, same schedule) and scored
+   by bbox mAP on the val set (mmdet CocoMetric through the Runner's ValLoop).
+
+Cost = the pruning run's iterations (data, forward, backward and the hook) and its wall time. k=1 runs to the
+target unless ``--k1-max-iters`` caps it; a capped run is reported as ``extrapolated`` (iterations per masked atom
+x atoms needed, the atoms needed taken from the k=8 run) and gets no metric.
+
+    nice .venv/bin/python benchmarks/cost.py                 # ~20 min on 2 CPU cores
+    nice .venv/bin/python benchmarks/cost.py --quick --out /tmp/cost.json
+"""
+import argparse
+import math
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import (DET_CFG, ROOT, Result, finetune_eval, run_hook_pruning,  # noqa: E402
+                     train_baseline)
+
+
+def make_hook(k, interval, target, shape, delta='acts'):
+    from mmfisher.hooks import FisherPruningHook
+
+    class CountingHook(FisherPruningHook):
+        """FisherPruningHook that counts its pruning steps; ``adaptive``: k = ``frac`` of the eligible alive
+        atoms at each step (benchmark-only variant)."""
+
+        def __init__(self, frac=None, **kw):
+            super().__init__(**kw)
+            self.frac = frac
+            self.steps = 0
+            self.k_used = []
+
+        def _prune_step(self, runner):
+            if self.frac is not None:
+                n = int((self.masks.alive.numpy() & self.eligible).sum())
+                self.channels_per_step = max(1, math.ceil(self.frac * n))
+            self.k_used.append(self.channels_per_step)
+            self.steps += 1
+            return super()._prune_step(runner)
+
+    kw = dict(interval=interval, delta=delta, target=target, target_metric='flops', input_shape=shape)
+    if k == 'adaptive':
+        return CountingHook(frac=0.01, channels_per_step=1, **kw)
+    return CountingHook(channels_per_step=int(k), **kw)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--ks', nargs='+', default=['1', '8', '32', 'adaptive'])
+    p.add_argument('--interval', type=int, default=2)
+    p.add_argument('--target', type=float, default=0.5)
+    p.add_argument('--base-iters', type=int, default=600)
+    p.add_argument('--ft-iters', type=int, default=240)
+    p.add_argument('--k1-max-iters', type=int, default=0, help='cap the k=1 run (0: no cap)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'bench', 'cost'))
+    p.add_argument('--quick', action='store_true', help='tiny budgets, target 0.9 (smoke test)')
+    p.add_argument('--out')
+    args = p.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    if args.quick:
+        args.base_iters, args.ft_iters, args.target, args.interval = 4, 2, 0.97, 1
+        args.ks = ['8', 'adaptive']
+        args.work_dir = args.work_dir + '_quick'
+    res = Result('cost', args.out, args.quick)
+    shape = (3, 128, 128)
+    res['setup'] = dict(config=osp.relpath(DET_CFG, ROOT), base_iters=args.base_iters, interval=args.interval,
+                        target_flops=args.target, delta='acts', input_shape=list(shape), ft_iters=args.ft_iters,
+                        seed=args.seed, torch_threads=args.threads, batch_size=8,
+                        adaptive='k = ceil(1% of eligible alive atoms) per step (benchmark-only hook subclass)',
+                        metric='coco/bbox_mAP on the 96-image val set after the fine-tune')
+    base = osp.join(args.work_dir, 'base.pth')
+    res['baseline'] = train_baseline(DET_CFG, base, args.base_iters, args.seed)
+    print('baseline', res['baseline'], flush=True)
+    res['baseline_finetuned'] = finetune_eval(DET_CFG, None, base, osp.join(args.work_dir, 'ft_base'),
+                                              args.ft_iters, args.seed)
+    print('baseline + same fine-tune', res['baseline_finetuned'], flush=True)
+    res.save(final=False)
+    runs = {}
+    for k in args.ks:
+        hook = make_hook(k, args.interval, args.target, shape)
+        cap = args.k1_max_iters if (k == '1' and args.k1_max_iters) else 100000
+        r = run_hook_pruning(DET_CFG, base, osp.join(args.work_dir, f'k{k}'), hook, args.seed, cap)
+        r['k'] = k
+        r['steps'] = hook.steps
+        r['k_per_step'] = sorted(set(hook.k_used)) if k == 'adaptive' else int(k)
+        if k == 'adaptive':
+            r['k_schedule_first_last'] = [hook.k_used[:5], hook.k_used[-5:]]
+        r['extrapolated'] = False
+        if r['done']:
+            r.update(finetune_eval(DET_CFG, r['channels'], r['weights'], osp.join(args.work_dir, f'ft_k{k}'),
+                                   args.ft_iters, args.seed))
+        runs[k] = r
+        print(k, {kk: v for kk, v in r.items() if kk not in ('channels', 'weights')}, flush=True)
+        res['runs'] = runs
+        res.save(final=False)
+    # k=1 capped: extrapolate (clearly labelled)
+    if '1' in runs and not runs['1']['done']:
+        r1 = runs['1']
+        ref = next((runs[k] for k in ('8', '32', 'adaptive') if k in runs and runs[k]['done']), None)
+        if ref is not None and r1['atoms_masked']:
+            needed = ref['atoms_masked']
+            r1['extrapolated'] = True
+            r1['extrapolated_iters'] = r1['iters'] / r1['atoms_masked'] * needed
+            r1['extrapolated_wall_s'] = r1['wall_s'] / r1['atoms_masked'] * needed
+            r1['extrapolation'] = (f'measured {r1["iters"]} iterations for {r1["atoms_masked"]} atoms; x '
+                                   f'{needed} atoms needed (from the k={ref["k"]} run)')
+    if '1' in runs:
+        r1 = runs['1']
+        it1 = r1['extrapolated_iters'] if r1['extrapolated'] else r1['iters']
+        w1 = r1['extrapolated_wall_s'] if r1['extrapolated'] else r1['wall_s']
+        res['cost_reduction_vs_k1'] = {
+            k: dict(iters=it1 / r['iters'], wall=w1 / r['wall_s'], k1_extrapolated=r1['extrapolated'],
+                    metric_delta_vs_k1=(r.get('value', float('nan')) - r1['value']) if 'value' in r1 else None)
+            for k, r in runs.items() if k != '1' and r['done']}
+    print('wrote', res.save())
+
+
+if __name__ == '__main__':
+    main()
