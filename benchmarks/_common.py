@@ -5,6 +5,7 @@ Not a benchmark itself (no figures). Every script writes ``benchmarks/results/<n
 """
 import datetime
 import json
+import math
 import os
 import os.path as osp
 import platform
@@ -210,3 +211,53 @@ def finetune_eval(config: str, channels: Optional[str], weights: str, work_dir: 
     # CocoMetric returns {} when the model detects nothing: that is an mAP of 0
     return dict(metric=key, value=float(metrics.get(key, 0.0)), no_predictions=key not in metrics,
                 finetune_iters=iters, finetune_wall_s=wall)
+
+
+def counting_hook(k=1, frac=None, fixed=False, **kw):
+    """A FisherPruningHook that counts its steps. ``frac``: k = ceil(frac x eligible alive atoms), recomputed at
+    every step (``fixed=False``, 'adaptive') or once at the first step (``fixed=True``). Benchmark-only."""
+    from mmfisher.hooks import FisherPruningHook
+
+    class CountingHook(FisherPruningHook):
+        def __init__(self):
+            super().__init__(channels_per_step=int(k), **kw)
+            self.steps = 0
+            self.k_used = []
+
+        def _prune_step(self, runner):
+            if frac is not None and not (fixed and self.k_used):
+                n = int((self.masks.alive.numpy() & self.eligible).sum())
+                self.channels_per_step = max(1, math.ceil(frac * n))
+            self.k_used.append(self.channels_per_step)
+            self.steps += 1
+            return super()._prune_step(runner)
+    return CountingHook()
+
+
+def big_model_prune_cfg(spec: str, data_config: str, work_dir: str, max_iters: int, batch_size: int,
+                        seed: int = 0):
+    """``spec``'s model (no pretrained weights) trained on the bundled data of ``data_config`` (its
+    train_dataloader), plain SGD, no validation/checkpoints: for Fisher pruning runs on big models."""
+    from mmengine.config import Config
+    from mmfisher.zoo import load_config, strip_pretrained
+    cfg = load_config(spec)
+    data = Config.fromfile(data_config)
+    cfg.model = strip_pretrained(cfg.model)
+    cfg.work_dir = work_dir
+    cfg.train_dataloader = data.train_dataloader
+    cfg.train_dataloader.batch_size = batch_size
+    cfg.train_dataloader.num_workers = 0
+    cfg.train_dataloader.persistent_workers = False
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=10 ** 9, val_begin=10 ** 9)
+    for key in ('val_cfg', 'val_dataloader', 'val_evaluator', 'test_cfg', 'test_dataloader', 'test_evaluator'):
+        cfg[key] = None
+    cfg.optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=1e-3, momentum=0.9),
+                             clip_grad=dict(max_norm=10, norm_type=2))
+    cfg.param_scheduler = []
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10 ** 9, save_last=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=10 ** 6)
+    cfg.custom_hooks = []
+    cfg.randomness = dict(seed=seed)
+    cfg.log_level = 'WARNING'
+    cfg.custom_imports = dict(imports=['mmfisher'], allow_failed_imports=False)
+    return cfg

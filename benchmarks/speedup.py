@@ -1,0 +1,294 @@
+"""Real latency of Fisher-pruned structures (~50% FLOPs) vs the unpruned model and a random-pruning control.
+
+Per model (RetinaNet R50-FPN, FCOS R50, ResNet-50, MobileNetV2 from the mmdet / mmpretrain model zoo configs,
+no pretrained weights):
+
+1. **Fisher pruning runs** with FisherPruningHook through the mmengine Runner on the bundled data
+   (detectors: shapes_det at 128x128, batch 2; classifiers: shapes_cls at 64x64, batch 8), delta ``acts`` and
+   delta ``flops``, target FLOPs 0.5 counted at the realistic input shape (the hook's ``input_shape``:
+   800x1333 / 224x224), a large k (3% of the eligible atoms per step, fixed at the first step) every iteration.
+   Weights are not trained to convergence: the runs give the *structures* whose speed is measured.
+2. **Rounding**: kept channels rounded up to multiples of 1, 8, 16 with the hook's own rule
+   (``mmfisher.hooks.selection.round_up`` over the run's pruning order: the hook's ``divisor`` at export), applied
+   to the divisor-1 run afterwards, so the rounded structures have slightly more than 50% FLOPs (reported).
+3. **Random control**: ``mmfisher.core.random_alive`` (the same share of every unit) with the share bisected so
+   that its FLOPs (our cost model at the realistic shape) match the Fisher 'acts' structure's.
+4. **Timing** of each slimmed structure (fresh model, ``mmfisher.core.slim_model``) in eval mode under
+   ``torch.inference_mode()``: detectors' tensor-mode forward (backbone, neck, head; no NMS post-processing) at
+   1x3x800x1333, classifiers' logits at 64x3x224x224; torch on the CPU and onnxruntime's CPU provider on a
+   ``torch.onnx.export`` of the same forward. Median of ``--repeats`` runs after one warm-up.
+   FLOPs of every structure by ``mmengine.analysis.FlopAnalyzer`` at the same input.
+
+    nice .venv/bin/python benchmarks/speedup.py                       # all models (~40 min on 2 CPU cores)
+    nice .venv/bin/python benchmarks/speedup.py --models resnet50     # one model, merged into the JSON
+    nice .venv/bin/python benchmarks/speedup.py --quick --out /tmp/speedup.json
+"""
+import argparse
+import copy
+import gc
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import (CLS_CFG, DET_CFG, ROOT, Result, big_model_prune_cfg, build_runner,  # noqa: E402
+                     counting_hook)
+
+MODELS = {
+    'retinanet_r50_fpn': dict(spec='mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', kind='det'),
+    'fcos_r50': dict(spec='mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', kind='det'),
+    'resnet50': dict(spec='mmpretrain::resnet/resnet50_8xb32_in1k.py', kind='cls'),
+    'mobilenet_v2': dict(spec='mmpretrain::mobilenet_v2/mobilenet-v2_8xb32_in1k.py', kind='cls'),
+}
+QUICK = {
+    'tiny_retinanet': dict(spec=DET_CFG, kind='det'),
+    'tiny_resnet': dict(spec=CLS_CFG, kind='cls'),
+}
+
+
+class Wrapped:
+    """``forward(x)`` -> flat tuple of output tensors, for timing, FLOP counting and ONNX export."""
+
+    def __new__(cls, model, kind, shape):
+        import torch
+        from mmfisher.zoo import fake_batch
+        _, samples = fake_batch(model, shape[1:]) if kind == 'det' else (None, None)
+        if samples is not None:
+            samples = samples * shape[0]
+
+        class _W(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = model
+
+            def forward(self, x):
+                out = self.m(x, samples, mode='tensor') if samples is not None else self.m(x, mode='tensor')
+                flat = []
+
+                def walk(o):
+                    if isinstance(o, torch.Tensor):
+                        flat.append(o)
+                    elif isinstance(o, (list, tuple)):
+                        for v in o:
+                            walk(v)
+                walk(out)
+                return tuple(flat)
+        return _W().eval()
+
+
+def fisher_structure(name, info, delta, args, work):
+    """One Fisher pruning run; returns the hook (graph, order, masks, costs) and the run's figures."""
+    data_cfg = DET_CFG if info['kind'] == 'det' else CLS_CFG
+    batch = 2 if info['kind'] == 'det' else 8
+    cfg = big_model_prune_cfg(info['spec'], data_cfg, osp.join(work, f'{name}_{delta}'), args.prune_max_iters,
+                              batch)
+    runner = build_runner(cfg)
+    hook = counting_hook(frac=args.frac, fixed=True, interval=1, delta=delta, target=args.target,
+                         target_metric='flops', input_shape=tuple(args.det_shape if info['kind'] == 'det'
+                                                                  else args.cls_shape))
+    runner.register_hook(hook, priority='LOW')
+    t0 = time.perf_counter()
+    runner.train()
+    wall = time.perf_counter() - t0
+    model = runner.model
+    fig = dict(delta=delta, iters=runner.iter, wall_s=wall, steps=hook.steps, k_per_step=hook.k_used[:1],
+               done=bool(hook.done), atoms_masked=len(hook.order), num_atoms=hook.graph.num_atoms,
+               train_batch=batch, trace_input_shape=list(hook.input_shape))
+    return hook, model, fig
+
+
+def random_like(graph, costs, flops_ratio, seed=0):
+    """``random_alive`` with the per-unit share bisected to ``flops_ratio`` of the unpruned FLOPs."""
+    import numpy as np
+    from mmfisher.core import random_alive
+    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))['flops']
+    lo, hi = 0.0, 1.0
+    best = None
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        alive = random_alive(graph, mid, seed)
+        r = costs.totals(alive)['flops'] / full
+        best = (alive, r, mid)
+        if r > flops_ratio:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def time_torch(wrapped, x, repeats):
+    import torch
+    ts = []
+    with torch.inference_mode():
+        wrapped(x)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            wrapped(x)
+            ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def time_onnx(wrapped, x, repeats, threads, tmp):
+    import onnxruntime as ort
+    import torch
+    path = osp.join(tmp, 'model.onnx')
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(wrapped, (x,), path, opset_version=17, dynamo=False, do_constant_folding=True)
+    export_s = time.perf_counter() - t0
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=['CPUExecutionProvider'])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    sess.run(None, feed)  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        ts.append(time.perf_counter() - t0)
+    del sess
+    os.remove(path)
+    return ts, export_s
+
+
+def mm_flops(wrapped, x):
+    try:
+        from mmengine.analysis import FlopAnalyzer
+        fa = FlopAnalyzer(wrapped, (x,))
+        fa.unsupported_ops_warnings(False)
+        fa.uncalled_modules_warnings(False)
+        return float(fa.total())
+    except Exception as exc:  # noqa: BLE001
+        return f'failed: {type(exc).__name__}: {exc}'
+
+
+def measure_model(name, info, args, res):
+    import numpy as np
+    import torch
+    from mmfisher.core import slim_model
+    from mmfisher.hooks import selection
+    from mmfisher.zoo import build_model, load_config
+    work = tempfile.mkdtemp(prefix='speedup_')
+    out = dict(spec=info['spec'], kind=info['kind'])
+    hooks = {}
+    for delta in args.deltas:
+        hook, _, fig = fisher_structure(name, info, delta, args, work)
+        hooks[delta] = hook
+        out.setdefault('pruning_runs', {})[delta] = fig
+        print(name, 'pruning', fig, flush=True)
+        gc.collect()
+    ref = hooks[args.deltas[0]]
+    graph, costs = ref.graph, ref.costs
+    unit_atoms = [u.atoms for u in graph.units]
+    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))
+    structures = {'unpruned': np.ones(graph.num_atoms, dtype=bool)}
+    for delta, hook in hooks.items():
+        alive = hook.masks.alive.numpy().copy()
+        for d in args.divisors:
+            if delta != args.deltas[0] and d != 1 and not args.all_divisors:
+                continue
+            structures[f'fisher_{delta}_d{d}'] = selection.round_up(alive, unit_atoms, d, hook.order)
+    target_ratio = costs.totals(hooks[args.deltas[0]].masks.alive.numpy())['flops'] / full['flops']
+    r_alive, r_ratio, r_share = random_like(graph, costs, target_ratio)
+    rng = np.random.default_rng(0)
+    r_order = rng.permutation(np.nonzero(~r_alive)[0]).tolist()
+    for d in args.divisors:
+        if d != 1 and not args.all_divisors:
+            continue
+        structures[f'random_d{d}'] = selection.round_up(r_alive, unit_atoms, d, r_order)
+    out['random_share_per_unit'] = r_share
+    shape = tuple([args.det_batch, *args.det_shape] if info['kind'] == 'det' else [args.cls_batch, *args.cls_shape])
+    out['timed_input'] = list(shape)
+    cfg = load_config(info['spec'])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    rows = {}
+    for sname, alive in structures.items():
+        model = build_model(cfg)
+        if sname != 'unpruned':
+            slim_model(model, graph, alive)
+        model.eval()
+        wrapped = Wrapped(model, info['kind'], shape)
+        tot = costs.totals(alive)
+        row = dict(flops_ratio_ours=tot['flops'] / full['flops'], acts_ratio_ours=tot['acts'] / full['acts'],
+                   params=int(sum(p.numel() for p in model.parameters())))
+        row['mmengine_flops'] = mm_flops(wrapped, x)
+        row['torch_s'] = time_torch(wrapped, x, args.repeats)
+        row['torch_median_s'] = statistics.median(row['torch_s'])
+        if args.onnx:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    row['onnxruntime_s'], row['onnx_export_s'] = time_onnx(wrapped, x, args.repeats, args.threads,
+                                                                          tmp)
+                row['onnxruntime_median_s'] = statistics.median(row['onnxruntime_s'])
+            except Exception as exc:  # noqa: BLE001
+                row['onnxruntime_error'] = f'{type(exc).__name__}: {exc}'[:500]
+        rows[sname] = row
+        print(name, sname, {k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
+        del model, wrapped
+        gc.collect()
+    base = rows['unpruned']
+    for sname, row in rows.items():
+        if isinstance(row['mmengine_flops'], float) and isinstance(base['mmengine_flops'], float):
+            row['flops_ratio_mmengine'] = row['mmengine_flops'] / base['mmengine_flops']
+        row['speedup_torch'] = base['torch_median_s'] / row['torch_median_s']
+        if 'onnxruntime_median_s' in row and 'onnxruntime_median_s' in base:
+            row['speedup_onnxruntime'] = base['onnxruntime_median_s'] / row['onnxruntime_median_s']
+    out['structures'] = rows
+    if info['kind'] == 'det':
+        out['batch_8'] = ('not measured: a batch of 8 at 800x1333 takes ~8x the batch-1 time per forward on this '
+                          'shared 2-core CPU; unaffordable in the benchmark budget')
+    res.data.setdefault('models', {})[name] = out
+    res.save(final=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS) + list(QUICK))
+    p.add_argument('--deltas', nargs='+', default=['acts', 'flops'])
+    p.add_argument('--divisors', nargs='+', type=int, default=[1, 8, 16])
+    p.add_argument('--all-divisors', action='store_true',
+                   help='round every structure (flops, random) to every divisor, not only Fisher acts')
+    p.add_argument('--target', type=float, default=0.5)
+    p.add_argument('--frac', type=float, default=0.03, help='atoms per step, share of the eligible atoms')
+    p.add_argument('--prune-max-iters', type=int, default=200)
+    p.add_argument('--det-shape', type=int, nargs=3, default=[3, 800, 1333])
+    p.add_argument('--cls-shape', type=int, nargs=3, default=[3, 224, 224])
+    p.add_argument('--det-batch', type=int, default=1)
+    p.add_argument('--cls-batch', type=int, default=64)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--no-onnx', dest='onnx', action='store_false')
+    p.add_argument('--quick', action='store_true', help='tiny models at small sizes (smoke test)')
+    p.add_argument('--out')
+    args = p.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    if args.quick:
+        args.models = list(QUICK)
+        args.det_shape, args.cls_shape, args.cls_batch = [3, 128, 128], [3, 64, 64], 4
+        args.repeats, args.target, args.frac, args.divisors = 1, 0.8, 0.1, [1, 8]
+    out = args.out or osp.join(ROOT, 'benchmarks', 'results', 'speedup_cpu.json')
+    res = Result('speedup_cpu', out, args.quick)
+    if osp.isfile(out) and not args.quick:  # merge: models measured by earlier invocations are kept
+        with open(out) as f:
+            old = json.load(f)
+        res.data['models'] = old.get('models', {})
+        res.data['earlier_commands'] = old.get('earlier_commands', []) + [
+            dict(command=old.get('command'), started=old.get('started'), models=list(old.get('models', {})))]
+    res['setup'] = dict(vars(args), timer='time.perf_counter, median of repeats after one warm-up',
+                        mode='eval, torch.inference_mode (autograd off)', weights='random (structure only)',
+                        gpu='none on this machine: speedup_gpu.json not produced')
+    catalog = dict(MODELS, **QUICK)
+    for name in args.models:
+        measure_model(name, catalog[name], args, res)
+    print('wrote', res.save())
+
+
+if __name__ == '__main__':
+    main()
