@@ -1,0 +1,269 @@
+"""Accuracy at equal remaining FLOPs: Fisher ('acts', 'flops') vs L1-norm, random and Torch-Pruning importances.
+
+Task ``cls`` (default): the tiny ResNet (configs/tiny/resnet_tiny_shapes_cls.py) on the bundled 3-class shapes
+set, top-1 accuracy on its val split. Task ``det``: the tiny RetinaNet on the bundled detection set, bbox mAP.
+
+Pipeline, identical for every method except the choice of channels:
+
+1. one baseline trained from scratch (``--base-iters``, seed 0, cached), shared by every method and seed;
+2. pruning to ``--target`` of the baseline's conv/linear FLOPs (mmfisher's cost model at the data's input size,
+   every method measured by the same count; the FLOPs each result actually has is recorded):
+
+   * ``fisher_acts`` / ``fisher_flops``: FisherPruningHook (``channels_per_step=--fisher-k`` every
+     ``--fisher-interval`` iterations; the model trains meanwhile, as in the method; those iterations are
+     recorded as ``pruning_iters``);
+   * ``l1``: the atoms with the smallest L1 norm of their producers' output weights (conv/linear filters, summed
+     over coupled producers) go first, globally;
+   * ``random``: atoms removed in a random order;
+   * ``tp_taylor`` / ``tp_magnitude``: Torch-Pruning 1.6.1 ``MetaPruner`` with ``TaylorImportance`` (gradients
+     of the training loss summed over ``--taylor-batches`` batches) / ``MagnitudeImportance`` (L2), global
+     pruning, the class head ignored; its ``pruning_ratio`` bisected so the FLOPs match the target. The channels
+     it removes are mapped onto mmfisher's atoms (identical grouping, see trace_time.json) and the result goes
+     through the same slimming and fine-tune;
+
+   l1 / random / TP stop at the first atom that reaches the target; every unit keeps at least one atom;
+3. the slimmed model (``mmfisher.Pruned`` + weights) fine-tuned for ``--ft-iters`` iterations (same schedule),
+   then evaluated. ``metric_mean`` / ``metric_std`` (sample std) over ``--seeds``.
+
+    nice .venv/bin/python benchmarks/quality.py                         # cls, 6 methods x 3 seeds
+    nice .venv/bin/python benchmarks/quality.py --task det --out benchmarks/results/quality_det.json
+    nice .venv/bin/python benchmarks/quality.py --quick --out /tmp/quality.json
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, counting_hook, finetune_eval,  # noqa: E402
+                     metric_key, run_hook_pruning, tiny_runner_cfg, train_baseline)
+
+METHODS = ['fisher_acts', 'fisher_flops', 'l1', 'random', 'tp_taylor', 'tp_magnitude']
+TASKS = {'cls': dict(config=CLS_CFG, shape=(3, 64, 64)), 'det': dict(config=DET_CFG, shape=(3, 128, 128))}
+
+
+def load_base_model(config, base, seed):
+    """(runner, model) with the baseline weights loaded, in train mode (as the hook sees it)."""
+    import torch
+    cfg = tiny_runner_cfg(config, osp.join(osp.dirname(base), 'tmp_runner'), 1, seed=seed)
+    runner = build_runner(cfg)
+    state = torch.load(base, map_location='cpu', weights_only=True)['state_dict']
+    runner.model.load_state_dict(state)
+    runner.model.train()
+    return runner, runner.model
+
+
+def greedy(graph, costs, order, target):
+    """Mask atoms in ``order`` (keeping >= 1 per unit) until FLOPs <= target x unpruned (selection.choose)."""
+    import numpy as np
+    from mmfisher.hooks import selection
+    unit_of = selection.unit_index(graph.num_atoms, [u.atoms for u in graph.units])
+    alive = np.ones(graph.num_atoms, dtype=bool)
+    full = costs.totals(alive)['flops']
+
+    def reached(a, chosen):
+        return costs.totals(a)['flops'] / full <= target
+    chosen = selection.choose(np.asarray(order), alive, unit_of, 1, graph.num_atoms, reached)
+    alive[chosen] = False
+    return alive
+
+
+def l1_scores(model, graph):
+    import numpy as np
+    modules = dict(model.named_modules())
+    score = np.zeros(graph.num_atoms)
+    for name, atoms in graph.out_atoms.items():
+        if graph.rules[name].role != 'weighted':
+            continue
+        w = modules[name].weight.detach()
+        dim = 0 if not isinstance(modules[name], __import__('torch').nn.ConvTranspose2d) else 1
+        per = w.abs().movedim(dim, 0).reshape(w.shape[dim], -1).sum(1).double().numpy()
+        valid = atoms >= 0
+        np.add.at(score, atoms[valid], per[valid])
+    return score
+
+
+def tp_alive(model, graph, costs, data_batches, kind, target, shape):
+    """Torch-Pruning (global) at the bisected pruning_ratio whose removed channels, as mmfisher atoms, reach the
+    FLOPs target. Returns (alive, pruning_ratio)."""
+    import numpy as np
+    import torch
+    import torch_pruning as tp
+    from mmfisher.zoo import fake_batch
+    from mmfisher.models.tracing import is_detector
+
+    if kind == 'tp_taylor':
+        model.zero_grad()
+        for data in data_batches:
+            data = model.data_preprocessor(data, True)
+            losses = model(**data, mode='loss')
+            loss, _ = model.parse_losses(losses)
+            loss.backward()
+    grads = {n: q.grad.detach().clone() for n, q in model.named_parameters() if q.grad is not None}
+    x, samples = fake_batch(model, shape)
+
+    class W(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, inp):
+            out = self.m(inp, samples, mode='tensor') if samples is not None else self.m(inp, mode='tensor')
+            if isinstance(out, torch.Tensor):
+                return out
+            return [t for lv in out for t in (lv if isinstance(lv, (list, tuple)) else [lv])]
+
+    outputs = ['head.fc', 'bbox_head.retina_cls', 'bbox_head.retina_reg']
+    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))['flops']
+
+    def attempt(ratio):
+        m = copy.deepcopy(model)
+        w = W(m)
+        mods = dict(w.named_modules())
+        names = {v: k[2:] for k, v in mods.items()}
+        ignored = [mods['m.' + n] for n in outputs if 'm.' + n in mods]
+        imp = tp.importance.TaylorImportance() if kind == 'tp_taylor' else tp.importance.MagnitudeImportance(p=2)
+        pruner = tp.pruner.MetaPruner(w, x, importance=imp, global_pruning=True, pruning_ratio=ratio,
+                                      max_pruning_ratio=0.95, ignored_layers=ignored)
+        for n, q in m.named_parameters():  # building the graph clears .grad: restore the Taylor gradients
+            q.grad = grads[n].clone() if n in grads else None
+        alive = np.ones(graph.num_atoms, dtype=bool)
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                mod = dep.target.module
+                if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) and 'out' in dep.handler.__name__:
+                    name = names[mod]
+                    if name in graph.out_atoms:
+                        atoms = graph.out_atoms[name][[int(getattr(i, 'idx', i)) for i in idxs]]
+                        alive[atoms[atoms >= 0]] = False
+            group.prune()
+        del m, w, pruner
+        return alive, costs.totals(alive)['flops'] / full
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        alive, r = attempt(mid)
+        if r <= target:
+            best = (alive, mid, r)
+            hi = mid
+        else:
+            lo = mid
+    if best is None:
+        alive, r = attempt(hi)
+        best = (alive, hi, r)
+    model.zero_grad()
+    return best[0], best[1]
+
+
+def prune_core(method, config, base, work, target, shape, seed, taylor_batches):
+    """l1 / random / TP: choose atoms on the baseline model, write channels.json + pruned.pth."""
+    import numpy as np
+    from mmfisher.core import CostModel, analyze
+    from mmfisher.hooks.export import export_pruned
+    from mmfisher.models.tracing import make_trace_forward
+    runner, model = load_base_model(config, base, seed)
+    graph = analyze(model, make_trace_forward(model, shape))
+    costs = CostModel(graph)
+    t0 = time.perf_counter()
+    extra = {}
+    if method == 'l1':
+        score = l1_scores(model, graph)
+        idx = np.arange(graph.num_atoms)
+        alive = greedy(graph, costs, idx[np.lexsort((idx, score))], target)
+    elif method == 'random':
+        alive = greedy(graph, costs, np.random.default_rng(seed).permutation(graph.num_atoms), target)
+    else:
+        import itertools
+        batches = list(itertools.islice(iter(runner.train_dataloader), taylor_batches))
+        alive, ratio = tp_alive(model, graph, costs, batches, method, target, shape)
+        extra['tp_pruning_ratio'] = ratio
+    wall = time.perf_counter() - t0
+    os.makedirs(work, exist_ok=True)
+    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))
+    tot = costs.totals(alive)
+    ratios = {k: tot[k] / full[k] for k in ('flops', 'acts', 'params')}
+    channels, weights = export_pruned(model, graph, alive, work, '', dict(method=method, flops_ratio=ratios['flops']))
+    return dict(extra, pruning_iters=0, pruning_wall_s=wall, ratios=ratios, atoms_masked=int((~alive).sum()),
+                channels=channels, weights=weights)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--task', choices=list(TASKS), default='cls')
+    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--target', type=float, default=0.5)
+    p.add_argument('--base-iters', type=int, default=240)
+    p.add_argument('--ft-iters', type=int, default=120)
+    p.add_argument('--fisher-k', type=int, default=8)
+    p.add_argument('--fisher-interval', type=int, default=2)
+    p.add_argument('--taylor-batches', type=int, default=4)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--work-dir', default=None)
+    p.add_argument('--quick', action='store_true', help='tiny budgets, 1 seed, 3 methods (smoke test)')
+    p.add_argument('--out')
+    args = p.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    task = TASKS[args.task]
+    work = args.work_dir or osp.join(ROOT, 'work_dirs', 'bench', f'quality_{args.task}' + ('_quick' if args.quick
+                                                                                            else ''))
+    if args.quick:
+        args.base_iters, args.ft_iters, args.seeds, args.target = 4, 2, [0], 0.8
+        args.methods = ['fisher_acts', 'l1', 'tp_taylor']
+        args.fisher_k, args.fisher_interval, args.taylor_batches = 64, 1, 1
+    name = 'quality' if args.task == 'cls' else f'quality_{args.task}'
+    res = Result(name, args.out, args.quick)
+    res['setup'] = dict(vars(args), config=osp.relpath(task['config'], ROOT), input_shape=list(task['shape']),
+                        flops='mmfisher CostModel (conv/linear multiply-adds) at input_shape')
+    base = osp.join(work, 'base.pth')
+    res['baseline'] = train_baseline(task['config'], base, args.base_iters, 0)
+    res['baseline_finetuned'] = finetune_eval(task['config'], None, base, osp.join(work, 'ft_base'), args.ft_iters, 0)
+    print('baseline', res['baseline'], res['baseline_finetuned'], flush=True)
+    res.save(final=False)
+    runs = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            mwork = osp.join(work, f'{method}_s{seed}')
+            t0 = time.perf_counter()
+            if method.startswith('fisher'):
+                hook = counting_hook(k=args.fisher_k, interval=args.fisher_interval, delta=method.split('_')[1],
+                                     target=args.target, target_metric='flops', input_shape=task['shape'])
+                r = run_hook_pruning(task['config'], base, mwork, hook, seed)
+                r = dict(pruning_iters=r['iters'], pruning_wall_s=r['wall_s'], ratios=r['ratios'],
+                         atoms_masked=r['atoms_masked'], channels=r['channels'], weights=r['weights'],
+                         done=r['done'])
+            else:
+                r = prune_core(method, task['config'], base, mwork, args.target, task['shape'], seed,
+                               args.taylor_batches)
+            r.update(finetune_eval(task['config'], r['channels'], r['weights'], osp.join(mwork, 'ft'), args.ft_iters,
+                                   seed))
+            r['seed'] = seed
+            r['total_wall_s'] = time.perf_counter() - t0
+            runs.setdefault(method, []).append({k: v for k, v in r.items() if k not in ('channels', 'weights')})
+            print(method, seed, runs[method][-1], flush=True)
+            res['runs'] = runs
+            res.save(final=False)
+    summary = {}
+    for method, rs in runs.items():
+        vals = [r['value'] for r in rs]
+        summary[method] = dict(metric=metric_key_of(args.task), n=len(vals), metric_mean=statistics.fmean(vals),
+                               metric_std=statistics.stdev(vals) if len(vals) > 1 else 0.0, values=vals,
+                               flops_ratio_mean=statistics.fmean(r['ratios']['flops'] for r in rs))
+    res['methods'] = summary
+    for m, s in summary.items():
+        print(f'{m:14s} {s["metric_mean"]:.4f} +- {s["metric_std"]:.4f}  flops {s["flops_ratio_mean"]:.3f}')
+    print('wrote', res.save())
+
+
+def metric_key_of(task):
+    return 'accuracy/top1' if task == 'cls' else 'coco/bbox_mAP'
+
+
+if __name__ == '__main__':
+    main()
