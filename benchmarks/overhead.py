@@ -12,8 +12,10 @@ Runner, IterBasedTrainLoop, batch 8 of 128x128):
 Each variant runs in its own fresh process; the variants are interleaved over ``--rounds`` rounds so machine
 load affects them alike, and every figure is the median over rounds of the per-run median iteration time.
 
-Time: wall time between consecutive ends of training iterations (data loading, forward, backward, optimizer step
-and every hook included), over ``--iters`` iterations after ``--warmup``.
+Time: between consecutive ends of training iterations (data loading, forward, backward, optimizer step and every
+hook included), over ``--iters`` iterations after ``--warmup``. ``time_ratio`` uses the process's CPU time
+(``time.process_time``; torch runs single-threaded, no dataloader workers), which other jobs on a shared machine
+barely disturb; ``wall_time_ratio`` uses wall time.
 Memory, two measures:
 
 * ``peak_rss``: peak resident set size of the training process sampled every 2 ms by a thread during the
@@ -64,6 +66,7 @@ def worker(variant: str, iters: int, warmup: int, out: str, threads: int) -> Non
     class Probe(Hook):
         def __init__(self):
             self.ends = []
+            self.cpu_ends = []
             self.first_iter = None
             self.peak = 0
             self.base = None
@@ -96,6 +99,7 @@ def worker(variant: str, iters: int, warmup: int, out: str, threads: int) -> Non
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
             if self._ctx is not None:
                 self._ctx.__exit__(None, None, None)
                 self._ctx = None
@@ -109,12 +113,15 @@ def worker(variant: str, iters: int, warmup: int, out: str, threads: int) -> Non
     probe._stop.set()
     ends = probe.ends
     times = [b - a for a, b in zip(ends[warmup:warmup + iters], ends[warmup + 1:warmup + iters + 1])]
+    ce = probe.cpu_ends
+    cpu = [b - a for a, b in zip(ce[warmup:warmup + iters], ce[warmup + 1:warmup + iters + 1])]
     pruned = None
     for h in runner.hooks:
         if type(h).__name__ == 'FisherPruningHook':
             pruned = len(h.order)
     res = dict(variant=variant, iter_times_s=times, median_iter_s=statistics.median(times),
-               mean_iter_s=statistics.fmean(times), setup_s=probe.first_iter - t0,
+               mean_iter_s=statistics.fmean(times), iter_cpu_s=cpu, median_cpu_s=statistics.median(cpu),
+               setup_s=probe.first_iter - t0,
                peak_rss_bytes=probe.peak, rss_before_measured_bytes=probe.base,
                saved_bytes=int(sum(probe.saved.values())), saved_storages=len(probe.saved),
                atoms_masked=pruned, ru_maxrss_kb=__import__('resource').getrusage(0).ru_maxrss)
@@ -144,7 +151,10 @@ def main() -> None:
                         iters=args.iters, warmup=args.warmup, rounds=args.rounds, torch_threads=args.threads,
                         hook_args={k: v for k, v in VARIANTS.items()},
                         hook_common=dict(input_shape=[3, 128, 128], target=0.05, delta='acts'),
-                        time='median over rounds of the median wall time between consecutive iteration ends',
+                        time='time_ratio: CPU time of the (single-threaded) training process per iteration '
+                             '(time.process_time between consecutive iteration ends), median over rounds of the '
+                             'per-run median; wall_time_ratio: the same with wall time (sensitive to other jobs '
+                             'on the shared CPU)',
                         memory='peak RSS of the training process (psutil, sampled every 2 ms during the measured '
                                'iterations); saved_bytes: distinct storages saved by autograd in one iteration')
     runs = {v: [] for v in VARIANTS}
@@ -164,6 +174,8 @@ def main() -> None:
     for v, rs in runs.items():
         summary[v] = dict(
             median_iter_s=statistics.median(r['median_iter_s'] for r in rs),
+            median_cpu_s=statistics.median(r['median_cpu_s'] for r in rs),
+            per_round_median_cpu_s=[r['median_cpu_s'] for r in rs],
             per_round_median_iter_s=[r['median_iter_s'] for r in rs],
             peak_rss_mib=statistics.median(r['peak_rss_bytes'] for r in rs) / 2 ** 20,
             saved_mib=statistics.median(r['saved_bytes'] for r in rs) / 2 ** 20,
@@ -174,19 +186,21 @@ def main() -> None:
         if v == 'off':
             continue
         s = summary[v]
-        s['time_ratio'] = s['median_iter_s'] / off['median_iter_s']
+        s['time_ratio'] = s['median_cpu_s'] / off['median_cpu_s']
+        s['wall_time_ratio'] = s['median_iter_s'] / off['median_iter_s']
         s['memory_ratio'] = s['peak_rss_mib'] / off['peak_rss_mib']
         s['saved_bytes_ratio'] = s['saved_mib'] / off['saved_mib'] if off['saved_mib'] else None
     res['variants'] = summary
     # headline: the worse of "hook active, not yet pruning" and "pruning on the paper's schedule"
     res['time_ratio'] = max(summary['accumulate']['time_ratio'], summary['pruning']['time_ratio'])
+    res['wall_time_ratio'] = max(summary['accumulate']['wall_time_ratio'], summary['pruning']['wall_time_ratio'])
     res['memory_ratio'] = max(summary['accumulate']['memory_ratio'], summary['pruning']['memory_ratio'])
     res['saved_bytes_ratio'] = max(summary['accumulate']['saved_bytes_ratio'] or 0,
                                    summary['pruning']['saved_bytes_ratio'] or 0)
     res['goal'] = dict(time_ratio='<= 1.10', memory_ratio='<= 1.15',
                        met=bool(res['time_ratio'] <= 1.10 and res['memory_ratio'] <= 1.15))
     res['raw_runs'] = runs
-    print(json.dumps({k: res[k] for k in ('time_ratio', 'memory_ratio', 'saved_bytes_ratio')}))
+    print(json.dumps({k: res[k] for k in ('time_ratio', 'wall_time_ratio', 'memory_ratio', 'saved_bytes_ratio')}))
     print('wrote', res.save())
 
 

@@ -270,7 +270,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     if args.quick:
-        args.models = list(QUICK)
+        if not set(args.models) <= set(QUICK):
+            args.models = list(QUICK)
         args.det_shape, args.cls_shape, args.cls_batch = [3, 128, 128], [3, 64, 64], 4
         args.repeats, args.target, args.frac, args.divisors = 1, 0.8, 0.1, [1, 8]
     out = args.out or osp.join(ROOT, 'benchmarks', 'results', 'speedup_cpu.json')

@@ -1,0 +1,78 @@
+"""Smoke runs of the benchmark scripts (``--quick``: tiny models and budgets, output to a tmp dir).
+
+The benchmarks themselves are not part of the test suite; these only check that each script runs end to end
+and writes a JSON with sane keys and values. They need the benchmark dependencies
+(``.venv/bin/python -m pip --isolated install -r requirements/bench.txt``) and are skipped without them.
+"""
+import json
+import math
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+for mod in ('torch_pruning', 'onnxruntime', 'onnx', 'psutil'):
+    pytest.importorskip(mod, reason='benchmark dependencies: pip --isolated install -r requirements/bench.txt')
+
+
+def run(script, tmp_path, *extra):
+    out = str(tmp_path / f'{script}.json')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', f'{script}.py'), '--quick', '--out', out,
+                           *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        data = json.load(f)
+    for key in ('machine', 'command', 'started', 'finished'):
+        assert key in data
+    assert data['machine']['cpu_count'] >= 1 and data['machine']['torch']
+    assert data['quick'] is True
+    return data
+
+
+def finite_pos(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_overhead(tmp_path):
+    d = run('overhead', tmp_path)
+    assert finite_pos(d['time_ratio']) and finite_pos(d['memory_ratio']) and finite_pos(d['wall_time_ratio'])
+    assert set(d['variants']) == {'off', 'accumulate', 'pruning', 'prune_every_iter'}
+    assert d['variants']['prune_every_iter']['atoms_masked_at_end'][0] > 0
+
+
+def test_trace_time(tmp_path):
+    d = run('trace_time', tmp_path)
+    assert finite_pos(d['ours_s']) and finite_pos(d['torch_pruning_s'])
+    assert d['ratio'] == pytest.approx(d['ours_s'] / d['torch_pruning_s'])
+    g = d['grouping']
+    assert g['ours_atoms'] > 0 and g['torch_pruning_groups'] > 0
+    assert isinstance(g['layer_sets_only_ours'], list) and isinstance(g['layer_sets_only_torch_pruning'], list)
+
+
+def test_cost(tmp_path):
+    d = run('cost', tmp_path, '--work-dir', str(tmp_path / 'cost'))
+    assert set(d['runs']) == {'8', 'adaptive'}
+    for r in d['runs'].values():
+        assert r['done'] and r['iters'] >= 1 and r['ratios']['flops'] <= d['setup']['target_flops'] + 1e-9
+        assert 0.0 <= r['value'] <= 1.0
+
+
+def test_speedup(tmp_path):
+    d = run('speedup', tmp_path, '--models', 'tiny_resnet', '--no-onnx', '--deltas', 'acts')
+    rows = d['models']['tiny_resnet']['structures']
+    assert {'unpruned', 'fisher_acts_d1', 'fisher_acts_d8', 'random_d1'} <= set(rows)
+    assert rows['unpruned']['flops_ratio_ours'] == 1.0
+    assert rows['fisher_acts_d1']['flops_ratio_ours'] <= 0.8 + 1e-9
+    assert all(finite_pos(r['torch_median_s']) for r in rows.values())
+
+
+def test_quality(tmp_path):
+    d = run('quality', tmp_path, '--work-dir', str(tmp_path / 'quality'))
+    for m in ('fisher_acts', 'l1', 'tp_taylor'):
+        s = d['methods'][m]
+        assert 0.0 <= s['metric_mean'] <= 100.0 and s['metric_std'] >= 0.0 and s['n'] == 1
+        assert s['flops_ratio_mean'] <= 0.8 + 1e-9
