@@ -35,8 +35,8 @@ Polygon = List[Tuple[float, float]]
 class DetSpec:
     """Parameters of the detection set."""
     img_size: int = 128
-    num_train: int = 160
-    num_val: int = 48
+    num_train: int = 480
+    num_val: int = 96
     min_objects: int = 1
     max_objects: int = 4
     min_size: int = 14
@@ -48,10 +48,10 @@ class DetSpec:
 class ClsSpec:
     """Parameters of the classification set (counts are per class)."""
     img_size: int = 64
-    train_per_class: int = 64
-    val_per_class: int = 24
-    min_size: int = 20
-    max_size: int = 48
+    train_per_class: int = 200
+    val_per_class: int = 50
+    min_size: int = 28
+    max_size: int = 56
     classes: Tuple[str, ...] = CLASSES
 
 

@@ -46,13 +46,17 @@ if [ -z "$(mmcv_wheel)" ]; then
 fi
 log "installing mmcv from $(mmcv_wheel)"
 "${PIP[@]}" install -q "$(mmcv_wheel)" -r "$ROOT/requirements/torch.txt"
-log "installing the OpenMMLab stack and mmfisher"
+log "installing the OpenMMLab stack, test tools and mmfisher"
+# lock.txt pins every package (regenerate: see README, Development); without it, the direct pins only.
 if [ -f "$ROOT/requirements/lock.txt" ]; then
-  "${PIP[@]}" install -q -r "$ROOT/requirements/lock.txt" -r "$ROOT/requirements/runtime.txt"
+  "${PIP[@]}" install -q -r "$ROOT/requirements/lock.txt" -r "$ROOT/requirements/runtime.txt" \
+    -r "$ROOT/requirements/tests.txt"
 else
-  "${PIP[@]}" install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/torch.txt"
+  "${PIP[@]}" install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/torch.txt" \
+    -r "$ROOT/requirements/tests.txt"
 fi
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+# Editable (PEP 660) install; setup.py links configs/ into mmfisher/.mim so `mmfisher::` config paths resolve.
+"${PIP[@]}" install -q --no-deps --no-build-isolation --use-pep517 -e "$ROOT"
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, mmpretrain, mmfisher; print('[setup] ok: mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__)"
 rm -f "$VENV"/.mmfisher-setup-*
 touch "$STAMP"

@@ -32,7 +32,7 @@ def cls_cfg(work_dir: str, epochs: int, name: str, resume: bool) -> Config:
     cfg = Config.fromfile(F.CLS_CFG)
     cfg.merge_from_dict({
         'work_dir': work_dir, 'experiment_name': name, 'resume': resume,
-        'train_dataloader.dataset.indices': 32, 'train_dataloader.num_workers': 0,
+        'train_dataloader.dataset.indices': 32, 'train_dataloader.batch_size': 16, 'train_dataloader.num_workers': 0,
         'train_dataloader.persistent_workers': False, 'train_cfg.max_epochs': epochs,
         'train_cfg.val_interval': 100, 'default_hooks.logger.interval': 1,
     })

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import _foundation as F
+from mmfisher.data_gen import ClsSpec
 
 TRAIN = osp.join(F.ROOT, 'tools', 'train.py')
 TEST = osp.join(F.ROOT, 'tools', 'test.py')
@@ -81,4 +82,4 @@ def test_classifier_train_and_test(tmp_path):
     assert 0 <= m['accuracy/top1'] <= 100
     with open(out, 'rb') as f:
         preds = pickle.load(f)
-    assert len(preds) == 72 and preds[0]['pred_score'].shape == (3, )
+    assert len(preds) == ClsSpec().val_per_class * 3 and preds[0]['pred_score'].shape == (3, )

@@ -13,17 +13,17 @@ model = dict(
         type='LinearClsHead', num_classes=3, in_channels=128,
         loss=dict(type='CrossEntropyLoss', loss_weight=1.0), topk=(1, )))
 
-max_epochs = 10
+max_epochs = 30  # 570 iterations: about 1 min on 2 CPU cores (OMP_NUM_THREADS=1), top-1 ~90%
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict()
 test_cfg = dict()
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=0.002, weight_decay=0.0001))
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=0.003, weight_decay=0.0001))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, T_max=max_epochs, eta_min=1e-5,
          convert_to_iter_based=True),
 ]
-auto_scale_lr = dict(base_batch_size=16)
+auto_scale_lr = dict(base_batch_size=32)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),

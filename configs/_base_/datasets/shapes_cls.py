@@ -1,5 +1,6 @@
 # Bundled toy classification set (tools/make_data.py -> data/generated/shapes_cls) in mmpretrain's folder
-# format (train/<class>/*.png, val/<class>/*.png), 64x64 images, 3 classes. CustomDataset + Accuracy.
+# format (train/<class>/*.png, val/<class>/*.png): 600 train / 150 val 64x64 images, 3 classes, one shape of
+# 28-56 px each. Read by mmpretrain's CustomDataset, scored by Accuracy.
 dataset_type = 'CustomDataset'
 data_root = 'data/generated/shapes_cls/'
 metainfo = dict(classes=('circle', 'square', 'triangle'))
@@ -16,7 +17,7 @@ test_pipeline = [
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
-    batch_size=16,
+    batch_size=32,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),

@@ -1,5 +1,5 @@
-# Bundled COCO-format toy detection set (tools/make_data.py -> data/generated/shapes_det), 128x128 images,
-# 3 classes, 1-4 objects of 14-44 px per image. Evaluated with mmdet's CocoDataset + CocoMetric.
+# Bundled COCO-format toy detection set (tools/make_data.py -> data/generated/shapes_det): 480 train / 96 val
+# 128x128 images, 3 classes, 1-4 objects of 14-44 px each. Read by mmdet's CocoDataset, scored by CocoMetric.
 dataset_type = 'CocoDataset'
 data_root = 'data/generated/shapes_det/'
 metainfo = dict(classes=('circle', 'square', 'triangle'), palette=[(220, 20, 60), (0, 160, 0), (0, 60, 230)])
