@@ -1,5 +1,5 @@
-"""Build OpenMMLab models from configs for analysis: config lookup, pretrained-weight stripping, tensor-mode
-forwards at a fixed input shape (the only mm-aware glue the core needs)."""
+"""Build OpenMMLab zoo models from configs for analysis: config lookup (paths or ``mmdet::``/``mmpretrain::``),
+pretrained-weight stripping, building in the config's scope, and the trace forward."""
 import copy
 import os
 from typing import Any, Callable, Optional, Sequence, Tuple
@@ -77,87 +77,19 @@ def build_model(cfg, pretrained: bool = False, init_weights: bool = False) -> nn
     return model
 
 
-def is_detector(model: nn.Module) -> bool:
-    try:
-        from mmdet.models.detectors import BaseDetector
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, BaseDetector)
-
-
-def is_classifier(model: nn.Module) -> bool:
-    try:
-        from mmpretrain.models.classifiers import BaseClassifier
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, BaseClassifier)
+def tensor_forward(model: nn.Module, shape: Sequence[int], seed: int = 0) -> Callable[[nn.Module], Any]:
+    """The hook's trace forward (:func:`mmfisher.models.tracing.make_trace_forward`) for ``model`` at ``shape``:
+    tensor mode on a seeded fake batch of one; two-stage detectors run their RoI head on fixed proposals, so
+    masked/slimmed comparisons are not at the mercy of NMS ties."""
+    from .models.tracing import make_trace_forward
+    return make_trace_forward(model, tuple(int(v) for v in shape), seed)
 
 
 def fake_batch(model: nn.Module, shape: Sequence[int], batch: int = 1, seed: int = 0
                ) -> Tuple[torch.Tensor, Optional[list]]:
-    """A deterministic normalised input of ``(batch, *shape)`` and, for detectors, matching data samples."""
-    gen = torch.Generator().manual_seed(seed)
+    """A seeded ``(batch, *shape)`` input on the model's device and, for detectors, matching data samples."""
+    from .models.tracing import det_data_samples, is_detector
     device = next((p.device for p in model.parameters()), torch.device('cpu'))
-    x = torch.randn((batch, *shape), generator=gen).to(device)
-    samples = None
-    if is_detector(model):
-        from mmdet.structures import DetDataSample
-        h, w = int(shape[-2]), int(shape[-1])
-        samples = []
-        for _ in range(batch):
-            s = DetDataSample()
-            s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
-                                scale_factor=(1.0, 1.0), img_id=0))
-            samples.append(s)
+    x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    samples = det_data_samples((int(shape[-2]), int(shape[-1])), batch) if is_detector(model) else None
     return x, samples
-
-
-def tensor_forward(model: nn.Module, shape: Sequence[int], batch: int = 1, seed: int = 0
-                   ) -> Callable[[nn.Module], Any]:
-    """``forward(m)`` running the model's ``'tensor'`` mode on a fixed fake batch (detectors: through RPN and
-    RoI heads for two-stage models; classifiers: backbone, neck and head logits)."""
-    x, samples = fake_batch(model, shape, batch, seed)
-    if samples is not None:
-        return lambda m: m(x, samples, mode='tensor')
-    if is_classifier(model) or 'mode' in _forward_params(model):
-        return lambda m: m(x, mode='tensor')
-    return lambda m: m(x)
-
-
-def _forward_params(model: nn.Module) -> Sequence[str]:
-    import inspect
-    try:
-        return list(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return []
-
-
-def is_two_stage(model: nn.Module) -> bool:
-    return hasattr(model, 'rpn_head') and hasattr(model, 'roi_head') and is_detector(model)
-
-
-def compare_forward(model: nn.Module, shape: Sequence[int], batch: int = 1, seed: int = 0
-                    ) -> Callable[[nn.Module], Any]:
-    """Like :func:`tensor_forward`, but stable under float rounding: for two-stage detectors the RoI head runs on
-    fixed random proposals (RPN top-k and NMS would turn 1e-7 differences into different proposals) and the
-    RPN's raw outputs are returned beside it."""
-    if not is_two_stage(model):
-        return tensor_forward(model, shape, batch, seed)
-    from mmengine.structures import InstanceData
-    x, samples = fake_batch(model, shape, batch, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    h, w = int(shape[-2]), int(shape[-1])
-    proposals = []
-    for _ in range(batch):
-        xy = torch.rand(64, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
-        wh = torch.rand(64, 2, generator=gen) * torch.tensor([w * 0.3, h * 0.3]) + 4
-        inst = InstanceData()
-        inst.bboxes = torch.cat([xy, xy + wh], 1)
-        inst.scores = torch.rand(64, generator=gen)
-        inst.labels = torch.zeros(64, dtype=torch.long)
-        proposals.append(inst)
-
-    def forward(m):
-        feats = m.extract_feat(x)
-        return m.rpn_head(feats), m.roi_head.forward(feats, proposals, samples)
-    return forward

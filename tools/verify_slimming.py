@@ -61,7 +61,8 @@ class _TensorMode(torch.nn.Module):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mmfisher.core import analyze, compare_masked_slimmed, random_alive
-    from mmfisher.zoo import build_model, compare_forward, fake_batch, is_detector, load_config, tensor_forward
+    from mmfisher.models.tracing import det_data_samples, is_detector
+    from mmfisher.zoo import build_model, load_config, tensor_forward
     torch.manual_seed(args.seed)
     cfg = load_config(args.config)
     model = build_model(cfg)
@@ -72,9 +73,10 @@ def main(argv=None) -> int:
     graph = analyze(model, forward)
     trace_s = time.perf_counter() - t0
     alive = random_alive(graph, args.ratio, args.seed)
-    x, samples = fake_batch(model, shape, seed=args.seed)
+    x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(args.seed))
+    samples = det_data_samples(tuple(shape[1:])) if is_detector(model) else None
     flops_before, params_before = complexity(_TensorMode(model, samples), (x,))
-    result = compare_masked_slimmed(model, graph, compare_forward(model, shape, seed=args.seed), alive)
+    result = compare_masked_slimmed(model, graph, forward, alive)
     slim = result['slim']
     flops_after, params_after = complexity(_TensorMode(slim, samples), (x,))
     summary = graph.summary()
