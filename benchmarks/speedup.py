@@ -202,6 +202,11 @@ def measure_model(name, info, args, res):
             continue
         structures[f'random_d{d}'] = selection.round_up(r_alive, unit_atoms, d, r_order)
     out['random_share_per_unit'] = r_share
+    if args.structures:
+        skipped = [n for n in structures if n not in args.structures and n != 'unpruned']
+        structures = {n: a for n, a in structures.items() if n == 'unpruned' or n in args.structures}
+        if skipped:
+            out['structures_not_timed'] = dict(names=skipped, why='left out by --structures to fit the CPU budget')
     shape = tuple([args.det_batch, *args.det_shape] if info['kind'] == 'det' else [args.cls_batch, *args.cls_shape])
     out['timed_input'] = list(shape)
     cfg = load_config(info['spec'])
@@ -260,6 +265,7 @@ def main() -> None:
     p.add_argument('--cls-shape', type=int, nargs=3, default=[3, 224, 224])
     p.add_argument('--det-batch', type=int, default=1)
     p.add_argument('--cls-batch', type=int, default=64)
+    p.add_argument('--structures', nargs='+', help='time only these (plus unpruned), e.g. fisher_acts_d1 random_d1')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
