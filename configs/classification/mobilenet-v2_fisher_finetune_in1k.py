@@ -1,0 +1,20 @@
+# Group Fisher pruning of MobileNetV2 on ImageNet, step 2 of 2: fine-tune the slimmed model.
+#
+#   tools/dist_train.sh configs/classification/mobilenet-v2_fisher_finetune_in1k.py 8
+#   python tools/test.py configs/classification/mobilenet-v2_fisher_finetune_in1k.py \
+#       work_dirs/mobilenet-v2_fisher_finetune_in1k/epoch_300.pth
+#
+# Builds the classifier of the base config, slims it to the channels that mobilenet-v2_fisher_prune_in1k.py kept and
+# loads the pruned weights, then trains it with the base config's standard schedule, as the paper does. The result
+# is a plain, smaller ImageClassifier: test it, run it in mmpretrain's inferencer or export it like the unpruned
+# one. The paths below are relative to the directory the pruning run was started in (the tools resolve them against
+# the working directory).
+_base_ = ['mmpretrain::mobilenet_v2/mobilenet-v2_8xb32_in1k.py', 'mmfisher::_base_/fisher_finetune.py']
+
+model = dict(
+    _delete_=True,                   # replace the base model instead of merging into it
+    type='mmfisher.Pruned',          # build `architecture`, then slim it to `channels`
+    architecture={{_base_.model}},   # the unpruned model of the base config, exactly as it was pruned
+    channels='work_dirs/mobilenet-v2_fisher_prune_in1k/channels.json')
+
+load_from = 'work_dirs/mobilenet-v2_fisher_prune_in1k/pruned.pth'  # the slimmed weights (loaded strictly)

@@ -1,0 +1,22 @@
+# Group Fisher pruning of ATSS R50-FPN on COCO, step 2 of 2: fine-tune the slimmed model.
+#
+#   tools/dist_train.sh configs/detection/atss_r50_fpn_fisher_finetune_coco.py 8
+#   python tools/test.py configs/detection/atss_r50_fpn_fisher_finetune_coco.py \
+#       work_dirs/atss_r50_fpn_fisher_finetune_coco/epoch_12.pth
+#
+# Builds the ATSS of the base config, slims it to the channels that atss_r50_fpn_fisher_prune_coco.py kept and loads
+# the pruned weights, then trains it with the base config's standard 1x schedule, as the paper does. The result is a
+# plain, smaller ATSS: test it, run it in mmdet's inferencer or export it like the unpruned one. The paths below are
+# relative to the directory the pruning run was started in (mmdet's tools resolve them against the working
+# directory).
+_base_ = ['mmdet::atss/atss_r50_fpn_1x_coco.py', 'mmfisher::_base_/fisher_finetune.py']
+
+model = dict(
+    _delete_=True,                # replace the base model instead of merging into it
+    type='mmfisher.Pruned',       # build `architecture`, then slim it to `channels`
+    architecture=_base_.model,    # the unpruned ATSS of the base config (changed below as when pruning)
+    channels='work_dirs/atss_r50_fpn_fisher_prune_coco/channels.json')
+# the pruning config's changes: all stages train; no ImageNet download (load_from sets every weight)
+model['architecture']['backbone'].update(frozen_stages=-1, init_cfg=None)
+
+load_from = 'work_dirs/atss_r50_fpn_fisher_prune_coco/pruned.pth'  # the slimmed weights (loaded strictly)
