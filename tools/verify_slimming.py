@@ -60,7 +60,7 @@ class _TensorMode(torch.nn.Module):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mmfisher.core import analyze, compare_masked_slimmed, random_alive
+    from mmfisher.core import analyze_fast, compare_masked_slimmed, random_alive
     from mmfisher.models.tracing import det_data_samples, is_detector
     from mmfisher.zoo import build_model, load_config, tensor_forward
     torch.manual_seed(args.seed)
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     shape = args.shape or ((3, 320, 320) if is_detector(model) else (3, 224, 224))
     forward = tensor_forward(model, shape, seed=args.seed)
     t0 = time.perf_counter()
-    graph = analyze(model, forward)
+    graph = analyze_fast(model, lambda m: tensor_forward(m, shape, seed=args.seed))
     trace_s = time.perf_counter() - t0
     alive = random_alive(graph, args.ratio, args.seed)
     x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(args.seed))
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         'max_abs_diff': result['max_abs_diff'], 'output_scale': result['scale'],
         'flops_before': flops_before, 'flops_after': flops_after,
         'params_before': params_before, 'params_after': params_after,
-        'trace_seconds': round(trace_s, 3), 'unprunable': summary['unprunable'],
+        'trace_seconds': round(trace_s, 3), 'trace_device': graph.device, 'unprunable': summary['unprunable'],
     }
     print(f"{'OK' if ok else 'MISMATCH'}: {args.config}: {summary['channels_prunable']}/"
           f"{summary['channels_total']} channels prunable in {summary['units']} units; max abs diff "

@@ -13,12 +13,12 @@ from .masks import ChannelMasks, FisherTaps
 from .slim import (ChannelConfigError, apply_channel_config, channel_config, load_channel_config,
                    model_fingerprint, save_channel_config, slim_model)
 from .trace import trace_channels
-from .units import ChannelGraph, Unit, analyze, build_graph, input_forward
+from .units import ChannelGraph, Unit, analyze, analyze_fast, build_graph, input_forward, meta_copy
 from .verify import compare_masked_slimmed, max_output_diff, random_alive
 
 __all__ = [
     'CostModel', 'LayerRule', 'find_rule', 'register_rule', 'ChannelMasks', 'FisherTaps', 'ChannelConfigError',
     'apply_channel_config', 'channel_config', 'load_channel_config', 'model_fingerprint', 'save_channel_config',
-    'slim_model', 'trace_channels', 'ChannelGraph', 'Unit', 'analyze', 'build_graph', 'input_forward',
+    'slim_model', 'trace_channels', 'ChannelGraph', 'Unit', 'analyze', 'analyze_fast', 'meta_copy', 'build_graph', 'input_forward',
     'compare_masked_slimmed', 'max_output_diff', 'random_alive',
 ]

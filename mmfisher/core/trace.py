@@ -183,6 +183,10 @@ def _op_name(func: Callable) -> Tuple[str, bool]:
 def _is_zero_scalar(x: Any) -> bool:
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         return x == 0
+    if isinstance(x, torch.Tensor) and x.is_meta:
+        if x.requires_grad:  # a learnable scale (mmdet's Scale) is no zero literal
+            return False
+        raise MetaTraceUnsupported('a scalar tensor value is needed')
     if isinstance(x, torch.Tensor) and x.numel() == 1 and x.dim() == 0 and not x.requires_grad:
         try:
             return bool(x.item() == 0)
@@ -588,6 +592,7 @@ class _Tracer(TorchFunctionMode):
             pkw = kwargs
             if name == 'masked_select':
                 raise _Unmappable('data-dependent selection')
+        _no_meta(pargs, pkw)
         try:
             with torch.no_grad():
                 probe = func(*pargs, **pkw)
@@ -697,6 +702,8 @@ class _Tracer(TorchFunctionMode):
 
     def op_setitem(self, args) -> None:
         target, index, value = args[0], args[1], args[2]
+        if self.get(target) is not None or self.get(value) is not None:
+            _no_meta(index)
         t_info, v_info = self.get(target), self.get(value)
         if t_info is None and v_info is None:
             return
@@ -820,6 +827,15 @@ class _Tracer(TorchFunctionMode):
 
 class _Unmappable(Exception):
     pass
+
+
+class MetaTraceUnsupported(RuntimeError):
+    """Tracing on the meta device needs a value (an index, a scalar): trace with real tensors instead."""
+
+
+def _no_meta(*objs: Any) -> None:
+    if any(isinstance(t, torch.Tensor) and t.is_meta for t in tree_flatten(objs)[0]):
+        raise MetaTraceUnsupported('an op needs tensor values (indices) to be replayed on channel ids')
 
 
 def _flatten_outputs(obj: Any, out: List[torch.Tensor], depth: int = 0) -> None:

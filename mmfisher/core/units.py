@@ -9,6 +9,7 @@
 An atom is prunable when some layer produces it, some layer reads it, and nothing flagged it (model outputs,
 ops the tracer cannot map, untracked inputs). Unprunable layers are reported with the reason.
 """
+import copy
 import dataclasses
 from collections import Counter, defaultdict
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -50,6 +51,7 @@ class ChannelGraph:
     batch: int
     trace_seconds: float
     unknown_ops: Dict[str, int]
+    device: str = 'real'                # 'meta' when traced on a meta-device copy (see analyze_fast)
 
     @property
     def module_names(self) -> List[str]:
@@ -184,6 +186,33 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
 def analyze(model: nn.Module, forward: Callable[[nn.Module], Any], batch: int = 1) -> ChannelGraph:
     """Trace ``forward(model)`` and build the model's :class:`ChannelGraph` (see :func:`trace_channels`)."""
     return build_graph(trace_channels(model, forward, batch), model)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers live on the meta device (no data is copied)."""
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in memo:
+            continue
+        empty = torch.empty_like(t, device='meta')
+        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(model, memo)
+
+
+def analyze_fast(model: nn.Module, make_forward: Callable[[nn.Module], Callable[[nn.Module], Any]],
+                 batch: int = 1) -> ChannelGraph:
+    """:func:`analyze` with the forward run on a meta-device copy (shapes only, no arithmetic: seconds even at
+    800x1333 on a CPU); falls back to a real trace when the forward needs values (data-dependent indices, NMS,
+    ``.item()``). ``make_forward(m)`` builds the forward for model ``m`` (inputs on ``m``'s device)."""
+    try:
+        meta = meta_copy(model)
+        graph = analyze(meta, make_forward(meta), batch)
+        graph.device = 'meta'
+        return graph
+    except Exception:  # noqa: BLE001  any failure on meta: the real trace is authoritative
+        graph = analyze(model, make_forward(model), batch)
+        graph.device = 'real'
+        return graph
 
 
 def input_forward(*inputs: torch.Tensor) -> Callable[[nn.Module], Any]:

@@ -12,7 +12,7 @@ from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from ..core import ChannelGraph, ChannelMasks, CostModel, FisherTaps, analyze, model_fingerprint
+from ..core import ChannelGraph, ChannelMasks, CostModel, FisherTaps, analyze_fast, model_fingerprint
 from ..models.tracing import check_input_shape, make_trace_forward, unwrap_model
 from ..registry import HOOKS, MMENGINE_HOOKS
 from . import selection
@@ -192,7 +192,7 @@ class FisherPruningHook(Hook):
     def _setup(self, runner) -> None:
         model = unwrap_model(runner.model)
         t0 = time.perf_counter()
-        graph = analyze(model, make_trace_forward(model, self.input_shape))
+        graph = analyze_fast(model, lambda m: make_trace_forward(m, self.input_shape))
         seconds = time.perf_counter() - t0
         if graph.num_atoms == 0:
             raise ValueError(self._nothing_prunable(type(model).__name__, graph, 'the model has no prunable '
@@ -257,7 +257,8 @@ class FisherPruningHook(Hook):
     def _summary(self, name: str, seconds: float) -> str:
         g = self.graph
         s = g.summary()
-        lines = [f'FisherPruningHook: traced {name} at input_shape {self.input_shape} in {seconds:.2f} s',
+        lines = [f'FisherPruningHook: traced {name} at input_shape {self.input_shape} in {seconds:.2f} s '
+                 f'(on {g.device} tensors)',
                  f'  prunable: {s["units"]} units, {s["atoms"]} atoms, {s["channels_prunable"]}/'
                  f'{s["channels_total"]} conv/linear output channels; {int(self.eligible.sum())} atoms eligible',
                  f'  unpruned cost per image: {self.full["flops"] / 1e9:.3f} GFLOPs, '
