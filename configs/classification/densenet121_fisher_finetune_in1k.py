@@ -7,8 +7,8 @@
 # Builds the classifier of the base config, slims it to the channels that densenet121_fisher_prune_in1k.py kept and
 # loads the pruned weights, then trains it with the base config's standard schedule, as the paper does. The result
 # is a plain, smaller ImageClassifier: test it, run it in mmpretrain's inferencer or export it like the unpruned
-# one. The paths below are relative to the directory the pruning run was started in (the tools resolve them against
-# the working directory).
+# one. The paths below are relative: run from the directory the pruning run was started in, or pass --cfg-options
+# model.channels=... load_from=... for another work_dir.
 _base_ = ['mmpretrain::densenet/densenet121_4xb256_in1k.py', 'mmfisher::_base_/fisher_finetune.py']
 
 model = dict(
@@ -17,4 +17,4 @@ model = dict(
     architecture={{_base_.model}},   # the unpruned model of the base config, exactly as it was pruned
     channels='work_dirs/densenet121_fisher_prune_in1k/channels.json')
 
-load_from = 'work_dirs/densenet121_fisher_prune_in1k/pruned.pth'  # the slimmed weights (loaded strictly)
+load_from = 'work_dirs/densenet121_fisher_prune_in1k/pruned.pth'  # the slimmed weights: names and shapes match

@@ -7,8 +7,8 @@
 # Builds the RetinaNet of the base config, slims it to the channels that retinanet_r50_fpn_fisher_prune_coco.py kept
 # and loads the pruned weights, then trains it with the base config's standard 1x schedule, as the paper does. The
 # result is a plain, smaller RetinaNet: test it, run it in mmdet's inferencer or export it like the unpruned one.
-# The paths below are relative to the directory the pruning run was started in (mmdet's tools resolve them against
-# the working directory).
+# The paths below are relative: run from the directory the pruning run was started in, or pass --cfg-options
+# model.channels=... load_from=... for another work_dir.
 _base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', 'mmfisher::_base_/fisher_finetune.py']
 
 model = dict(
@@ -19,4 +19,4 @@ model = dict(
 # the pruning config's changes: all stages train; no ImageNet download (load_from sets every weight)
 model['architecture']['backbone'].update(frozen_stages=-1, init_cfg=None)
 
-load_from = 'work_dirs/retinanet_r50_fpn_fisher_prune_coco/pruned.pth'  # the slimmed weights (loaded strictly)
+load_from = 'work_dirs/retinanet_r50_fpn_fisher_prune_coco/pruned.pth'  # the slimmed weights: names and shapes match
