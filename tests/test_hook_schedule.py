@@ -1,5 +1,6 @@
 """The pruning schedule: selection rules (pure numpy) and the hook's options in a real Runner."""
 import json
+import os
 import os.path as osp
 
 import numpy as np
@@ -125,3 +126,15 @@ def test_unreachable_target_writes_the_last_structure_and_says_so(tmp_path):
     assert alive[hook.graph.in_atoms['a']].sum() == 1  # only the stem unit was eligible: down to one atom
     written = json.load(open(osp.join(str(tmp_path), 'channels.json')))
     assert written['meta']['reached'] is False and written['meta']['flops_ratio'] > 0.2
+
+
+def test_training_that_ends_before_the_target_still_writes_its_structure(tmp_path):
+    runner = toy_runner(str(tmp_path), dict(interval=2, input_shape=SHAPE, target=0.1, channels_per_step=1),
+                        max_iters=6, model=ToyNet(width=8))
+    runner.train()
+    hook = get_hook(runner)
+    assert runner.iter == 6 and len(hook.order) == 3 and hook.done
+    written = json.load(open(osp.join(str(tmp_path), 'channels.json')))
+    assert written['meta']['reached'] is False and written['meta']['flops_ratio'] > 0.1
+    assert sum(u['channels'] - len(u['kept']) for u in written['units']) == 3
+    assert os.path.isfile(osp.join(str(tmp_path), 'pruned.pth'))

@@ -1,99 +1,274 @@
 #!/usr/bin/env python
-"""The project's main job (``make demo``): generate the bundled data, train the tiny RetinaNet with
-tools/train.py, test its last checkpoint with tools/test.py, and print the results.
+"""The main job (``make demo``): Group Fisher pruning of a tiny RetinaNet on the bundled shapes data, end to end.
 
-    python tools/demo.py [--epochs N] [--work-dir work_dirs/demo] [--gpus N]
+    python tools/demo.py [--work-dir work_dirs/demo] [--quick]
 
-Runs on the CPU in a few minutes; with ``--gpus N`` (N >= 2) it trains through tools/dist_train.sh instead.
-(The pruning pipeline will replace the train/test job here.)
+1. generate the bundled data (seconds, idempotent);
+2. train the tiny RetinaNet (configs/tiny/retinanet_tiny_shapes.py) and test it;
+3. prune it to about 50% FLOPs with FisherPruningHook on 2 processes through tools/dist_train.sh
+   (configs/demo/retinanet_tiny_prune.py; gloo on a CPU) and test the slimmed model as pruned;
+4. fine-tune the slimmed model (configs/demo/retinanet_tiny_finetune.py: the ``mmfisher.Pruned`` builder) and
+   test it;
+5. export the fine-tuned slimmed model to ONNX and check it with onnxruntime;
+6. print a before/after table (FLOPs, activations, params, mAP, CPU latency), save a per-layer kept-channels plot
+   (``kept_channels.png``) and write ``summary.json``.
+
+About 15 minutes on 2 CPU cores; ``--quick`` shortens every phase for a smoke test (about 3 minutes).
 """
 import argparse
 import glob
 import json
 import os
 import os.path as osp
-import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Any, Dict, List
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from mmfisher.data_gen import make_all  # noqa: E402
 
-CONFIG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_shapes.py')
+TRAIN_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_shapes.py')
+PRUNE_CFG = osp.join(ROOT, 'configs', 'demo', 'retinanet_tiny_prune.py')
+FINETUNE_CFG = osp.join(ROOT, 'configs', 'demo', 'retinanet_tiny_finetune.py')
+SHAPE = (3, 128, 128)
+T0 = time.time()
 
 
-def run(cmd: List[str]) -> float:
-    """Run ``cmd`` from the repo root, streaming its output; returns the wall time; raises on failure.
+def step(msg: str) -> None:
+    print(f'\n[demo {time.time() - T0:6.0f} s] {msg}', flush=True)
 
-    Unless OMP_NUM_THREADS is set, each process uses one intra-op thread: for a model this small, 2 threads on a
-    2-core CPU were 5-10x slower per iteration than 1 (thread synchronisation dominates the tiny convolutions).
-    """
+
+def run(cmd: List[str], log: str) -> float:
+    """Run ``cmd`` from the repo root with one intra-op thread per process (faster for a model this small on 2
+    cores); its output goes to ``log`` and a line per progress message is echoed. Raises on failure."""
     env = dict(os.environ)
     env.setdefault('OMP_NUM_THREADS', '1')
-    print(f'\n$ OMP_NUM_THREADS={env["OMP_NUM_THREADS"]} ' + ' '.join(cmd), flush=True)
+    os.makedirs(osp.dirname(log), exist_ok=True)
+    print('  $ ' + ' '.join(osp.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd), flush=True)
     t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
+    with open(log, 'w') as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            f.write(line)
+            if any(k in line for k in ('FisherPruningHook:', 'Epoch(train)', 'Iter(train)', 'coco/bbox_mAP:',
+                                       'Error', 'error:')):
+                print('    ' + line.rstrip()[:160], flush=True)
+        code = proc.wait()
+    if code:
+        raise SystemExit(f'[demo] command failed (exit {code}); see {osp.relpath(log, ROOT)}')
     return time.time() - t0
 
 
-def read_scalars(work_dir: str) -> List[Dict]:
-    """The newest run's ``vis_data/scalars.json`` lines (mmengine LocalVisBackend)."""
-    files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    if not files:
-        raise FileNotFoundError(f'no vis_data/scalars.json under {work_dir}; did training log anything?')
-    with open(files[-1]) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def test(config: str, ckpt: str, work_dir: str, opts: List[str]) -> Dict[str, float]:
+    metrics = osp.join(work_dir, 'metrics.json')
+    run([sys.executable, osp.join(ROOT, 'tools', 'test.py'), config, ckpt, '--work-dir', work_dir,
+         '--metrics-json', metrics] + (['--cfg-options'] + opts if opts else []), osp.join(work_dir, 'test.log'))
+    with open(metrics) as f:
+        return json.load(f)
+
+
+def last_checkpoint(work_dir: str) -> str:
+    ckpts = glob.glob(osp.join(work_dir, 'epoch_*.pth'))
+    if not ckpts:
+        raise SystemExit(f'[demo] no checkpoint in {work_dir}')
+    return max(ckpts, key=lambda p: int(osp.basename(p)[6:-4]))
+
+
+def analyse(train_ckpt: str, finetune_ckpt: str, channels: str, out_dir: str) -> Dict[str, Any]:
+    """FLOPs/params (mmengine), activations (mmfisher's cost model), CPU latency, ONNX export and the plot."""
+    import numpy as np
+    import torch
+    from mmengine.analysis import get_model_complexity_info
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+
+    import mmfisher  # noqa: F401
+    from mmfisher.core import CostModel, analyze_fast
+    from mmfisher.models.tracing import det_data_samples, make_trace_forward
+    from mmfisher.zoo import build_model
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    base = build_model(Config.fromfile(TRAIN_CFG))
+    load_checkpoint(base, train_ckpt, map_location='cpu', logger='silent')
+    slim = build_model(_finetune_cfg(channels))
+    load_checkpoint(slim, finetune_ckpt, map_location='cpu', strict=True, logger='silent')
+    base.eval()
+    slim.eval()
+    samples = det_data_samples(SHAPE[1:])
+
+    class TensorMode(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            cls, reg = self.model(x, samples, mode='tensor')
+            return tuple(cls) + tuple(reg)
+
+    figures: Dict[str, Any] = {}
+    x1 = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(0))
+    for tag, model in (('before', base), ('after', slim)):
+        wrapped = TensorMode(model).eval()
+        info = get_model_complexity_info(wrapped, inputs=(x1,), show_table=False, show_arch=False)
+        graph = analyze_fast(model, lambda m: make_trace_forward(m, SHAPE))
+        acts = CostModel(graph).totals(np.ones(graph.num_atoms, dtype=bool))['acts']
+        lat = {}
+        with torch.no_grad():
+            for batch in (1, 8):
+                x = torch.randn(batch, *SHAPE)
+                for _ in range(3):
+                    wrapped(x)
+                times = []
+                for _ in range(15 if batch == 1 else 5):
+                    t0 = time.perf_counter()
+                    wrapped(x)
+                    times.append(time.perf_counter() - t0)
+                lat[batch] = 1000 * float(np.median(times))
+        figures[tag] = {'flops': int(info['flops']), 'params': int(info['params']), 'acts': float(acts),
+                        'latency_ms': lat[1], 'latency_b8_ms': lat[8]}
+        figures[tag]['layers'] = {name: int(m.out_channels) for name, m in model.named_modules()
+                                  if isinstance(m, torch.nn.Conv2d)}
+
+    # ONNX export of the slimmed model, checked with onnxruntime
+    onnx_path = osp.join(out_dir, 'retinanet_tiny_pruned.onnx')
+    wrapped = TensorMode(slim).eval()
+    torch.onnx.export(wrapped, (x1,), onnx_path, opset_version=17, dynamo=False,
+                      input_names=['inputs'], do_constant_folding=True)
+    import onnxruntime as ort
+    sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+    ort_out = sess.run(None, {'inputs': x1.numpy()})
+    with torch.no_grad():
+        ref = wrapped(x1)
+    onnx_diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(ort_out, ref))
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        sess.run(None, {'inputs': x1.numpy()})
+        times.append(time.perf_counter() - t0)
+    figures['onnx'] = {'path': osp.relpath(onnx_path, ROOT), 'max_abs_diff_vs_torch': onnx_diff,
+                       'latency_ms': 1000 * float(np.median(times))}
+    figures['plot'] = plot(figures['before']['layers'], figures['after']['layers'],
+                           osp.join(out_dir, 'kept_channels.png'))
+    return figures
+
+
+def _finetune_cfg(channels: str):
+    from mmengine.config import Config
+    cfg = Config.fromfile(FINETUNE_CFG)
+    cfg.model.channels = channels
+    return cfg
+
+
+def plot(before: Dict[str, int], after: Dict[str, int], path: str) -> str:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = [n for n in before if n in after]
+    kept = [after[n] / before[n] for n in names]
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.22), 4.5))
+    colors = ['tab:blue' if n.startswith('backbone') else 'tab:orange' if n.startswith('neck') else 'tab:green'
+              for n in names]
+    ax.bar(range(len(names)), kept, color=colors)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylabel('kept output channels (share)')
+    ax.set_ylim(0, 1.05)
+    ax.set_title('Group Fisher pruning of the tiny RetinaNet: kept channels per conv layer '
+                 '(blue backbone, orange FPN, green head)', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return osp.relpath(path, ROOT)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--epochs', type=int, default=None, help='default: the config\'s max_epochs')
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'demo'))
-    parser.add_argument('--gpus', type=int, default=1, help='processes for tools/dist_train.sh (1: plain train.py)')
+    parser.add_argument('--quick', action='store_true', help='a short smoke run of every phase')
+    parser.add_argument('--gpus', type=int, default=2, help='processes of the pruning run (dist_train.sh)')
     args = parser.parse_args()
+    wd = osp.abspath(args.work_dir)
+    import shutil
+    shutil.rmtree(wd, ignore_errors=True)  # every demo starts from scratch: no stale outputs
+    from mmfisher.data_gen import make_all
 
-    t0 = time.time()
+    step('1/6 data')
     made = make_all(osp.join(ROOT, 'data', 'generated'))
-    print('[demo] data: ' + ', '.join(f'{k} {"generated" if v else "up to date"}' for k, v in made.items()))
+    print('  ' + ', '.join(f'{k} {"generated" if v else "up to date"}' for k, v in made.items()))
 
-    train_dir, test_dir = osp.join(args.work_dir, 'train'), osp.join(args.work_dir, 'test')
-    shutil.rmtree(args.work_dir, ignore_errors=True)  # every demo trains from scratch
-    opts = (['--cfg-options', f'train_cfg.max_epochs={args.epochs}', f'train_cfg.val_interval={args.epochs}']
-            if args.epochs else [])
-    if args.gpus > 1:
-        train_cmd = ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), CONFIG, str(args.gpus)]
-    else:
-        train_cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), CONFIG]
-    t_train = run(train_cmd + ['--work-dir', train_dir] + opts)
+    step('2/6 train the tiny RetinaNet (configs/tiny/retinanet_tiny_shapes.py) and test it')
+    quick_train = ['--cfg-options', 'train_cfg.max_epochs=2', 'train_cfg.val_interval=2'] if args.quick else []
+    t_train = run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), TRAIN_CFG, '--work-dir',
+                   osp.join(wd, 'train')] + quick_train, osp.join(wd, 'train.log'))
+    ckpt = last_checkpoint(osp.join(wd, 'train'))
+    m_before = test(TRAIN_CFG, ckpt, osp.join(wd, 'test_before'), [])
 
-    ckpts = glob.glob(osp.join(train_dir, 'epoch_*.pth'))
-    if not ckpts:
-        raise FileNotFoundError(f'training wrote no checkpoint into {train_dir}')
-    ckpt = max(ckpts, key=lambda p: int(osp.basename(p)[6:-4]))
-    metrics_file = osp.join(test_dir, 'metrics.json')
-    t_test = run([sys.executable, osp.join(ROOT, 'tools', 'test.py'), CONFIG, ckpt, '--work-dir', test_dir,
-                  '--out', osp.join(test_dir, 'predictions.pkl'), '--metrics-json', metrics_file])
+    step(f'3/6 prune to ~50% FLOPs with FisherPruningHook on {args.gpus} processes (tools/dist_train.sh)')
+    prune_dir = osp.join(wd, 'prune')
+    opts = [f'load_from={ckpt}'] + (['custom_hooks.0.target=0.8', 'custom_hooks.0.channels_per_step=16',
+                                      'custom_hooks.0.save_thresholds=[0.9]'] if args.quick else [])
+    launcher = (['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), PRUNE_CFG, str(args.gpus)] if args.gpus > 1
+                else [sys.executable, osp.join(ROOT, 'tools', 'train.py'), PRUNE_CFG])
+    t_prune = run(launcher + ['--work-dir', prune_dir, '--cfg-options'] + opts, osp.join(wd, 'prune.log'))
+    channels, pruned = osp.join(prune_dir, 'channels.json'), osp.join(prune_dir, 'pruned.pth')
+    for path in (channels, pruned):
+        if not osp.isfile(path):
+            raise SystemExit(f'[demo] the pruning run wrote no {osp.basename(path)}; see {wd}/prune.log')
+    with open(channels) as f:
+        meta = json.load(f).get('meta', {})
+    ft_opts = [f'model.channels={channels}']
+    m_pruned = test(FINETUNE_CFG, pruned, osp.join(wd, 'test_pruned'), ft_opts)
 
-    scalars = read_scalars(train_dir)
-    train_logs = [s for s in scalars if 'loss' in s]
-    with open(metrics_file) as f:
-        test_metrics = json.load(f)
-    first, last = train_logs[0], train_logs[-1]
-    print('\n' + '=' * 72)
-    print(f'[demo] tiny RetinaNet on shapes_det: {osp.relpath(CONFIG, ROOT)}')
-    print(f'[demo] train: {last["epoch"]} epochs, {last["iter"]} iterations in {t_train:.0f} s; '
-          f'loss {first["loss"]:.3f} (iter {first["iter"]}) -> {last["loss"]:.3f} (iter {last["iter"]}); '
-          f'loss_cls {last["loss_cls"]:.3f}, loss_bbox {last["loss_bbox"]:.3f}')
-    print(f'[demo] test ({t_test:.0f} s) on the val split, checkpoint {osp.relpath(ckpt, ROOT)}:')
-    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75', 'coco/bbox_mAP_s', 'coco/bbox_mAP_m'):
-        if key in test_metrics:
-            print(f'         {key:20s} {test_metrics[key]:.3f}')
-    print(f'[demo] outputs: {osp.relpath(args.work_dir, ROOT)}/ (train logs, checkpoints, predictions.pkl, '
-          f'metrics.json); total {time.time() - t0:.0f} s')
-    print('=' * 72)
+    step('4/6 fine-tune the slimmed model (mmfisher.Pruned) and test it')
+    quick_ft = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1'] if args.quick else []
+    t_ft = run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), FINETUNE_CFG, '--work-dir',
+                osp.join(wd, 'finetune'), '--cfg-options'] + ft_opts + [f'load_from={pruned}'] + quick_ft,
+               osp.join(wd, 'finetune.log'))
+    ft_ckpt = last_checkpoint(osp.join(wd, 'finetune'))
+    m_after = test(FINETUNE_CFG, ft_ckpt, osp.join(wd, 'test_finetuned'), ft_opts)
+
+    step('5/6 FLOPs, activations, params, CPU latency, ONNX export (onnxruntime check)')
+    fig = analyse(ckpt, ft_ckpt, channels, wd)
+
+    step('6/6 summary')
+    b, a = fig['before'], fig['after']
+    key = 'coco/bbox_mAP'
+    summary = {
+        'flops_ratio': a['flops'] / b['flops'], 'acts_ratio': a['acts'] / b['acts'],
+        'params_ratio': a['params'] / b['params'],
+        'metric': key, 'metric_before': m_before.get(key), 'metric_after_prune': m_pruned.get(key),
+        'metric_after_finetune': m_after.get(key),
+        'latency_before_ms': b['latency_ms'], 'latency_after_ms': a['latency_ms'],
+        'latency_b8_before_ms': b['latency_b8_ms'], 'latency_b8_after_ms': a['latency_b8_ms'],
+        'onnx_latency_after_ms': fig['onnx']['latency_ms'], 'onnx': fig['onnx']['path'],
+        'onnx_max_abs_diff_vs_torch': fig['onnx']['max_abs_diff_vs_torch'],
+        'flops_before': b['flops'], 'flops_after': a['flops'], 'params_before': b['params'],
+        'params_after': a['params'], 'acts_before': b['acts'], 'acts_after': a['acts'],
+        'hook_meta': meta, 'input_shape': list(SHAPE), 'plot': fig['plot'], 'quick': args.quick,
+        'seconds': {'train': t_train, 'prune': t_prune, 'finetune': t_ft, 'total': time.time() - T0},
+        'channels': osp.relpath(channels, ROOT), 'pruned_weights': osp.relpath(pruned, ROOT),
+        'finetuned_checkpoint': osp.relpath(ft_ckpt, ROOT),
+    }
+    with open(osp.join(wd, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    rows = [('GFLOPs (mmengine, 1x3x128x128)', b['flops'] / 1e9, a['flops'] / 1e9, '.3f'),
+            ('activations (M, conv/linear outputs)', b['acts'] / 1e6, a['acts'] / 1e6, '.3f'),
+            ('params (M)', b['params'] / 1e6, a['params'] / 1e6, '.3f'),
+            ('bbox mAP (val)', m_before.get(key), m_after.get(key), '.3f'),
+            ('CPU latency batch 1 (ms, torch)', b['latency_ms'], a['latency_ms'], '.2f'),
+            ('CPU latency batch 8 (ms, torch)', b['latency_b8_ms'], a['latency_b8_ms'], '.2f')]
+    print('\n' + '=' * 78)
+    print(f'{"":40s}{"unpruned":>12s}{"pruned":>12s}{"ratio":>10s}')
+    for name, x, y, fmt in rows:
+        ratio = f'{y / x:.3f}' if x else '-'
+        print(f'{name:40s}{x:>12{fmt}}{y:>12{fmt}}{ratio:>10s}')
+    print(f'{"bbox mAP right after pruning (no fine-tune)":40s}{"":>12s}{m_pruned.get(key, float("nan")):>12.3f}')
+    print(f'ONNX: {fig["onnx"]["path"]} (onnxruntime {fig["onnx"]["latency_ms"]:.2f} ms, max abs diff vs torch '
+          f'{fig["onnx"]["max_abs_diff_vs_torch"]:.2e})')
+    print(f'plot: {fig["plot"]}; summary: {osp.relpath(osp.join(wd, "summary.json"), ROOT)}; '
+          f'total {time.time() - T0:.0f} s')
+    print('=' * 78)
 
 
 if __name__ == '__main__':

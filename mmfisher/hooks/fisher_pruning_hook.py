@@ -374,6 +374,14 @@ class FisherPruningHook(Hook):
         if ratios[self.target_metric] <= self.target:
             self._finish(runner)
 
+    def after_train(self, runner) -> None:
+        """Training ended (max_iters / max_epochs) before the target: write the structure reached so far, with
+        ``meta.reached=False``, so a long run is never lost."""
+        if self.masks is not None and not self.done and self.order:
+            runner.logger.warning('FisherPruningHook: training ended before the target was reached; writing the '
+                                  'current structure. Fix: raise max_iters (or channels_per_step) to reach it')
+            self._finish(runner)
+
     def _finish(self, runner) -> None:
         ratios = self._ratios()
         self._write(runner, '', ratios)

@@ -1,0 +1,28 @@
+"""The main job (make demo) end to end in its short form: train, prune on 2 processes through dist_train.sh,
+fine-tune, test, ONNX export, summary."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def test_demo_quick_runs_every_phase(tmp_path):
+    work = tmp_path / 'demo'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--quick', '--work-dir', str(work)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.load(open(work / 'summary.json'))
+    for key in ('flops_ratio', 'acts_ratio', 'params_ratio', 'metric_before', 'metric_after_prune',
+                'metric_after_finetune', 'latency_before_ms', 'latency_after_ms'):
+        assert summary[key] is not None, key
+    # --quick prunes to 80% FLOPs (the full demo: 50%)
+    assert 0.6 < summary['flops_ratio'] <= 0.8 + 1e-6
+    assert summary['params_ratio'] < 1 and summary['acts_ratio'] < 1
+    assert summary['hook_meta']['reached'] is True
+    assert summary['onnx_max_abs_diff_vs_torch'] < 1e-3
+    assert os.path.getsize(work / 'kept_channels.png') > 10_000
+    assert os.path.isfile(work / 'prune' / 'channels_0.9.json')  # a save threshold on the way
+    assert 'unpruned' in proc.stdout and 'ONNX' in proc.stdout
