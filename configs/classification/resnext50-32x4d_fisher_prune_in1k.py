@@ -35,8 +35,8 @@ custom_hooks = [
 # re-implementation FisherPruning-Pytorch prunes ResNet-50; the base schedule's decay is never reached before the
 # target). The loop is iteration based so that it ends as soon as the target is reached (an epoch-based loop would
 # finish its epoch). max_iters is only a bound that is never hit: interval x the model's 4,416 prunable channel
-# groups, one of which is masked per step. Keep it a bound: a run that ends before the target writes no
-# channels.json.
+# groups, one of which is masked per step. A run that ends before the target
+# writes the structure reached so far (channels.json with meta.reached = false).
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=111000, val_interval=111000)
 optim_wrapper = dict(optimizer=dict(lr=0.004))
 param_scheduler = []  # constant learning rate

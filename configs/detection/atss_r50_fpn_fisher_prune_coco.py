@@ -40,8 +40,8 @@ custom_hooks = [
 # GPUs x 2 images; the 1x step decay at epoch 8 is never reached before the target). The loop is iteration based so
 # that it ends as soon as the target is reached (an epoch-based loop would finish its epoch). max_iters is only a
 # bound that is never hit: interval x the model's 12,224 prunable channel groups, one of which is masked per step
-# (the paper's RetinaNet took about 2,300 steps). Keep it a bound: a run that ends before the target writes no
-# channels.json.
+# (the paper's RetinaNet took about 2,300 steps). A run that ends before the target
+# writes the structure reached so far (channels.json with meta.reached = false).
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=123000, val_interval=123000)
 optim_wrapper = dict(optimizer=dict(lr=0.002))
 param_scheduler = [_base_.param_scheduler[0]]  # the base config's warm-up, then a constant learning rate
