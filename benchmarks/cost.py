@@ -67,6 +67,9 @@ def main() -> None:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'bench', 'cost'))
     p.add_argument('--quick', action='store_true', help='tiny budgets, target 0.9 (smoke test)')
+    p.add_argument('--skip-baseline-finetune', action='store_true')
+    p.add_argument('--merge-from', nargs='+', default=[],
+                   help='cost JSONs of parallel runs (same baseline and settings, other ks) merged into this one')
     p.add_argument('--out')
     args = p.parse_args()
     import torch
@@ -86,12 +89,26 @@ def main() -> None:
     base = osp.join(args.work_dir, 'base.pth')
     res['baseline'] = train_baseline(DET_CFG, base, args.base_iters, args.seed)
     print('baseline', res['baseline'], flush=True)
-    res['baseline_finetuned'] = finetune_eval(DET_CFG, None, base, osp.join(args.work_dir, 'ft_base'),
-                                              args.ft_iters, args.seed)
-    print('baseline + same fine-tune', res['baseline_finetuned'], flush=True)
-    res.save(final=False)
     runs = {}
+    for extra in args.merge_from:  # runs measured by a parallel invocation (same baseline / settings)
+        import json
+        with open(extra) as f:
+            other = json.load(f)
+        runs.update(other.get('runs', {}))
+        if 'baseline_finetuned' in other:
+            res['baseline_finetuned'] = other['baseline_finetuned']
+        res.data.setdefault('merged_runs', []).append(dict(file=extra, command=other.get('command'),
+                                                           started=other.get('started'),
+                                                           updated=other.get('updated', other.get('finished')),
+                                                           setup=other.get('setup'), ks=list(other.get('runs', {}))))
+    if not args.skip_baseline_finetune and 'baseline_finetuned' not in res.data:
+        res['baseline_finetuned'] = finetune_eval(DET_CFG, None, base, osp.join(args.work_dir, 'ft_base'),
+                                                  args.ft_iters, args.seed)
+        print('baseline + same fine-tune', res['baseline_finetuned'], flush=True)
+    res.save(final=False)
     for k in args.ks:
+        if k in runs:
+            continue
         hook = make_hook(k, args.interval, args.target, shape)
         cap = args.k1_max_iters if (k == '1' and args.k1_max_iters) else 100000
         r = run_hook_pruning(DET_CFG, base, osp.join(args.work_dir, f'k{k}'), hook, args.seed, cap)

@@ -221,7 +221,7 @@ def measure_model(name, info, args, res):
         tot = costs.totals(alive)
         row = dict(flops_ratio_ours=tot['flops'] / full['flops'], acts_ratio_ours=tot['acts'] / full['acts'],
                    params=int(sum(p.numel() for p in model.parameters())))
-        row['mmengine_flops'] = mm_flops(wrapped, x)
+        row['mmengine_flops'] = mm_flops(wrapped, x) if args.mm_flops else 'not counted (--no-mm-flops)'
         row['torch_s'] = time_torch(wrapped, x, args.repeats)
         row['torch_median_s'] = statistics.median(row['torch_s'])
         if args.onnx:
@@ -253,7 +253,7 @@ def measure_model(name, info, args, res):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS) + list(QUICK))
+    p.add_argument('--models', nargs='*', default=list(MODELS), choices=list(MODELS) + list(QUICK))
     p.add_argument('--deltas', nargs='+', default=['acts', 'flops'])
     p.add_argument('--divisors', nargs='+', type=int, default=[1, 8, 16])
     p.add_argument('--all-divisors', action='store_true',
@@ -269,6 +269,10 @@ def main() -> None:
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
+    p.add_argument('--no-mm-flops', dest='mm_flops', action='store_false',
+                   help='skip mmengine FlopAnalyzer (one more traced forward per structure)')
+    p.add_argument('--merge-from', nargs='+', default=[],
+                   help='speedup JSONs (e.g. from parallel runs with --out) whose models are merged into --out')
     p.add_argument('--quick', action='store_true', help='tiny models at small sizes (smoke test)')
     p.add_argument('--out')
     args = p.parse_args()
@@ -288,6 +292,15 @@ def main() -> None:
         res.data['models'] = old.get('models', {})
         res.data['earlier_commands'] = old.get('earlier_commands', []) + [
             dict(command=old.get('command'), started=old.get('started'), models=list(old.get('models', {})))]
+    for extra in args.merge_from:
+        with open(extra) as f:
+            other = json.load(f)
+        res.data.setdefault('models', {}).update(other.get('models', {}))
+        res.data.setdefault('merged_runs', []).append(dict(file=osp.basename(extra), command=other.get('command'),
+                                                           started=other.get('started'),
+                                                           finished=other.get('finished'),
+                                                           setup=other.get('setup'),
+                                                           models=list(other.get('models', {}))))
     res['setup'] = dict(vars(args), timer='time.perf_counter, median of repeats after one warm-up',
                         mode='eval, torch.inference_mode (autograd off)', weights='random (structure only)',
                         gpu='none on this machine: speedup_gpu.json not produced')
