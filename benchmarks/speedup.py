@@ -16,7 +16,9 @@ no pretrained weights):
 4. **Timing** of each slimmed structure (fresh model, ``mmfisher.core.slim_model``) in eval mode under
    ``torch.inference_mode()``: detectors' tensor-mode forward (backbone, neck, head; no NMS post-processing) at
    1x3x800x1333, classifiers' logits at 64x3x224x224; torch on the CPU and onnxruntime's CPU provider on a
-   ``torch.onnx.export`` of the same forward. Median of ``--repeats`` runs after one warm-up.
+   ``torch.onnx.export`` of the same forward. Every structure is built and exported first, then timed
+   round-robin (one warm-up round, then ``--repeats`` rounds) so that changes in machine load hit all structures
+   alike; wall time and process CPU time (all threads) per run, medians reported.
    FLOPs of every structure by ``mmengine.analysis.FlopAnalyzer`` at the same input.
 
     nice .venv/bin/python benchmarks/speedup.py                       # all models (~40 min on 2 CPU cores)
@@ -120,22 +122,19 @@ def random_like(graph, costs, flops_ratio, seed=0):
     return best
 
 
-def time_torch(wrapped, x, repeats):
+def run_torch(wrapped, x):
+    """One forward: (wall s, process CPU s)."""
     import torch
-    ts = []
     with torch.inference_mode():
-        wrapped(x)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            wrapped(x)
-            ts.append(time.perf_counter() - t0)
-    return ts
+        t0, c0 = time.perf_counter(), time.process_time()
+        wrapped(x)
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
-def time_onnx(wrapped, x, repeats, threads, tmp):
+def onnx_session(wrapped, x, threads, path):
+    """``torch.onnx.export`` (TorchScript exporter, opset 17, fixed shape) + an onnxruntime CPU session."""
     import onnxruntime as ort
     import torch
-    path = osp.join(tmp, 'model.onnx')
     t0 = time.perf_counter()
     with torch.no_grad():
         torch.onnx.export(wrapped, (x,), path, opset_version=17, dynamo=False, do_constant_folding=True)
@@ -144,16 +143,13 @@ def time_onnx(wrapped, x, repeats, threads, tmp):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(path, so, providers=['CPUExecutionProvider'])
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-    sess.run(None, feed)  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        ts.append(time.perf_counter() - t0)
-    del sess
-    os.remove(path)
-    return ts, export_s
+    return (sess, {sess.get_inputs()[0].name: x.numpy()}), export_s
+
+
+def run_onnx(sess, feed):
+    t0, c0 = time.perf_counter(), time.process_time()
+    sess.run(None, feed)
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def mm_flops(wrapped, x):
@@ -211,8 +207,9 @@ def measure_model(name, info, args, res):
     out['timed_input'] = list(shape)
     cfg = load_config(info['spec'])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    rows = {}
-    for sname, alive in structures.items():
+    rows, models, sessions = {}, {}, {}
+    tmpdir = tempfile.mkdtemp(prefix='speedup_onnx_')
+    for sname, alive in structures.items():  # build, count and export every structure first
         model = build_model(cfg)
         if sname != 'unpruned':
             slim_model(model, graph, alive)
@@ -220,27 +217,51 @@ def measure_model(name, info, args, res):
         wrapped = Wrapped(model, info['kind'], shape)
         tot = costs.totals(alive)
         row = dict(flops_ratio_ours=tot['flops'] / full['flops'], acts_ratio_ours=tot['acts'] / full['acts'],
-                   params=int(sum(p.numel() for p in model.parameters())))
+                   params=int(sum(p.numel() for p in model.parameters())), torch_s=[], torch_cpu_s=[])
         row['mmengine_flops'] = mm_flops(wrapped, x) if args.mm_flops else 'not counted (--no-mm-flops)'
-        row['torch_s'] = time_torch(wrapped, x, args.repeats)
-        row['torch_median_s'] = statistics.median(row['torch_s'])
+        models[sname] = wrapped
         if args.onnx:
             try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    row['onnxruntime_s'], row['onnx_export_s'] = time_onnx(wrapped, x, args.repeats, args.threads,
-                                                                          tmp)
-                row['onnxruntime_median_s'] = statistics.median(row['onnxruntime_s'])
+                sessions[sname], row['onnx_export_s'] = onnx_session(wrapped, x, args.threads,
+                                                                     osp.join(tmpdir, f'{sname}.onnx'))
+                row['onnxruntime_s'], row['onnxruntime_cpu_s'] = [], []
             except Exception as exc:  # noqa: BLE001
                 row['onnxruntime_error'] = f'{type(exc).__name__}: {exc}'[:500]
         rows[sname] = row
-        print(name, sname, {k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
-        del model, wrapped
-        gc.collect()
+    # round-robin over structures (one warm-up each, then --repeats rounds), so changing machine load hits all
+    # structures alike; wall time and process CPU time (all threads) per run
+    for rep in range(args.repeats + 1):
+        for sname, wrapped in models.items():
+            row = rows[sname]
+            t, c = run_torch(wrapped, x)
+            if rep:
+                row['torch_s'].append(t)
+                row['torch_cpu_s'].append(c)
+            if sname in sessions:
+                t, c = run_onnx(*sessions[sname])
+                if rep:
+                    row['onnxruntime_s'].append(t)
+                    row['onnxruntime_cpu_s'].append(c)
+        print(name, f'round {rep}', {n: round(r['torch_s'][-1], 3) for n, r in rows.items() if r['torch_s']},
+              flush=True)
+    for sname, row in rows.items():
+        row['torch_median_s'] = statistics.median(row['torch_s'])
+        row['torch_cpu_median_s'] = statistics.median(row['torch_cpu_s'])
+        if row.get('onnxruntime_s'):
+            row['onnxruntime_median_s'] = statistics.median(row['onnxruntime_s'])
+            row['onnxruntime_cpu_median_s'] = statistics.median(row['onnxruntime_cpu_s'])
+    del models, sessions
+    gc.collect()
+    import shutil
+    shutil.rmtree(tmpdir, ignore_errors=True)
     base = rows['unpruned']
     for sname, row in rows.items():
         if isinstance(row['mmengine_flops'], float) and isinstance(base['mmengine_flops'], float):
             row['flops_ratio_mmengine'] = row['mmengine_flops'] / base['mmengine_flops']
         row['speedup_torch'] = base['torch_median_s'] / row['torch_median_s']
+        row['speedup_torch_cpu_time'] = base['torch_cpu_median_s'] / row['torch_cpu_median_s']
+        if 'onnxruntime_cpu_median_s' in row and 'onnxruntime_cpu_median_s' in base:
+            row['speedup_onnxruntime_cpu_time'] = base['onnxruntime_cpu_median_s'] / row['onnxruntime_cpu_median_s']
         if 'onnxruntime_median_s' in row and 'onnxruntime_median_s' in base:
             row['speedup_onnxruntime'] = base['onnxruntime_median_s'] / row['onnxruntime_median_s']
     out['structures'] = rows
