@@ -36,5 +36,6 @@ custom_hooks = [
         divisor=1,                   # e.g. 8: kept channel counts rounded up to multiples of 8
         prune_frozen=False,          # leave channels read only by frozen stages alone
         stop_at_target=True,
-        start_iter=0),
+        start_iter=0,
+        verify_export=True),         # refuse to write a slimmed model that differs from the masked one
 ]
