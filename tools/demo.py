@@ -9,7 +9,7 @@
    (configs/demo/retinanet_tiny_prune.py; gloo on a CPU) and test the slimmed model as pruned;
 4. fine-tune the slimmed model (configs/demo/retinanet_tiny_finetune.py: the ``mmfisher.Pruned`` builder) and
    test it;
-5. export the fine-tuned slimmed model to ONNX and check it with onnxruntime;
+5. export both models to ONNX, check them against torch and time them with onnxruntime;
 6. print a before/after table (FLOPs, activations, params, mAP, CPU latency), save a per-layer kept-channels plot
    (``kept_channels.png``) and write ``summary.json``.
 
@@ -130,24 +130,28 @@ def analyse(train_ckpt: str, finetune_ckpt: str, channels: str, out_dir: str) ->
         figures[tag]['layers'] = {name: int(m.out_channels) for name, m in model.named_modules()
                                   if isinstance(m, torch.nn.Conv2d)}
 
-    # ONNX export of the slimmed model, checked with onnxruntime
-    onnx_path = osp.join(out_dir, 'retinanet_tiny_pruned.onnx')
-    wrapped = TensorMode(slim).eval()
-    torch.onnx.export(wrapped, (x1,), onnx_path, opset_version=17, dynamo=False,
-                      input_names=['inputs'], do_constant_folding=True)
+    # ONNX export of both models, each checked against torch and timed with onnxruntime
     import onnxruntime as ort
-    sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
-    ort_out = sess.run(None, {'inputs': x1.numpy()})
-    with torch.no_grad():
-        ref = wrapped(x1)
-    onnx_diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(ort_out, ref))
-    times = []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        sess.run(None, {'inputs': x1.numpy()})
-        times.append(time.perf_counter() - t0)
-    figures['onnx'] = {'path': osp.relpath(onnx_path, ROOT), 'max_abs_diff_vs_torch': onnx_diff,
-                       'latency_ms': 1000 * float(np.median(times))}
+    figures['onnx'] = {}
+    for tag, model in (('before', base), ('after', slim)):
+        onnx_path = osp.join(out_dir, f'retinanet_tiny_{"unpruned" if tag == "before" else "pruned"}.onnx')
+        wrapped = TensorMode(model).eval()
+        torch.onnx.export(wrapped, (x1,), onnx_path, opset_version=17, dynamo=False, input_names=['inputs'],
+                          do_constant_folding=True)
+        sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+        ort_out = sess.run(None, {'inputs': x1.numpy()})
+        with torch.no_grad():
+            ref = wrapped(x1)
+        diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(ort_out, ref))
+        times = []
+        for _ in range(3):
+            sess.run(None, {'inputs': x1.numpy()})
+        for _ in range(30):
+            t0 = time.perf_counter()
+            sess.run(None, {'inputs': x1.numpy()})
+            times.append(time.perf_counter() - t0)
+        figures['onnx'][tag] = {'path': osp.relpath(onnx_path, ROOT), 'max_abs_diff_vs_torch': diff,
+                                'latency_ms': 1000 * float(np.median(times))}
     figures['plot'] = plot(figures['before']['layers'], figures['after']['layers'],
                            osp.join(out_dir, 'kept_channels.png'))
     return figures
@@ -241,8 +245,9 @@ def main() -> None:
         'metric_after_finetune': m_after.get(key),
         'latency_before_ms': b['latency_ms'], 'latency_after_ms': a['latency_ms'],
         'latency_b8_before_ms': b['latency_b8_ms'], 'latency_b8_after_ms': a['latency_b8_ms'],
-        'onnx_latency_after_ms': fig['onnx']['latency_ms'], 'onnx': fig['onnx']['path'],
-        'onnx_max_abs_diff_vs_torch': fig['onnx']['max_abs_diff_vs_torch'],
+        'onnx_latency_before_ms': fig['onnx']['before']['latency_ms'],
+        'onnx_latency_after_ms': fig['onnx']['after']['latency_ms'], 'onnx': fig['onnx']['after']['path'],
+        'onnx_max_abs_diff_vs_torch': fig['onnx']['after']['max_abs_diff_vs_torch'],
         'flops_before': b['flops'], 'flops_after': a['flops'], 'params_before': b['params'],
         'params_after': a['params'], 'acts_before': b['acts'], 'acts_after': a['acts'],
         'hook_meta': meta, 'input_shape': list(SHAPE), 'plot': fig['plot'], 'quick': args.quick,
@@ -257,15 +262,17 @@ def main() -> None:
             ('params (M)', b['params'] / 1e6, a['params'] / 1e6, '.3f'),
             ('bbox mAP (val)', m_before.get(key), m_after.get(key), '.3f'),
             ('CPU latency batch 1 (ms, torch)', b['latency_ms'], a['latency_ms'], '.2f'),
-            ('CPU latency batch 8 (ms, torch)', b['latency_b8_ms'], a['latency_b8_ms'], '.2f')]
+            ('CPU latency batch 8 (ms, torch)', b['latency_b8_ms'], a['latency_b8_ms'], '.2f'),
+            ('CPU latency batch 1 (ms, onnxruntime)', fig['onnx']['before']['latency_ms'],
+             fig['onnx']['after']['latency_ms'], '.2f')]
     print('\n' + '=' * 78)
     print(f'{"":40s}{"unpruned":>12s}{"pruned":>12s}{"ratio":>10s}')
     for name, x, y, fmt in rows:
         ratio = f'{y / x:.3f}' if x else '-'
         print(f'{name:40s}{x:>12{fmt}}{y:>12{fmt}}{ratio:>10s}')
     print(f'{"bbox mAP right after pruning (no fine-tune)":40s}{"":>12s}{m_pruned.get(key, float("nan")):>12.3f}')
-    print(f'ONNX: {fig["onnx"]["path"]} (onnxruntime {fig["onnx"]["latency_ms"]:.2f} ms, max abs diff vs torch '
-          f'{fig["onnx"]["max_abs_diff_vs_torch"]:.2e})')
+    print(f'ONNX: {fig["onnx"]["after"]["path"]} (max abs diff vs torch '
+          f'{fig["onnx"]["after"]["max_abs_diff_vs_torch"]:.2e})')
     print(f'plot: {fig["plot"]}; summary: {osp.relpath(osp.join(wd, "summary.json"), ROOT)}; '
           f'total {time.time() - T0:.0f} s')
     print('=' * 78)

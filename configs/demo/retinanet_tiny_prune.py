@@ -20,3 +20,4 @@ optim_wrapper = dict(optimizer=dict(lr=0.0005))
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=4000)]
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=100000, by_epoch=False),
                      logger=dict(type='LoggerHook', interval=10))
+log_processor = dict(by_epoch=False)
