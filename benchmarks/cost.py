@@ -125,6 +125,7 @@ def main() -> None:
         print(k, {kk: v for kk, v in r.items() if kk not in ('channels', 'weights')}, flush=True)
         res['runs'] = runs
         res.save(final=False)
+    res['runs'] = runs
     # k=1 capped: extrapolate (clearly labelled)
     if '1' in runs and not runs['1']['done']:
         r1 = runs['1']
