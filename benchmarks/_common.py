@@ -105,12 +105,19 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def ensure_data() -> None:
+    """Generate the bundled data sets if they are missing (idempotent, seconds): a fresh clone has none."""
+    from mmfisher.data_gen import make_all
+    make_all(osp.join(ROOT, 'data', 'generated'))
+
+
 def tiny_runner_cfg(config: str, work_dir: str, max_iters: int, custom_hooks=(), seed: int = 0,
                     val: bool = False, batch_size: Optional[int] = None):
     """An mmengine config for a short IterBasedTrainLoop run of ``config`` on the bundled data: no checkpoints,
     quiet logger, no dataloader workers (fewer processes competing for the CPU)."""
     from mmengine.config import Config
     import mmfisher  # noqa: F401
+    ensure_data()
     cfg = Config.fromfile(config)
     cfg.work_dir = work_dir
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=10 ** 9, val_begin=10 ** 9)
@@ -240,6 +247,7 @@ def big_model_prune_cfg(spec: str, data_config: str, work_dir: str, max_iters: i
     train_dataloader), plain SGD, no validation/checkpoints: for Fisher pruning runs on big models."""
     from mmengine.config import Config
     from mmfisher.zoo import load_config, strip_pretrained
+    ensure_data()
     cfg = load_config(spec)
     data = Config.fromfile(data_config)
     cfg.model = strip_pretrained(cfg.model)

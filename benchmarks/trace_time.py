@@ -3,8 +3,9 @@
 Model: mmdet's ``retinanet/retinanet_r50_fpn_1x_coco.py`` built without pretrained weights (PyTorch default
 initialisation), eval-free (train mode, as during pruning), one 800x1333 input.
 
-* ``ours``: ``mmfisher.core.analyze(model, mmfisher.zoo.tensor_forward(model, (3, 800, 1333)))``: trace, units,
-  costs' raw material;
+* ``ours``: ``mmfisher.core.analyze_fast`` (what FisherPruningHook runs: the traced forward on a meta-device copy
+  of the model, shapes without arithmetic; real tensors only if the forward needs values), trace + units;
+  ``ours_real``: the same trace on real tensors (``analyze``), forward arithmetic included;
 * ``torch_pruning``: ``tp.DependencyGraph().build_dependency(wrapper, example_inputs=x)`` where ``wrapper(x)``
   runs the detector's tensor-mode forward on the same tensor, followed by ``get_all_groups`` (the groups are
   what pruning needs; timed separately as ``torch_pruning_groups_s``), the class/box output convs ignored;
@@ -42,6 +43,16 @@ def build(spec: str):
 
 
 def ours(model, shape):
+    """What FisherPruningHook runs: ``analyze_fast`` (the forward on a meta-device copy, falling back to real)."""
+    from mmfisher.core import analyze_fast
+    from mmfisher.zoo import tensor_forward
+    t0 = time.perf_counter()
+    graph = analyze_fast(model, lambda m: tensor_forward(m, shape))
+    return time.perf_counter() - t0, graph
+
+
+def ours_real(model, shape):
+    """The same trace on real tensors (``analyze``): the forward's arithmetic included."""
     from mmfisher.core import analyze
     from mmfisher.zoo import tensor_forward
     t0 = time.perf_counter()
@@ -154,7 +165,7 @@ def main() -> None:
     model = build(args.model)
     output_names = [n for n in ('bbox_head.retina_cls', 'bbox_head.retina_reg', 'bbox_head.conv_cls',
                                 'bbox_head.conv_reg', 'bbox_head.conv_centerness') if n in dict(model.named_modules())]
-    times = {'ours': [], 'tp_build': [], 'tp_groups': [], 'fwd_grad': [], 'fwd_nograd': []}
+    times = {'ours': [], 'ours_real': [], 'tp_build': [], 'tp_groups': [], 'fwd_grad': [], 'fwd_nograd': []}
     graph = groups = modules = None
     tp_mode_after = None
     for r in range(args.repeats):
@@ -165,6 +176,9 @@ def main() -> None:
         t, graph = ours(model, shape)
         times['ours'].append(t)
         gc.collect()
+        t, real_graph = ours_real(model, shape)
+        times['ours_real'].append(t)
+        gc.collect()
         tb, tg, dg, groups, modules, tp_mode_after = torch_pruning(model, shape, output_names)
         times['tp_build'].append(tb)
         times['tp_groups'].append(tg)
@@ -173,6 +187,11 @@ def main() -> None:
         print(f'repeat {r}: ' + ', '.join(f'{k} {v[-1]:.2f}s' for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     res['ours_s'] = med['ours']
+    res['ours_trace_device'] = graph.device
+    res['ours_real_s'] = med['ours_real']
+    res['ours_meta_equals_real'] = bool(graph.num_atoms == real_graph.num_atoms and
+                                        graph.unprunable == real_graph.unprunable and all(
+        (graph.in_atoms[k] == real_graph.in_atoms[k]).all() for k in real_graph.in_atoms))
     res['torch_pruning_s'] = med['tp_build']
     res['torch_pruning_groups_s'] = med['tp_groups']
     res['ratio'] = med['ours'] / med['tp_build']

@@ -18,8 +18,10 @@ def test_demo_quick_runs_every_phase(tmp_path):
     for key in ('flops_ratio', 'acts_ratio', 'params_ratio', 'metric_before', 'metric_after_prune',
                 'metric_after_finetune', 'latency_before_ms', 'latency_after_ms'):
         assert summary[key] is not None, key
-    # --quick prunes to 80% FLOPs (the full demo: 50%)
-    assert 0.6 < summary['flops_ratio'] <= 0.8 + 1e-6
+    # --quick prunes to 80% FLOPs (the full demo: 50%) as the hook counts them (conv/linear MACs at 128x128);
+    # mmengine's analysis of the slimmed model (summary['flops_ratio']) counts a few more ops, so it is close
+    assert 0.6 < summary['hook_meta']['flops_ratio'] <= 0.8
+    assert abs(summary['flops_ratio'] - summary['hook_meta']['flops_ratio']) < 0.02
     assert summary['params_ratio'] < 1 and summary['acts_ratio'] < 1
     assert summary['hook_meta']['reached'] is True
     assert summary['onnx_max_abs_diff_vs_torch'] < 1e-3

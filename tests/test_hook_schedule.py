@@ -133,7 +133,7 @@ def test_training_that_ends_before_the_target_still_writes_its_structure(tmp_pat
                         max_iters=6, model=ToyNet(width=8))
     runner.train()
     hook = get_hook(runner)
-    assert runner.iter == 6 and len(hook.order) == 3 and hook.done
+    assert runner.iter == 6 and len(hook.order) == 3 and not hook.done  # still resumable
     written = json.load(open(osp.join(str(tmp_path), 'channels.json')))
     assert written['meta']['reached'] is False and written['meta']['flops_ratio'] > 0.1
     assert sum(u['channels'] - len(u['kept']) for u in written['units']) == 3

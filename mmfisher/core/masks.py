@@ -26,6 +26,7 @@ class ChannelMasks:
     def __init__(self, model: nn.Module, graph: ChannelGraph) -> None:
         self.graph = graph
         self.alive = torch.ones(graph.num_atoms, dtype=torch.bool)
+        self._cache: Optional[List[Tuple[nn.Module, torch.Tensor]]] = None
         modules = dict(model.named_modules())
         self.readers: List[Tuple[str, nn.Module, torch.Tensor]] = []
         for name, atoms in graph.in_atoms.items():
@@ -35,6 +36,7 @@ class ChannelMasks:
     def prune(self, atoms) -> None:
         """Mask ``atoms`` (indices) and apply."""
         self.alive[torch.as_tensor(atoms, dtype=torch.long)] = False
+        self._cache = None
         self.apply()
 
     def set_alive(self, alive) -> None:
@@ -43,23 +45,32 @@ class ChannelMasks:
             raise ValueError(f'mask shape {tuple(alive.shape)} does not fit this model ({self.graph.num_atoms} '
                              'atoms): the checkpoint was made for another model or pruning setup')
         self.alive = alive.clone()
+        self._cache = None
         self.apply()
+
+    def _weight_masks(self) -> List[Tuple[nn.Module, torch.Tensor]]:
+        """(reader, 0/1 weight mask) for every reader with a masked input; rebuilt only when the masks change."""
+        if self._cache is None:
+            cache = []
+            for name, module, atoms in self.readers:
+                keep = torch.ones(atoms.numel(), dtype=torch.bool)
+                valid = atoms >= 0
+                keep[valid] = self.alive[atoms[valid]]
+                if bool(keep.all()):
+                    continue
+                mask = self.graph.rules[name].weight_in_mask(module, keep)
+                if mask is not None:
+                    cache.append((module, mask.to(module.weight.device, module.weight.dtype)))
+            self._cache = cache
+        return self._cache
 
     @torch.no_grad()
     def apply(self) -> None:
         """Zero reader weights on masked channels (idempotent; a no-op while nothing is masked)."""
-        if bool(self.alive.all()):
-            return
-        for name, module, atoms in self.readers:
-            keep = torch.ones(atoms.numel(), dtype=torch.bool)
-            valid = atoms >= 0
-            keep[valid] = self.alive[atoms[valid]]
-            if bool(keep.all()):
-                continue
-            rule = self.graph.rules[name]
-            mask = rule.weight_in_mask(module, keep)
-            if mask is not None:
-                module.weight.mul_(mask.to(module.weight.device, module.weight.dtype))
+        for module, mask in self._weight_masks():
+            if mask.device != module.weight.device or mask.dtype != module.weight.dtype:
+                mask = mask.to(module.weight.device, module.weight.dtype)
+            module.weight.mul_(mask)
 
 
 class _Tap(torch.autograd.Function):

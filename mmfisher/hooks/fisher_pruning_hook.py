@@ -378,9 +378,13 @@ class FisherPruningHook(Hook):
         """Training ended (max_iters / max_epochs) before the target: write the structure reached so far, with
         ``meta.reached=False``, so a long run is never lost."""
         if self.masks is not None and not self.done and self.order:
-            runner.logger.warning('FisherPruningHook: training ended before the target was reached; writing the '
-                                  'current structure. Fix: raise max_iters (or channels_per_step) to reach it')
-            self._finish(runner)
+            ratios = self._ratios()
+            self._write(runner, '', ratios)  # the pruning state stays open: --resume with more iters continues
+            runner.logger.warning(
+                f'FisherPruningHook: training ended before the target ({self.target_metric} '
+                f'{ratios[self.target_metric]:.4f}, target {self.target:g}); wrote the current structure to '
+                f'{self.outputs.get("channels")} (meta.reached=false). Fix: raise max_iters (or channels_per_step) '
+                'and --resume')
 
     def _finish(self, runner) -> None:
         ratios = self._ratios()
