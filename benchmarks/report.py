@@ -53,7 +53,8 @@ def trace(d):
     g = d['grouping']
     out = ['### Grouping time (`trace_time.json`)', '', when(d), '',
            '| | seconds |', '|---|---|',
-           f'| mmfisher `analyze` (trace + units) | {f(d["ours_s"], 2)} |',
+           f'| mmfisher `analyze_fast` (trace on a meta copy + units: what the hook runs) | {f(d["ours_s"], 2)} |',
+           f'| mmfisher `analyze` (the same trace on real tensors) | {f(d.get("ours_real_s"), 2)} |',
            f'| Torch-Pruning `build_dependency` | {f(d["torch_pruning_s"], 2)} |',
            f'| Torch-Pruning `get_all_groups` | {f(d["torch_pruning_groups_s"], 2)} |',
            f'| plain forward, autograd on | {f(d["forward_grad_s"], 2)} |',
