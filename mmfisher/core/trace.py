@@ -673,6 +673,23 @@ class _Tracer(TorchFunctionMode):
         self.uf.union_arrays(full[:half], full[half:])
         return True
 
+    def size_attribute(self, size: int, words: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
+        """(running module's name, its int attributes equal to ``size`` whose names contain one of ``words``)."""
+        owner = next((n for n, rule, _ in reversed(self._stack) if rule is None), None)
+        module = self.module_objs.get(owner) if owner is not None else None
+        names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool) and v == size
+                 and any(w in k for w in words)] if module is not None else []
+        return owner, names
+
+    def bind_attribute(self, owner: str, attr: str, vec: np.ndarray) -> None:
+        """Record that ``owner.attr`` counts the channels ``vec``: slimming sets it to the kept count."""
+        key = f'{owner}.{attr}'
+        use = self.attrs.get(key)
+        if use is None:
+            self.attrs[key] = AttrUse(owner, attr, vec.copy())
+        else:
+            self.uf.union_arrays(use.elems, vec)
+
     def split_sizes_follow(self, pargs, infos: List[ChannelInfo]) -> bool:
         """Equal parts of a channel split stay exact if their size follows pruning: couple position i of every
         part, and tie the size to the running module's int attribute that holds it (Res2Net's ``width``, C2f's
@@ -684,19 +701,11 @@ class _Tracer(TorchFunctionMode):
             self.uf.union_arrays(infos[0].cmap, other.cmap)
         part = infos[0]
         size = part.cmap.shape[-1] if part.cmap.ndim else 1
-        owner = next((n for n, rule, _ in reversed(self._stack) if rule is None), None)
-        module = self.module_objs.get(owner) if owner is not None else None
-        names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool) and v == size
-                 and any(w in k for w in ('channels', 'width', 'mid'))] if module is not None else []
+        owner, names = self.size_attribute(size, ('channels', 'width', 'mid'))
         if len(names) == 1:
             vec = self.channel_vector(part, part.dims[-1], size)
             if vec is not None:
-                key = f'{owner}.{names[0]}'
-                use = self.attrs.get(key)
-                if use is None:
-                    self.attrs[key] = AttrUse(owner, names[0], vec.copy())
-                else:
-                    self.uf.union_arrays(use.elems, vec)
+                self.bind_attribute(owner, names[0], vec)
                 return True
         return isinstance(sizes, int)
 
@@ -738,25 +747,17 @@ class _Tracer(TorchFunctionMode):
     def bind_buffer_size(self, target: torch.Tensor, info: ChannelInfo, dims: List[int]) -> None:
         """A fresh buffer receives channels: its channel size came from somewhere the tracer cannot see. Tie it
         to the one ``*channels*`` int attribute of the running module that equals it, or make it unprunable."""
-        owner = next((n for n, rule, _ in reversed(self._stack) if rule is None), None)
-        module = self.module_objs.get(owner) if owner is not None else None
         for d in dims:
             size = target.shape[d]
             vec = self.channel_vector(info, d, size)
             if vec is None:
                 continue
-            names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool)
-                     and v == size and 'channels' in k] if module is not None else []
+            owner, names = self.size_attribute(size, ('channels',))
             if len(names) != 1:
                 self.uf.flag(vec, f'op setitem writes channels into a buffer of literal size {size}'
                              + (f' in {owner}' if owner else ''))
                 continue
-            key = f'{owner}.{names[0]}'
-            use = self.attrs.get(key)
-            if use is None:
-                self.attrs[key] = AttrUse(owner, names[0], vec.copy())
-            else:
-                self.uf.union_arrays(use.elems, vec)
+            self.bind_attribute(owner, names[0], vec)
 
     def check_setitem_positions(self, target, index, value, v_info: ChannelInfo) -> None:
         """Writing channels into a buffer is exact only if every channel dim is written whole and in order
