@@ -60,6 +60,7 @@ def main() -> None:
         with open(args.metrics_json, 'w') as f:
             json.dump({k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()}, f,
                       indent=1)
+    launch.finish()
 
 
 if __name__ == '__main__':

@@ -51,6 +51,7 @@ def main() -> None:
     launch.set_resume(cfg, args.resume)
     runner = launch.build_runner(cfg)
     runner.train()
+    launch.finish()
 
 
 if __name__ == '__main__':

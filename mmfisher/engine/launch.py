@@ -110,3 +110,16 @@ def dump_metric(scope: str, out: str):  # -> mmengine.evaluator.BaseMetric
         return DumpDetResults(out_file_path=out)
     from mmengine.evaluator import DumpResults
     return DumpResults(out_file_path=out)
+
+
+def finish() -> None:
+    """Leave the process group cleanly at the end of a tool (all ranks wait, then destroy it).
+
+    Exiting with a live gloo group can abort the interpreter ("terminate called without an active
+    exception") when one rank leaves while the other still holds the connection; the barrier and
+    ``destroy_process_group`` make every rank leave together. A no-op outside distributed runs.
+    """
+    import torch.distributed as torch_dist
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
