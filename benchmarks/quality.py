@@ -1,4 +1,4 @@
-"""Accuracy at equal remaining FLOPs: Fisher ('acts', 'flops') vs L1-norm, random and Torch-Pruning importances.
+"""Accuracy at equal remaining FLOPs (or acts): Fisher ('acts', 'flops') vs L1-norm, random and Torch-Pruning.
 
 Task ``cls`` (default): the tiny ResNet (configs/tiny/resnet_tiny_shapes_cls.py) on the bundled 3-class shapes
 set, top-1 accuracy on its val split. Task ``det``: the tiny RetinaNet on the bundled detection set, bbox mAP.
@@ -6,14 +6,17 @@ set, top-1 accuracy on its val split. Task ``det``: the tiny RetinaNet on the bu
 Pipeline, identical for every method except the choice of channels:
 
 1. one baseline trained from scratch (``--base-iters``, seed 0, cached), shared by every method and seed;
-2. pruning to ``--target`` of the baseline's conv/linear FLOPs (mmfisher's cost model at the data's input size,
-   every method measured by the same count; the FLOPs each result actually has is recorded):
+2. pruning to ``--target`` of the baseline's conv/linear FLOPs (``--budget flops``) or activation elements of the
+   conv/linear outputs (``--budget acts``), mmfisher's cost model at the data's input size, every method measured by
+   the same count; the FLOPs and acts each result actually has are recorded:
 
    * ``fisher_acts`` / ``fisher_flops``: FisherPruningHook (``channels_per_step=--fisher-k`` every
      ``--fisher-interval`` iterations; the model trains meanwhile, as in the method; those iterations are
      recorded as ``pruning_iters``);
-   * ``l1``: the atoms with the smallest L1 norm of their producers' output weights (conv/linear filters, summed
-     over coupled producers) go first, globally;
+   * ``l1``: Li et al.'s L1-norm filter pruning: the same share of every unit's atoms, those with the smallest
+     L1 norm of their producers' filters (summed over coupled producers) first, the share bisected to meet the
+     target (``l1_global``, not run by default: one global L1 ranking; on the detector it cuts the head towers to
+     one channel and scores 0 mAP, a strawman);
    * ``random``: atoms removed in a random order;
    * ``tp_taylor`` / ``tp_magnitude``: Torch-Pruning 1.6.1 ``MetaPruner`` with ``TaylorImportance`` (gradients
      of the training loss summed over ``--taylor-batches`` batches) / ``MagnitudeImportance`` (L2), global
@@ -22,11 +25,15 @@ Pipeline, identical for every method except the choice of channels:
      through the same slimming and fine-tune;
 
    l1 / random / TP stop at the first atom that reaches the target; every unit keeps at least one atom;
-3. the slimmed model (``mmfisher.Pruned`` + weights) fine-tuned for ``--ft-iters`` iterations (same schedule),
-   then evaluated. ``metric_mean`` / ``metric_std`` (sample std) over ``--seeds``.
+3. the slimmed model (``mmfisher.Pruned`` + weights) evaluated as it is (``value_before_finetune``), then
+   fine-tuned and evaluated. Every method trains equally long: Fisher runs train ``pruning_iters`` while they
+   prune, so the one-shot methods fine-tune for ``--ft-iters`` + the Fisher runs' ``pruning_iters`` of the same
+   seed (``--no-match-iters``: all fine-tune ``--ft-iters``). ``metric_mean`` / ``metric_std`` (sample std)
+   over ``--seeds``.
 
     nice .venv/bin/python benchmarks/quality.py                         # cls, 6 methods x 3 seeds
-    nice .venv/bin/python benchmarks/quality.py --task det --out benchmarks/results/quality_det.json
+    nice .venv/bin/python benchmarks/quality.py --task det                   # -> quality_det.json
+    nice .venv/bin/python benchmarks/quality.py --budget acts               # -> quality_acts.json
     nice .venv/bin/python benchmarks/quality.py --quick --out /tmp/quality.json
 """
 import argparse
@@ -42,6 +49,7 @@ from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, counting_hook
                      metric_key, run_hook_pruning, tiny_runner_cfg, train_baseline)
 
 METHODS = ['fisher_acts', 'fisher_flops', 'l1', 'random', 'tp_taylor', 'tp_magnitude']
+EXTRA_METHODS = ['l1_global']
 TASKS = {'cls': dict(config=CLS_CFG, shape=(3, 64, 64)), 'det': dict(config=DET_CFG, shape=(3, 128, 128))}
 
 
@@ -56,19 +64,44 @@ def load_base_model(config, base, seed):
     return runner, runner.model
 
 
-def greedy(graph, costs, order, target):
-    """Mask atoms in ``order`` (keeping >= 1 per unit) until FLOPs <= target x unpruned (selection.choose)."""
+def greedy(graph, costs, order, target, budget='flops'):
+    """Mask atoms in ``order`` (keeping >= 1 per unit) until ``budget`` (FLOPs or acts) <= target x unpruned
+    (selection.choose)."""
     import numpy as np
     from mmfisher.hooks import selection
     unit_of = selection.unit_index(graph.num_atoms, [u.atoms for u in graph.units])
     alive = np.ones(graph.num_atoms, dtype=bool)
-    full = costs.totals(alive)['flops']
+    full = costs.totals(alive)[budget]
 
     def reached(a, chosen):
-        return costs.totals(a)['flops'] / full <= target
+        return costs.totals(a)[budget] / full <= target
     chosen = selection.choose(np.asarray(order), alive, unit_of, 1, graph.num_atoms, reached)
     alive[chosen] = False
     return alive
+
+
+def uniform(graph, costs, score, target, budget='flops'):
+    """Li et al.'s layer-wise L1 pruning: the same share ``r`` of every unit's atoms (its lowest ``score`` first,
+    at least one kept), ``r`` bisected to the smallest value whose ``budget`` ratio is <= ``target``.
+    Returns (alive, r)."""
+    import numpy as np
+    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))[budget]
+    orders = [u.atoms[np.argsort(score[u.atoms], kind='stable')] for u in graph.units]
+
+    def at(r):
+        alive = np.ones(graph.num_atoms, dtype=bool)
+        for atoms in orders:
+            alive[atoms[:min(int(r * atoms.size), atoms.size - 1)]] = False
+        return alive, costs.totals(alive)[budget] / full
+
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if at(mid)[1] <= target:
+            hi = mid
+        else:
+            lo = mid
+    return at(hi)[0], hi
 
 
 def l1_scores(model, graph):
@@ -86,9 +119,9 @@ def l1_scores(model, graph):
     return score
 
 
-def tp_alive(model, graph, costs, data_batches, kind, target, shape):
+def tp_alive(model, graph, costs, data_batches, kind, target, shape, budget='flops'):
     """Torch-Pruning (global) at the bisected pruning_ratio whose removed channels, as mmfisher atoms, reach the
-    FLOPs target. Returns (alive, pruning_ratio)."""
+    ``budget`` (FLOPs or acts) target. Returns (alive, pruning_ratio)."""
     import numpy as np
     import torch
     import torch_pruning as tp
@@ -117,7 +150,7 @@ def tp_alive(model, graph, costs, data_batches, kind, target, shape):
             return [t for lv in out for t in (lv if isinstance(lv, (list, tuple)) else [lv])]
 
     outputs = ['head.fc', 'bbox_head.retina_cls', 'bbox_head.retina_reg']
-    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))['flops']
+    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))[budget]
 
     def attempt(ratio):
         m = copy.deepcopy(model)
@@ -141,7 +174,7 @@ def tp_alive(model, graph, costs, data_batches, kind, target, shape):
                         alive[atoms[atoms >= 0]] = False
             group.prune()
         del m, w, pruner
-        return alive, costs.totals(alive)['flops'] / full
+        return alive, costs.totals(alive)[budget] / full
 
     lo, hi, best = 0.0, 0.95, None
     for _ in range(10):
@@ -159,7 +192,7 @@ def tp_alive(model, graph, costs, data_batches, kind, target, shape):
     return best[0], best[1]
 
 
-def prune_core(method, config, base, work, target, shape, seed, taylor_batches):
+def prune_core(method, config, base, work, target, shape, seed, taylor_batches, budget='flops'):
     """l1 / random / TP: choose atoms on the baseline model, write channels.json + pruned.pth."""
     import numpy as np
     from mmfisher.core import CostModel, analyze
@@ -171,15 +204,17 @@ def prune_core(method, config, base, work, target, shape, seed, taylor_batches):
     t0 = time.perf_counter()
     extra = {}
     if method == 'l1':
+        alive, extra['l1_unit_share'] = uniform(graph, costs, l1_scores(model, graph), target, budget)
+    elif method == 'l1_global':
         score = l1_scores(model, graph)
         idx = np.arange(graph.num_atoms)
-        alive = greedy(graph, costs, idx[np.lexsort((idx, score))], target)
+        alive = greedy(graph, costs, idx[np.lexsort((idx, score))], target, budget)
     elif method == 'random':
-        alive = greedy(graph, costs, np.random.default_rng(seed).permutation(graph.num_atoms), target)
+        alive = greedy(graph, costs, np.random.default_rng(seed).permutation(graph.num_atoms), target, budget)
     else:
         import itertools
         batches = list(itertools.islice(iter(runner.train_dataloader), taylor_batches))
-        alive, ratio = tp_alive(model, graph, costs, batches, method, target, shape)
+        alive, ratio = tp_alive(model, graph, costs, batches, method, target, shape, budget)
         extra['tp_pruning_ratio'] = ratio
     wall = time.perf_counter() - t0
     os.makedirs(work, exist_ok=True)
@@ -194,7 +229,12 @@ def prune_core(method, config, base, work, target, shape, seed, taylor_batches):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--task', choices=list(TASKS), default='cls')
-    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS + EXTRA_METHODS)
+    p.add_argument('--budget', choices=['flops', 'acts'], default='flops',
+                   help='what every method prunes to --target of: FLOPs or activation memory (acts)')
+    p.add_argument('--no-match-iters', dest='match_iters', action='store_false',
+                   help='give one-shot methods only --ft-iters (default: --ft-iters + the iterations the Fisher '
+                        'runs of the same seed trained while pruning, so every method trains equally long)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--target', type=float, default=0.5)
     p.add_argument('--base-iters', type=int, default=240)
@@ -213,36 +253,49 @@ def main() -> None:
     task = TASKS[args.task]
     work = args.work_dir or osp.join(ROOT, 'work_dirs', 'bench', f'quality_{args.task}' + ('_quick' if args.quick
                                                                                             else ''))
+    base_work = work
+    if args.budget != 'flops':
+        work = work + f'_{args.budget}'
     if args.quick:
         args.base_iters, args.ft_iters, args.seeds, args.target = 4, 2, [0], 0.8
         args.methods = ['fisher_acts', 'l1', 'tp_taylor']
         args.fisher_k, args.fisher_interval, args.taylor_batches = 64, 1, 1
-    name = 'quality' if args.task == 'cls' else f'quality_{args.task}'
+    name = ('quality' if args.task == 'cls' else f'quality_{args.task}') + ('_acts' if args.budget == 'acts' else '')
     res = Result(name, args.out, args.quick)
     res['setup'] = dict(vars(args), config=osp.relpath(task['config'], ROOT), input_shape=list(task['shape']),
                         flops='mmfisher CostModel (conv/linear multiply-adds) at input_shape')
-    base = osp.join(work, 'base.pth')
+    base = osp.join(base_work, 'base.pth')
     res['baseline'] = train_baseline(task['config'], base, args.base_iters, 0)
-    res['baseline_finetuned'] = finetune_eval(task['config'], None, base, osp.join(work, 'ft_base'), args.ft_iters, 0)
+    res['baseline_finetuned'] = finetune_eval(task['config'], None, base, osp.join(base_work, 'ft_base'),
+                                              args.ft_iters, 0)
     print('baseline', res['baseline'], res['baseline_finetuned'], flush=True)
     res.save(final=False)
     runs = {}
-    for method in args.methods:
+    fisher_iters = {}  # seed -> iterations a Fisher run trained while pruning (the longest, if several)
+    order = sorted(args.methods, key=lambda m: not m.startswith('fisher'))  # Fisher first: it sets the budget
+    for method in order:
         for seed in args.seeds:
             mwork = osp.join(work, f'{method}_s{seed}')
             t0 = time.perf_counter()
+            ft_iters = args.ft_iters
             if method.startswith('fisher'):
                 hook = counting_hook(k=args.fisher_k, interval=args.fisher_interval, delta=method.split('_')[1],
-                                     target=args.target, target_metric='flops', input_shape=task['shape'])
+                                     target=args.target, target_metric=args.budget, input_shape=task['shape'])
                 r = run_hook_pruning(task['config'], base, mwork, hook, seed)
                 r = dict(pruning_iters=r['iters'], pruning_wall_s=r['wall_s'], ratios=r['ratios'],
                          atoms_masked=r['atoms_masked'], channels=r['channels'], weights=r['weights'],
                          done=r['done'])
+                fisher_iters[seed] = max(fisher_iters.get(seed, 0), r['pruning_iters'])
             else:
                 r = prune_core(method, task['config'], base, mwork, args.target, task['shape'], seed,
-                               args.taylor_batches)
-            r.update(finetune_eval(task['config'], r['channels'], r['weights'], osp.join(mwork, 'ft'), args.ft_iters,
+                               args.taylor_batches, args.budget)
+                if args.match_iters:
+                    ft_iters += fisher_iters.get(seed, 0)
+            oneshot = finetune_eval(task['config'], r['channels'], r['weights'], osp.join(mwork, 'no_ft'), 0, seed)
+            r['value_before_finetune'] = oneshot['value']
+            r.update(finetune_eval(task['config'], r['channels'], r['weights'], osp.join(mwork, 'ft'), ft_iters,
                                    seed))
+            r['train_iters_total'] = r['pruning_iters'] + ft_iters
             r['seed'] = seed
             r['total_wall_s'] = time.perf_counter() - t0
             runs.setdefault(method, []).append({k: v for k, v in r.items() if k not in ('channels', 'weights')})
@@ -254,10 +307,14 @@ def main() -> None:
         vals = [r['value'] for r in rs]
         summary[method] = dict(metric=metric_key_of(args.task), n=len(vals), metric_mean=statistics.fmean(vals),
                                metric_std=statistics.stdev(vals) if len(vals) > 1 else 0.0, values=vals,
-                               flops_ratio_mean=statistics.fmean(r['ratios']['flops'] for r in rs))
+                               before_finetune_mean=statistics.fmean(r['value_before_finetune'] for r in rs),
+                               train_iters_mean=statistics.fmean(r['train_iters_total'] for r in rs),
+                               flops_ratio_mean=statistics.fmean(r['ratios']['flops'] for r in rs),
+                               acts_ratio_mean=statistics.fmean(r['ratios']['acts'] for r in rs))
     res['methods'] = summary
     for m, s in summary.items():
-        print(f'{m:14s} {s["metric_mean"]:.4f} +- {s["metric_std"]:.4f}  flops {s["flops_ratio_mean"]:.3f}')
+        print(f'{m:14s} {s["metric_mean"]:.4f} +- {s["metric_std"]:.4f}  before ft {s["before_finetune_mean"]:.4f}'
+              f'  flops {s["flops_ratio_mean"]:.3f}  acts {s["acts_ratio_mean"]:.3f}')
     print('wrote', res.save())
 
 

@@ -89,6 +89,23 @@ class _Tap(torch.autograd.Function):
         return grad, None, None
 
 
+def _channel_dot(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``(rows, C)``: ``sum over the trailing dims of x * grad`` for ``(rows, C, ...)`` tensors.
+
+    Big CPU tensors go through one batched matrix product, which never materialises ``x * grad`` (measured
+    about 2x faster from ~8M elements, where the temporary no longer fits the allocator's cache); smaller ones,
+    and every GPU tensor (the caching allocator makes the temporary free), multiply and sum."""
+    if x.dim() <= 2:
+        return x * grad
+    rows, channels = x.shape[0], x.shape[1]
+    if x.device.type == 'cpu' and x.numel() >= _BMM_MIN_NUMEL:
+        return torch.bmm(x.reshape(rows * channels, 1, -1), grad.reshape(rows * channels, -1, 1)).view(rows, channels)
+    return (x * grad).reshape(rows, channels, -1).sum(-1)
+
+
+_BMM_MIN_NUMEL = 4 * 2 ** 20
+
+
 class FisherTaps:
     """Accumulates the group Fisher information of every atom during ordinary training.
 
@@ -139,19 +156,25 @@ class FisherTaps:
 
     def _pre_hook(self, atoms: torch.Tensor, in_dim: int):
         valid = atoms >= 0
+        every = bool(valid.all())
+        positions = torch.nonzero(valid).flatten()
         cols = atoms[valid]
+        on_device: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
 
         def sink(x: torch.Tensor, grad: torch.Tensor, dim: int) -> None:
             with torch.no_grad():
-                prod = (x * grad).float()
                 if dim != 1:
-                    prod = prod.movedim(dim, 1)
-                rows = prod.shape[0]
-                g = prod.reshape(rows, prod.shape[1], -1).sum(-1) if prod.dim() > 2 else prod
-                self._add(g[:, valid.to(g.device)], cols.to(g.device))
+                    x, grad = x.movedim(dim, 1), grad.movedim(dim, 1)
+                if x.dtype != torch.float32 or grad.dtype != torch.float32:  # AMP: reduce in float32
+                    x, grad = x.float(), grad.float()
+                g = _channel_dot(x, grad)
+                idx = on_device.get(g.device)
+                if idx is None:
+                    idx = on_device[g.device] = (positions.to(g.device), cols.to(g.device))
+                self._add(g if every else g.index_select(1, idx[0]), idx[1])
 
         def hook(module, args):
-            if not self.enabled or not torch.is_grad_enabled() or not args:
+            if not self.enabled or not args or not torch.is_grad_enabled():
                 return None
             x = args[0]
             if not isinstance(x, torch.Tensor) or not x.requires_grad:

@@ -1,6 +1,7 @@
 """Rule 11: a module called several times (a head shared over pyramid levels), and the group Fisher of
 ``FisherTaps`` against brute force with explicit mask multipliers."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -260,3 +261,17 @@ def test_taps_do_not_change_gradients():
     assert torch.equal(out0, out1)
     for a, b in zip(g0, g1):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 5, 7), (2, 64, 256, 260), (4, 6), (3, 5, 11)])
+def test_channel_dot_matches_multiply_and_sum(shape):
+    """Both paths of the tap's reduction (batched matmul for big CPU tensors, multiply-sum otherwise)."""
+    from mmfisher.core.masks import _BMM_MIN_NUMEL, _channel_dot
+    torch.manual_seed(0)
+    x, g = torch.randn(shape), torch.randn(shape)
+    want = (x.double() * g.double()).reshape(shape[0], shape[1], -1).sum(-1) if len(shape) > 2 else x * g
+    got = _channel_dot(x, g)
+    assert got.shape == shape[:2]
+    assert torch.allclose(got.double(), want.double(), rtol=1e-4, atol=1e-3)
+    if shape == (2, 64, 256, 260):
+        assert x.numel() >= _BMM_MIN_NUMEL  # the batched-matmul path is the one checked here
