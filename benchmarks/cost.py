@@ -8,7 +8,11 @@ The tiny RetinaNet (configs/tiny/retinanet_tiny_shapes.py) on the bundled shapes
    remaining eligible atoms at each step, at least 1: implemented here, in the benchmark only, by a
    FisherPruningHook subclass);
 3. each slimmed result fine-tuned for the same ``--ft-iters`` iterations (same seed, same schedule) and scored
-   by bbox mAP on the val set (mmdet CocoMetric through the Runner's ValLoop).
+   by bbox mAP on the val set (mmdet CocoMetric through the Runner's ValLoop);
+4. with ``--long-ft-iters N``, each result (and the baseline) is also fine-tuned for N iterations with the lr
+   dropping 10x at 75%, long enough to converge. The short fine-tune favours k=1, which trains for all its
+   pruning iterations (920 at k=1 vs 28 at k=32 here) on an under-trained baseline; after a converging
+   fine-tune the metric compares the pruned structures, not the training length.
 
 Cost = the pruning run's iterations (data, forward, backward and the hook) and its wall time. k=1 runs to the
 target unless ``--k1-max-iters`` caps it; a capped run is reported as ``extrapolated`` (iterations per masked atom
@@ -16,6 +20,9 @@ x atoms needed, the atoms needed taken from the k=8 run) and gets no metric.
 
     nice .venv/bin/python benchmarks/cost.py                 # ~20 min on 2 CPU cores
     nice .venv/bin/python benchmarks/cost.py --quick --out /tmp/cost.json
+    # the same pruned results, each also fine-tuned to convergence (see --long-ft-iters):
+    .venv/bin/python benchmarks/cost.py --merge-from benchmarks/results/cost.json --skip-baseline-finetune \
+        --long-ft-iters 960
 """
 import argparse
 import math
@@ -70,6 +77,11 @@ def main() -> None:
     p.add_argument('--skip-baseline-finetune', action='store_true')
     p.add_argument('--merge-from', nargs='+', default=[],
                    help='cost JSONs of parallel runs (same baseline and settings, other ks) merged into this one')
+    p.add_argument('--long-ft-iters', type=int, default=0,
+                   help='also fine-tune every result (and the baseline) this long, the lr dropping 10x at 75%%: '
+                        'long enough to converge, so the extra training k=1 gets while it prunes no longer '
+                        'decides the metric (0: skip)')
+    p.add_argument('--long-ft-seeds', type=int, nargs='+', default=[0])
     p.add_argument('--out')
     args = p.parse_args()
     import torch
@@ -79,6 +91,7 @@ def main() -> None:
         args.base_iters, args.ft_iters, args.target, args.interval = 4, 2, 0.97, 1
         args.ks = ['8', 'adaptive']
         args.work_dir = args.work_dir + '_quick'
+        args.long_ft_iters = min(args.long_ft_iters, 2)
     res = Result('cost', args.out, args.quick)
     shape = (3, 128, 128)
     res['setup'] = dict(config=osp.relpath(DET_CFG, ROOT), base_iters=args.base_iters, interval=args.interval,
@@ -126,6 +139,25 @@ def main() -> None:
         res['runs'] = runs
         res.save(final=False)
     res['runs'] = runs
+    if args.long_ft_iters:
+        import statistics
+        items = [('baseline', None, base)] + [(k, r['channels'], r['weights']) for k, r in runs.items()
+                                               if r.get('done')]
+        long = {}
+        for k, channels, weights in items:
+            vals = []
+            for seed in args.long_ft_seeds:
+                f = finetune_eval(DET_CFG, channels, weights, osp.join(args.work_dir, f'longft_{k}_s{seed}'),
+                                  args.long_ft_iters, seed, decay=True)
+                vals.append(f['value'])
+                print('long fine-tune', k, seed, f, flush=True)
+            long[k] = dict(iters=args.long_ft_iters, seeds=args.long_ft_seeds, values=vals,
+                           mean=statistics.fmean(vals), std=statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                           total_train_iters=args.base_iters + (runs[k]['iters'] if k in runs else 0)
+                           + args.long_ft_iters)
+            res['long_finetune'] = long
+            res.save(final=False)
+        res['long_finetune'] = long
     # k=1 capped: extrapolate (clearly labelled)
     if '1' in runs and not runs['1']['done']:
         r1 = runs['1']
@@ -143,7 +175,11 @@ def main() -> None:
         w1 = r1['extrapolated_wall_s'] if r1['extrapolated'] else r1['wall_s']
         res['cost_reduction_vs_k1'] = {
             k: dict(iters=it1 / r['iters'], wall=w1 / r['wall_s'], k1_extrapolated=r1['extrapolated'],
-                    metric_delta_vs_k1=(r.get('value', float('nan')) - r1['value']) if 'value' in r1 else None)
+                    metric_delta_vs_k1=(r.get('value', float('nan')) - r1['value']) if 'value' in r1 else None,
+                    long_finetune_metric_delta_vs_k1=(res['long_finetune'][k]['mean']
+                                                      - res['long_finetune']['1']['mean'])
+                    if k in res.data.get('long_finetune', {}) and '1' in res.data.get('long_finetune', {})
+                    else None)
             for k, r in runs.items() if k != '1' and r['done']}
     print('wrote', res.save())
 

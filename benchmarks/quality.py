@@ -50,7 +50,8 @@ from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, counting_hook
 
 METHODS = ['fisher_acts', 'fisher_flops', 'l1', 'random', 'tp_taylor', 'tp_magnitude']
 EXTRA_METHODS = ['l1_global']
-TASKS = {'cls': dict(config=CLS_CFG, shape=(3, 64, 64)), 'det': dict(config=DET_CFG, shape=(3, 128, 128))}
+TASKS = {'cls': dict(config=CLS_CFG, shape=(3, 64, 64), base_iters=240),
+         'det': dict(config=DET_CFG, shape=(3, 128, 128), base_iters=600)}
 
 
 def load_base_model(config, base, seed):
@@ -229,7 +230,8 @@ def prune_core(method, config, base, work, target, shape, seed, taylor_batches, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--task', choices=list(TASKS), default='cls')
-    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS + EXTRA_METHODS)
+    p.add_argument('--methods', nargs='+', default=None, choices=METHODS + EXTRA_METHODS,
+                   help='default: ' + ' '.join(METHODS))
     p.add_argument('--budget', choices=['flops', 'acts'], default='flops',
                    help='what every method prunes to --target of: FLOPs or activation memory (acts)')
     p.add_argument('--no-match-iters', dest='match_iters', action='store_false',
@@ -237,7 +239,7 @@ def main() -> None:
                         'runs of the same seed trained while pruning, so every method trains equally long)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--target', type=float, default=0.5)
-    p.add_argument('--base-iters', type=int, default=240)
+    p.add_argument('--base-iters', type=int, default=None, help='default: 240 (cls), 600 (det)')
     p.add_argument('--ft-iters', type=int, default=120)
     p.add_argument('--fisher-k', type=int, default=8)
     p.add_argument('--fisher-interval', type=int, default=2)
@@ -251,6 +253,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     task = TASKS[args.task]
+    if args.base_iters is None:
+        args.base_iters = task['base_iters']
+    if args.methods is None and not args.quick:
+        args.methods = list(METHODS)
     work = args.work_dir or osp.join(ROOT, 'work_dirs', 'bench', f'quality_{args.task}' + ('_quick' if args.quick
                                                                                             else ''))
     base_work = work
@@ -258,7 +264,7 @@ def main() -> None:
         work = work + f'_{args.budget}'
     if args.quick:
         args.base_iters, args.ft_iters, args.seeds, args.target = 4, 2, [0], 0.8
-        args.methods = ['fisher_acts', 'l1', 'tp_taylor']
+        args.methods = args.methods or ['fisher_acts', 'l1', 'tp_taylor']
         args.fisher_k, args.fisher_interval, args.taylor_batches = 64, 1, 1
     name = ('quality' if args.task == 'cls' else f'quality_{args.task}') + ('_acts' if args.budget == 'acts' else '')
     res = Result(name, args.out, args.quick)

@@ -34,8 +34,11 @@ def when(d):
             f'({m.get("cpu_model")}), torch {m["torch"]}, load average at start {m.get("load_average_at_start")}*')
 
 
-def overhead(d):
-    out = ['### Overhead (`overhead.json`)', '', when(d), '',
+def overhead(d, name='overhead'):
+    st = d.get('setup', {})
+    model = (f'Model {st.get("model", "tiny")} (`{st.get("config")}`), batch {st.get("batch_size")} of '
+             f'{st.get("image_size")}, {st.get("iters")} measured iterations x {st.get("rounds")} rounds.')
+    out = [f'### Overhead (`{name}.json`)', '', when(d), '', model, '',
            '| variant | CPU s/iter | wall s/iter | CPU-time ratio | wall-time ratio | peak RSS MiB | RSS ratio | '
            'autograd-saved MiB |', '|---|---|---|---|---|---|---|---|']
     for v, s in d['variants'].items():
@@ -111,10 +114,19 @@ def speedup(d):
 
 
 def quality(d, name):
-    out = [f'### Quality at equal FLOPs (`{name}.json`)', '', when(d), '',
+    st = d.get('setup', {})
+    budget = st.get('budget', 'flops')
+    match = st.get('match_iters')
+    out = [f'### Quality at equal {"FLOPs" if budget == "flops" else "acts"} (`{name}.json`, task {st.get("task")})',
+           '', when(d), '',
            f'Baseline {d["baseline"]["metric"]} {f(d["baseline"]["value"], 2)} ({d["baseline"]["iters"]} iters); '
-           f'with the same fine-tune: {f(d.get("baseline_finetuned", {}).get("value"), 2)}.', '',
-           '| method | n seeds | metric mean | metric std | FLOPs ratio (mean) |', '|---|---|---|---|---|']
+           f'with a {st.get("ft_iters")}-iteration fine-tune: {f(d.get("baseline_finetuned", {}).get("value"), 2)}. '
+           f'Target: {st.get("target")} of the baseline\'s {budget}. '
+           + ('Every method trains equally long (one-shot methods fine-tune for as many more iterations as Fisher '
+              'trained while pruning).' if match else 'Every method fine-tunes the same number of iterations '
+              '(Fisher also trains while it prunes).'), '',
+           '| method | n seeds | metric mean | metric std | before fine-tune (mean) | train iters (mean) | '
+           'FLOPs ratio (mean) | acts ratio (mean) |', '|---|---|---|---|---|---|---|---|']
     methods = d.get('methods')
     if methods is None:  # partial run: summarise what was measured
         methods = {}
@@ -123,20 +135,32 @@ def quality(d, name):
             mean = sum(vals) / len(vals)
             std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
             methods[m] = dict(n=len(vals), metric_mean=mean, metric_std=std,
-                              flops_ratio_mean=sum(r['ratios']['flops'] for r in rs) / len(rs))
+                              flops_ratio_mean=sum(r['ratios']['flops'] for r in rs) / len(rs),
+                              acts_ratio_mean=sum(r['ratios']['acts'] for r in rs) / len(rs))
+            if all('value_before_finetune' in r for r in rs):
+                methods[m]['before_finetune_mean'] = sum(r['value_before_finetune'] for r in rs) / len(rs)
+            if all('train_iters_total' in r for r in rs):
+                methods[m]['train_iters_mean'] = sum(r['train_iters_total'] for r in rs) / len(rs)
+        out.insert(4, f'**Partial run** (still running or stopped early): {d.get("updated")}.')
+        out.insert(5, '')
     for m, s in methods.items():
-        out.append(f'| {m} | {s["n"]} | {f(s["metric_mean"], 2)} | {f(s["metric_std"], 2)} | '
-                   f'{f(s["flops_ratio_mean"])} |')
+        out.append(f'| {m} | {s["n"]} | {f(s["metric_mean"], 3)} | {f(s["metric_std"], 3)} | '
+                   f'{f(s.get("before_finetune_mean"), 3)} | {f(s.get("train_iters_mean"), 0)} | '
+                   f'{f(s["flops_ratio_mean"])} | {f(s.get("acts_ratio_mean"))} |')
     out.append('')
     return out
 
 
 def render():
     out = []
-    for name, fn in (('overhead', overhead), ('trace_time', trace), ('cost', cost), ('speedup_cpu', speedup)):
+    for name, fn in (('overhead', overhead), ('overhead_retinanet_r50', overhead), ('trace_time', trace),
+                     ('cost', cost), ('speedup_cpu', speedup)):
         d = load(name)
-        out += fn(d) if d else [f'### `{name}.json`: not measured yet', '']
-    for name in ('quality', 'quality_det'):
+        if d and fn is overhead:
+            out += overhead(d, name)
+        else:
+            out += fn(d) if d else [f'### `{name}.json`: not measured yet', '']
+    for name in ('quality', 'quality_acts', 'quality_det', 'quality_det_acts'):
         d = load(name)
         out += quality(d, name) if d else [f'### `{name}.json`: not measured yet', '']
     return '\n'.join(out)

@@ -29,6 +29,7 @@ def env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     e['PYTHONPATH'] = os.pathsep.join([ROOT, osp.join(ROOT, 'tests')] +
                                       ([e['PYTHONPATH']] if e.get('PYTHONPATH') else []))
     e.setdefault('OMP_NUM_THREADS', '1')  # tiny models: 1 thread is ~5x faster than 2 on a busy 2-core CPU
+    e.setdefault('PYTHONFAULTHANDLER', '1')  # a crash in a subprocess (SIGABRT, SIGSEGV) shows its Python stack
     e.update(extra or {})
     return e
 

@@ -54,11 +54,15 @@ def test_trace_time(tmp_path):
 
 
 def test_cost(tmp_path):
-    d = run('cost', tmp_path, '--work-dir', str(tmp_path / 'cost'))
+    d = run('cost', tmp_path, '--work-dir', str(tmp_path / 'cost'), '--long-ft-iters', '2')
     assert set(d['runs']) == {'8', 'adaptive'}
     for r in d['runs'].values():
         assert r['done'] and r['iters'] >= 1 and r['ratios']['flops'] <= d['setup']['target_flops'] + 1e-9
         assert 0.0 <= r['value'] <= 1.0
+    assert set(d['long_finetune']) == {'baseline', '8', 'adaptive'}
+    for k, r in d['long_finetune'].items():
+        assert r['iters'] == 2 and len(r['values']) == 1 and 0.0 <= r['mean'] <= 1.0
+        assert r['total_train_iters'] == d['setup']['base_iters'] + (d['runs'][k]['iters'] if k in d['runs'] else 0) + 2
 
 
 def test_speedup(tmp_path):
@@ -75,4 +79,19 @@ def test_quality(tmp_path):
     for m in ('fisher_acts', 'l1', 'tp_taylor'):
         s = d['methods'][m]
         assert 0.0 <= s['metric_mean'] <= 100.0 and s['metric_std'] >= 0.0 and s['n'] == 1
+        assert 0.0 <= s['before_finetune_mean'] <= 100.0
         assert s['flops_ratio_mean'] <= 0.8 + 1e-9
+    # one-shot methods train as long as Fisher did (its pruning iterations added to their fine-tune)
+    fisher_iters = d['runs']['fisher_acts'][0]['pruning_iters']
+    assert fisher_iters >= 1
+    for m in ('l1', 'tp_taylor'):
+        assert d['runs'][m][0]['finetune_iters'] == d['setup']['ft_iters'] + fisher_iters
+        assert d['runs'][m][0]['train_iters_total'] == d['runs']['fisher_acts'][0]['train_iters_total']
+
+
+def test_quality_equal_acts(tmp_path):
+    d = run('quality', tmp_path, '--work-dir', str(tmp_path / 'quality'), '--budget', 'acts', '--methods',
+            'fisher_flops', 'random')
+    assert d['setup']['budget'] == 'acts'
+    for m in ('fisher_flops', 'random'):
+        assert d['methods'][m]['acts_ratio_mean'] <= 0.8 + 1e-9
