@@ -98,13 +98,16 @@ def speedup(d):
     for name, m in d.get('models', {}).items():
         proto = ('round-robin timing' if any('torch_cpu_s' in r for r in m['structures'].values())
                  else 'SEQUENTIAL timing under varying load (before the round-robin protocol): not reliable')
-        out += [f'**{name}** (`{m["spec"]}`), input {m["timed_input"]}, {proto}:', '',
-                '| structure | FLOPs ratio (ours) | FLOPs ratio (mmengine) | params M | torch s | torch speed-up | '
-                'torch speed-up (CPU time) | ORT s | ORT speed-up | ORT speed-up (CPU time) |',
-                '|---|---|---|---|---|---|---|---|---|---|']
+        load = m.get('load_average_per_round')
+        load = f', 1-min load average per round {[round(v, 1) for v in load]}' if load else ''
+        src = f', structures from `{m["structures_from"]}`' if m.get('structures_from') else ''
+        out += [f'**{name}** (`{m["spec"]}`), input {m["timed_input"]}, {proto}{load}{src}:', '',
+                '| structure | FLOPs ratio (ours) | FLOPs ratio (mmengine) | acts ratio (ours) | params M | torch s | '
+                'torch speed-up | torch speed-up (CPU time) | ORT s | ORT speed-up | ORT speed-up (CPU time) |',
+                '|---|---|---|---|---|---|---|---|---|---|---|']
         for s, r in m['structures'].items():
             out.append(f'| {s} | {f(r["flops_ratio_ours"])} | {f(r.get("flops_ratio_mmengine"))} | '
-                       f'{f(r["params"] / 1e6, 2)} | {f(r["torch_median_s"])} | {f(r.get("speedup_torch"), 2)} | '
+                       f'{f(r.get("acts_ratio_ours"))} | {f(r["params"] / 1e6, 2)} | {f(r["torch_median_s"])} | {f(r.get("speedup_torch"), 2)} | '
                        f'{f(r.get("speedup_torch_cpu_time"), 2)} | {f(r.get("onnxruntime_median_s"))} | '
                        f'{f(r.get("speedup_onnxruntime"), 2)} | {f(r.get("speedup_onnxruntime_cpu_time"), 2)} |')
         if 'batch_8' in m:

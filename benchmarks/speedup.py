@@ -163,14 +163,11 @@ def mm_flops(wrapped, x):
         return f'failed: {type(exc).__name__}: {exc}'
 
 
-def measure_model(name, info, args, res):
+def make_structures(name, info, args, work, out):
+    """Fisher pruning runs (one per delta), their rounded variants and the random control:
+    (graph, costs, {structure name: alive atoms})."""
     import numpy as np
-    import torch
-    from mmfisher.core import slim_model
     from mmfisher.hooks import selection
-    from mmfisher.zoo import build_model, load_config
-    work = tempfile.mkdtemp(prefix='speedup_')
-    out = dict(spec=info['spec'], kind=info['kind'])
     hooks = {}
     for delta in args.deltas:
         hook, _, fig = fisher_structure(name, info, delta, args, work)
@@ -198,14 +195,48 @@ def measure_model(name, info, args, res):
             continue
         structures[f'random_d{d}'] = selection.round_up(r_alive, unit_atoms, d, r_order)
     out['random_share_per_unit'] = r_share
+    return graph, costs, structures
+
+
+def measure_model(name, info, args, res):
+    import numpy as np
+    import torch
+    from mmfisher.core import slim_model
+    from mmfisher.hooks import selection
+    from mmfisher.zoo import build_model, load_config
+    work = tempfile.mkdtemp(prefix='speedup_')
+    out = dict(spec=info['spec'], kind=info['kind'])
+    shape = tuple([args.det_batch, *args.det_shape] if info['kind'] == 'det' else [args.cls_batch, *args.cls_shape])
+    saved = osp.join(args.structures_dir, f'{name}.json') if args.structures_dir else None
+    cfg = load_config(info['spec'])
+    if saved and osp.isfile(saved):  # the structures of an earlier invocation: re-time them, no pruning runs
+        from mmfisher.core import CostModel, analyze_fast
+        from mmfisher.models.tracing import make_trace_forward
+        with open(saved) as f:
+            old = json.load(f)
+        trace_shape = tuple(old['trace_input_shape'])
+        graph = analyze_fast(build_model(cfg), lambda m: make_trace_forward(m, trace_shape))
+        if graph.num_atoms != old['num_atoms']:
+            raise RuntimeError(f'{saved}: {old["num_atoms"]} atoms saved, the model traces to {graph.num_atoms}')
+        costs = CostModel(graph)
+        structures = {k: np.asarray(v, dtype=bool) for k, v in old['structures'].items()}
+        out.update(old['figures'], structures_from=osp.relpath(saved, ROOT))
+    else:
+        graph, costs, structures = make_structures(name, info, args, work, out)
+        if saved:
+            os.makedirs(osp.dirname(saved), exist_ok=True)
+            trace_shape = args.det_shape if info['kind'] == 'det' else args.cls_shape
+            with open(saved, 'w') as f:
+                json.dump(dict(num_atoms=graph.num_atoms, trace_input_shape=list(trace_shape),
+                               structures={k: v.tolist() for k, v in structures.items()},
+                               figures={k: out[k] for k in ('pruning_runs', 'random_share_per_unit')}), f)
+    full = costs.totals(np.ones(graph.num_atoms, dtype=bool))
     if args.structures:
         skipped = [n for n in structures if n not in args.structures and n != 'unpruned']
         structures = {n: a for n, a in structures.items() if n == 'unpruned' or n in args.structures}
         if skipped:
             out['structures_not_timed'] = dict(names=skipped, why='left out by --structures to fit the CPU budget')
-    shape = tuple([args.det_batch, *args.det_shape] if info['kind'] == 'det' else [args.cls_batch, *args.cls_shape])
     out['timed_input'] = list(shape)
-    cfg = load_config(info['spec'])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     rows, models, sessions = {}, {}, {}
     tmpdir = tempfile.mkdtemp(prefix='speedup_onnx_')
@@ -230,7 +261,9 @@ def measure_model(name, info, args, res):
         rows[sname] = row
     # round-robin over structures (one warm-up each, then --repeats rounds), so changing machine load hits all
     # structures alike; wall time and process CPU time (all threads) per run
+    out['load_average_per_round'] = []
     for rep in range(args.repeats + 1):
+        out['load_average_per_round'].append(os.getloadavg()[0])
         for sname, wrapped in models.items():
             row = rows[sname]
             t, c = run_torch(wrapped, x)
@@ -265,10 +298,8 @@ def measure_model(name, info, args, res):
         if 'onnxruntime_median_s' in row and 'onnxruntime_median_s' in base:
             row['speedup_onnxruntime'] = base['onnxruntime_median_s'] / row['onnxruntime_median_s']
     out['structures'] = rows
-    if info['kind'] == 'det':
-        out['batch_8'] = ('not measured: a batch of 8 at 800x1333 takes ~8x the batch-1 time per forward on this '
-                          'shared 2-core CPU; unaffordable in the benchmark budget')
-    res.data.setdefault('models', {})[name] = out
+    key = name if args.quick or shape[0] == (1 if info['kind'] == 'det' else 64) else f'{name}_b{shape[0]}'
+    res.data.setdefault('models', {})[key] = out
     res.save(final=False)
 
 
@@ -294,6 +325,9 @@ def main() -> None:
                    help='skip mmengine FlopAnalyzer (one more traced forward per structure)')
     p.add_argument('--merge-from', nargs='+', default=[],
                    help='speedup JSONs (e.g. from parallel runs with --out) whose models are merged into --out')
+    p.add_argument('--structures-dir', help='save each model\'s structures (alive atoms) to DIR/<model>.json, or, if '
+                   'that file exists, re-time those structures without new pruning runs (e.g. at another batch size)')
+    p.add_argument('--name', default='speedup_cpu', help='result name (-> benchmarks/results/<name>.json)')
     p.add_argument('--quick', action='store_true', help='tiny models at small sizes (smoke test)')
     p.add_argument('--out')
     args = p.parse_args()
@@ -305,8 +339,8 @@ def main() -> None:
             args.models = list(QUICK)
         args.det_shape, args.cls_shape, args.cls_batch = [3, 128, 128], [3, 64, 64], 4
         args.repeats, args.target, args.frac, args.divisors = 1, 0.8, 0.1, [1, 8]
-    out = args.out or osp.join(ROOT, 'benchmarks', 'results', 'speedup_cpu.json')
-    res = Result('speedup_cpu', out, args.quick)
+    out = args.out or osp.join(ROOT, 'benchmarks', 'results', f'{args.name}.json')
+    res = Result(args.name, out, args.quick)
     if osp.isfile(out) and not args.quick:  # merge: models measured by earlier invocations are kept
         with open(out) as f:
             old = json.load(f)

@@ -66,12 +66,21 @@ def test_cost(tmp_path):
 
 
 def test_speedup(tmp_path):
-    d = run('speedup', tmp_path, '--models', 'tiny_resnet', '--no-onnx', '--deltas', 'acts')
+    saved = str(tmp_path / 'structures')
+    d = run('speedup', tmp_path, '--models', 'tiny_resnet', '--no-onnx', '--deltas', 'acts', '--structures-dir', saved)
     rows = d['models']['tiny_resnet']['structures']
     assert {'unpruned', 'fisher_acts_d1', 'fisher_acts_d8', 'random_d1'} <= set(rows)
     assert rows['unpruned']['flops_ratio_ours'] == 1.0
     assert rows['fisher_acts_d1']['flops_ratio_ours'] <= 0.8 + 1e-9
     assert all(finite_pos(r['torch_median_s']) for r in rows.values())
+    assert len(d['models']['tiny_resnet']['load_average_per_round']) == 2
+    # the saved structures are re-timed as they are, without new pruning runs
+    again = run('speedup', tmp_path, '--models', 'tiny_resnet', '--no-onnx', '--deltas', 'acts', '--structures-dir',
+                saved)['models']['tiny_resnet']
+    assert again['structures_from'].endswith('tiny_resnet.json')
+    assert again['pruning_runs'] == d['models']['tiny_resnet']['pruning_runs']
+    for sname, row in rows.items():
+        assert again['structures'][sname]['flops_ratio_ours'] == pytest.approx(row['flops_ratio_ours'])
 
 
 def test_quality(tmp_path):
