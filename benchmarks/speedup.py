@@ -230,6 +230,8 @@ def measure_model(name, info, args, res):
                 json.dump(dict(num_atoms=graph.num_atoms, trace_input_shape=list(trace_shape),
                                structures={k: v.tolist() for k, v in structures.items()},
                                figures={k: out[k] for k in ('pruning_runs', 'random_share_per_unit')}), f)
+    if args.prune_only:
+        return
     full = costs.totals(np.ones(graph.num_atoms, dtype=bool))
     if args.structures:
         skipped = [n for n in structures if n not in args.structures and n != 'unpruned']
@@ -327,6 +329,8 @@ def main() -> None:
                    help='speedup JSONs (e.g. from parallel runs with --out) whose models are merged into --out')
     p.add_argument('--structures-dir', help='save each model\'s structures (alive atoms) to DIR/<model>.json, or, if '
                    'that file exists, re-time those structures without new pruning runs (e.g. at another batch size)')
+    p.add_argument('--prune-only', action='store_true',
+                   help='only make and save the structures (needs --structures-dir); time them in a later call')
     p.add_argument('--name', default='speedup_cpu', help='result name (-> benchmarks/results/<name>.json)')
     p.add_argument('--quick', action='store_true', help='tiny models at small sizes (smoke test)')
     p.add_argument('--out')
@@ -339,6 +343,13 @@ def main() -> None:
             args.models = list(QUICK)
         args.det_shape, args.cls_shape, args.cls_batch = [3, 128, 128], [3, 64, 64], 4
         args.repeats, args.target, args.frac, args.divisors = 1, 0.8, 0.1, [1, 8]
+    if args.prune_only:
+        if not args.structures_dir:
+            p.error('--prune-only needs --structures-dir (where the structures are saved)')
+        for name in args.models:
+            measure_model(name, dict(MODELS, **QUICK)[name], args, None)
+        print('saved structures under', args.structures_dir)
+        return
     out = args.out or osp.join(ROOT, 'benchmarks', 'results', f'{args.name}.json')
     res = Result(args.name, out, args.quick)
     if osp.isfile(out) and not args.quick:  # merge: models measured by earlier invocations are kept

@@ -113,13 +113,26 @@ def dump_metric(scope: str, out: str):  # -> mmengine.evaluator.BaseMetric
 
 
 def finish() -> None:
-    """Leave the process group cleanly at the end of a tool (all ranks wait, then destroy it).
+    """End a tool's process: in a distributed run, all ranks wait for each other, leave the process group, and
+    the process exits at once (status 0) without the interpreter's teardown; outside one, return.
 
-    Exiting with a live gloo group can abort the interpreter ("terminate called without an active
-    exception") when one rank leaves while the other still holds the connection; the barrier and
-    ``destroy_process_group`` make every rank leave together. A no-op outside distributed runs.
+    Exiting with a live gloo group can abort the interpreter ("terminate called without an active exception",
+    exit status -6 after every result was written): gloo's worker threads may still hold work objects whose
+    tensors are freed during interpreter finalization. The barrier and ``destroy_process_group`` make every rank
+    leave together; skipping the teardown (after flushing the logs and streams) removes the last window for
+    that abort. Call it last, after every output is written.
     """
+    import gc
+    import logging
+    import sys
+
     import torch.distributed as torch_dist
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.barrier()
-        torch_dist.destroy_process_group()
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return
+    torch_dist.barrier()
+    torch_dist.destroy_process_group()
+    gc.collect()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
