@@ -115,3 +115,13 @@ def test_cli_subprocess_exit_code_and_json():
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report['ratio'] == 0.5 and report['ok']
+
+
+def test_query_based_two_stage_traces_its_own_forward(capsys):
+    """Sparse R-CNN: the "RPN" is learned proposal embeddings (no forward) and the RoI head unpacks gt_instances
+    in tensor mode; the trace runs the model's own forward, slimming is exact, and the FPN (read by DynamicConv's
+    bmm) is left unprunable and named."""
+    code, report = run_tool(capsys, 'mmdet::sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', (3, 128, 128))
+    assert code == 0 and report['ok'] is True, report
+    assert report['channels_pruned'] > 0 and report['params_after'] < report['params_before']
+    assert any('bmm' in why for why in report['unprunable'].values()), report['unprunable']

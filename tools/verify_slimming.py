@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from mmfisher.zoo import build_model, load_config, tensor_forward
     torch.manual_seed(args.seed)
     cfg = load_config(args.config)
-    model = build_model(cfg)
+    model = build_model(cfg, init_weights=True)  # the model's own init: some forwards need it (learned proposals)
     model.eval()
     shape = args.shape or ((3, 320, 320) if is_detector(model) else (3, 224, 224))
     forward = tensor_forward(model, shape, seed=args.seed)

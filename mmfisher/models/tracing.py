@@ -65,14 +65,17 @@ def _has_mode(model: nn.Module) -> bool:
 
 
 def det_data_samples(shape: Tuple[int, int], batch: int = 1) -> List[Any]:
-    """``DetDataSample``\\ s whose metainfo describes an unscaled, unpadded ``shape == (H, W)`` image."""
+    """``DetDataSample``\\ s whose metainfo describes an unscaled, unpadded ``shape == (H, W)`` image, with empty
+    ``gt_instances`` (some tensor-mode forwards unpack them, e.g. Sparse R-CNN's ``SparseRoIHead.forward``)."""
     from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
     h, w = shape
     samples = []
     for i in range(batch):
         sample = DetDataSample()
         sample.set_metainfo(dict(img_id=i, img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                                  batch_input_shape=(h, w), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(bboxes=torch.zeros((0, 4)), labels=torch.zeros((0,), dtype=torch.long))
         samples.append(sample)
     return samples
 
@@ -106,7 +109,11 @@ def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int =
     gen = torch.Generator().manual_seed(int(seed))
     inputs = torch.randn((1, c, h, w), generator=gen).to(device)
     samples: Optional[List[Any]] = det_data_samples((h, w)) if is_detector(model) else None
-    if samples is not None and getattr(model, 'roi_head', None) is not None:
+    rpn = getattr(model, 'rpn_head', None)
+    # query-based detectors (Sparse R-CNN, QueryInst): the "RPN" is learned embeddings with no forward and no
+    # value-dependent step, so the model's own tensor forward traces as it is
+    query_based = rpn is not None and type(rpn).forward is nn.Module.forward
+    if samples is not None and getattr(model, 'roi_head', None) is not None and not query_based:
         proposals = fixed_proposals((h, w), _num_proposals(model), gen, device)
         with_rpn = bool(getattr(model, 'with_rpn', False))
 
