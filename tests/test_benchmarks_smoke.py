@@ -54,15 +54,21 @@ def test_trace_time(tmp_path):
 
 
 def test_cost(tmp_path):
-    d = run('cost', tmp_path, '--work-dir', str(tmp_path / 'cost'), '--long-ft-iters', '2')
-    assert set(d['runs']) == {'8', 'adaptive'}
+    d = run('cost', tmp_path, '--work-dir', str(tmp_path / 'cost'), '--ks', '1', '8', 'adaptive',
+            '--long-ft-iters', '2', '--equal-total')
+    assert set(d['runs']) == {'1', '8', 'adaptive'}
     for r in d['runs'].values():
         assert r['done'] and r['iters'] >= 1 and r['ratios']['flops'] <= d['setup']['target_flops'] + 1e-9
         assert 0.0 <= r['value'] <= 1.0
-    assert set(d['long_finetune']) == {'baseline', '8', 'adaptive'}
+    assert set(d['long_finetune']) == {'baseline', '1', '8', 'adaptive'}
     for k, r in d['long_finetune'].items():
         assert r['iters'] == 2 and len(r['values']) == 1 and 0.0 <= r['mean'] <= 1.0
         assert r['total_train_iters'] == d['setup']['base_iters'] + (d['runs'][k]['iters'] if k in d['runs'] else 0) + 2
+    # equal total training: every k != 1 trains (pruning + fine-tune) as long as k=1
+    assert set(d['equal_total']) == {'8', 'adaptive'}
+    for k, r in d['equal_total'].items():
+        assert r['total_train_iters'] == d['long_finetune']['1']['total_train_iters']
+        assert 'equal_total_metric_delta_vs_k1' in d['cost_reduction_vs_k1'][k]
 
 
 def test_speedup(tmp_path):
