@@ -7,6 +7,7 @@ Typical use on any ``nn.Module``::
     costs = CostModel(graph)                                             # acts / flops per atom
     cfg = slim_model(model, graph, masks.alive.numpy())                  # real smaller model + channel config
 """
+from .copying import deepcopy_module
 from .cost import CostModel
 from .layers import LayerRule, find_rule, register_rule
 from .masks import ChannelMasks, FisherTaps
@@ -20,5 +21,5 @@ __all__ = [
     'CostModel', 'LayerRule', 'find_rule', 'register_rule', 'ChannelMasks', 'FisherTaps', 'ChannelConfigError',
     'apply_channel_config', 'channel_config', 'load_channel_config', 'model_fingerprint', 'save_channel_config',
     'slim_model', 'trace_channels', 'ChannelGraph', 'Unit', 'analyze', 'analyze_fast', 'meta_copy', 'build_graph', 'input_forward',
-    'compare_masked_slimmed', 'max_output_diff', 'random_alive',
+    'compare_masked_slimmed', 'max_output_diff', 'random_alive', 'deepcopy_module',
 ]

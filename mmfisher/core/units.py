@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .copying import non_leaf_attributes
 from .layers import LayerRule
 from .trace import ModuleRecord, TraceResult, trace_channels
 
@@ -196,6 +197,8 @@ def meta_copy(model: nn.Module) -> nn.Module:
             continue
         empty = torch.empty_like(t, device='meta')
         memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    for key, t in non_leaf_attributes(model).items():  # tensors a forward cached on a module
+        memo.setdefault(key, torch.empty_like(t.detach(), device='meta'))
     return copy.deepcopy(model, memo)
 
 

@@ -1,11 +1,11 @@
 """Check that slimming is exact: mask a random share of every unit, slim a copy, compare outputs."""
-import copy
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
 from torch import nn
 
+from .copying import deepcopy_module
 from .masks import ChannelMasks
 from .slim import slim_model
 from .units import ChannelGraph
@@ -44,7 +44,7 @@ def compare_masked_slimmed(model: nn.Module, graph: ChannelGraph, forward: Calla
     masked (reader weights zeroed).
     """
     model.eval()
-    slim = copy.deepcopy(model)
+    slim = deepcopy_module(model)
     masks = ChannelMasks(model, graph)
     masks.set_alive(alive)
     cfg = slim_model(slim, graph, alive)

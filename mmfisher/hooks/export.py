@@ -1,5 +1,4 @@
 """Writing the pruning results: channel config + slimmed weights, atomically, loadable with ``weights_only``."""
-import copy
 import os
 import tempfile
 from typing import Any, Dict, Tuple
@@ -8,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import ChannelGraph, max_output_diff, save_channel_config, slim_model
+from ..core import ChannelGraph, deepcopy_module, max_output_diff, save_channel_config, slim_model
 
 
 def plain(obj: Any) -> Any:
@@ -55,7 +54,7 @@ def slimmed(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, forward=No
     a silently different model: :class:`SlimmingMismatch` is raised instead.
     """
     with torch.no_grad():
-        copied = copy.deepcopy(model)
+        copied = deepcopy_module(model)
         for p in copied.parameters():
             p.grad = None
         cfg = slim_model(copied, graph, np.asarray(alive, dtype=bool))

@@ -1,11 +1,12 @@
 """Rules 12-13: model outputs and ops the tracer cannot map keep their channels, with reasons naming them;
 ``x.sum() * 0`` graph-keeping does not."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfisher.core import analyze, input_forward
+from mmfisher.core import analyze, analyze_fast, input_forward
 
 
 class TwoHeads(nn.Module):
@@ -248,3 +249,39 @@ def test_broadcast_single_channel_gate_does_not_merge_channels(check_exact):
     assert (c >= 0).all() and len(set(c.tolist())) == 8, f'conv0 atoms {c}'
     assert not set(g.out_atoms['gate'].tolist()) & set(c.tolist())
     check_exact(SingleChannelGate(), torch.randn(1, 3, 8, 8))
+
+
+class _CachesForwardTensor(nn.Module):
+    """A head that caches a tensor computed in its forward (as YOLACT's and CondInst's heads do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.cache = {}
+
+    def forward(self, x):
+        y = self.conv1(x)
+        self.last = y.mean((2, 3))  # non-leaf, requires grad
+        self.cache['seen'] = [y * 2]
+        return self.conv2(y)
+
+
+def test_models_caching_forward_tensors_copy_slim_and_verify():
+    """deepcopy refuses non-leaf tensor attributes; the meta copy, the verification copy and the export copy
+    detach them instead."""
+    from mmfisher.core import compare_masked_slimmed, deepcopy_module, random_alive
+    from mmfisher.core.copying import non_leaf_attributes
+    model = _CachesForwardTensor()
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    assert len(non_leaf_attributes(model)) == 2
+    with pytest.raises(RuntimeError):
+        import copy
+        copy.deepcopy(model)
+    copied = deepcopy_module(model)
+    assert copied.last.is_leaf and torch.equal(copied.last, model.last.detach())
+    graph = analyze_fast(model, lambda m: input_forward(x.to(next(m.parameters()).device)))
+    assert graph.device == 'meta' and graph.num_atoms == 8
+    res = compare_masked_slimmed(model, graph, input_forward(x), random_alive(graph, 0.5, 0))
+    assert res['max_abs_diff'] <= 1e-5
