@@ -53,3 +53,63 @@ def test_inexact_slimming_is_refused_and_nothing_written(tmp_path, monkeypatch):
     with pytest.raises(export.SlimmingMismatch, match='nothing was written'):
         export.export_pruned(model, graph, alive, str(tmp_path), '', {}, forward=forward)
     assert os.listdir(tmp_path) == []
+
+
+def _float64_forward(m):
+    """The trace forward for any copy of the model: inputs in the model's dtype."""
+    dtype = next(m.parameters()).dtype
+    return input_forward(torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)).to(dtype))
+
+
+def test_float64_recheck_does_not_excuse_a_wrong_slimming(tmp_path, monkeypatch):
+    model, graph, alive, forward = _setup()
+    real = export.slim_model
+
+    def wrong_slim(m, g, a):
+        cfg = real(m, g, a)
+        with torch.no_grad():
+            m.b.weight[0, 0] += 1.0
+        return cfg
+
+    monkeypatch.setattr(export, 'slim_model', wrong_slim)
+    with pytest.raises(export.SlimmingMismatch, match='nothing was written'):
+        export.export_pruned(model, graph, alive, str(tmp_path), '', {}, forward=forward,
+                             make_forward=_float64_forward)
+    assert os.listdir(tmp_path) == []
+
+
+class TopK(nn.Module):
+    """Picks the 4 highest-scoring of 16 positions, like DINO's query selection, summing the score's terms in
+    one of two orders: the same function, different float rounding (as masked vs slimmed convs)."""
+
+    def __init__(self, order):
+        super().__init__()
+        self.order = order
+        self.dummy = nn.Parameter(torch.zeros(()))  # carries the dtype
+
+    def forward(self, x):
+        x0, x1, x2 = x[:, 0], x[:, 1], x[:, 2]
+        score = (x0 + x1) + x2 if self.order == 'a' else (x2 + x1) + x0
+        idx = score.topk(4, dim=1).indices
+        return torch.gather(x1, 1, idx) + self.dummy
+
+
+def _near_ties(dtype):
+    """Scores 0.3 + 1e-9 * i in exact arithmetic, hidden under terms of +-10..1e4 that cancel."""
+    i = torch.arange(16, dtype=torch.float64)
+    big = 10 ** (1 + 3 * torch.rand(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    return torch.stack([0.3 + 1e-9 * i, big, -big])[None].to(dtype)
+
+
+def test_topk_flip_in_float32_is_rechecked_in_float64():
+    """In float32 the two summation orders pick different positions (the outputs differ by ~1e3); in float64
+    they pick the same ones, so the check passes; without make_forward it fails."""
+    from mmfisher.core import outputs_agree
+    ref, cand = TopK('a').eval(), TopK('b').eval()
+    forward = input_forward(_near_ties(torch.float32))
+    plain = outputs_agree(ref, cand, forward, rtol=1e-4)
+    assert plain['ok'] is False and plain['max_abs_diff'] > 1.0
+    res = outputs_agree(ref, cand, forward, rtol=1e-4,
+                        make_forward=lambda m: input_forward(_near_ties(next(m.parameters()).dtype)))
+    assert res['ok'] is True and res['float64_max_abs_diff'] == 0.0
+    assert ref.dummy.dtype == torch.float32  # the float64 copies leave the models as they were

@@ -15,11 +15,11 @@ from .slim import (ChannelConfigError, apply_channel_config, channel_config, loa
                    model_fingerprint, save_channel_config, slim_model)
 from .trace import trace_channels
 from .units import ChannelGraph, Unit, analyze, analyze_fast, build_graph, input_forward, meta_copy
-from .verify import compare_masked_slimmed, max_output_diff, random_alive
+from .verify import compare_masked_slimmed, max_output_diff, outputs_agree, random_alive
 
 __all__ = [
     'CostModel', 'LayerRule', 'find_rule', 'register_rule', 'ChannelMasks', 'FisherTaps', 'ChannelConfigError',
     'apply_channel_config', 'channel_config', 'load_channel_config', 'model_fingerprint', 'save_channel_config',
     'slim_model', 'trace_channels', 'ChannelGraph', 'Unit', 'analyze', 'analyze_fast', 'meta_copy', 'build_graph', 'input_forward',
-    'compare_masked_slimmed', 'max_output_diff', 'random_alive', 'deepcopy_module',
+    'compare_masked_slimmed', 'max_output_diff', 'random_alive', 'deepcopy_module', 'outputs_agree',
 ]

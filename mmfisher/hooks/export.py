@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import ChannelGraph, deepcopy_module, max_output_diff, save_channel_config, slim_model
+from ..core import ChannelGraph, deepcopy_module, outputs_agree, save_channel_config, slim_model
 
 
 def plain(obj: Any) -> Any:
@@ -45,13 +45,15 @@ class SlimmingMismatch(RuntimeError):
     """The slimmed model does not compute what the masked model computes: nothing is written."""
 
 
-def slimmed(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, forward=None, rtol: float = 1e-3
-            ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def slimmed(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, forward=None, rtol: float = 1e-3,
+            make_forward=None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(channel config, slimmed CPU state dict) of ``model`` (unpruned structure, masked) kept to ``alive``.
 
     ``model`` is not changed: a deep copy is slimmed. With ``forward`` (the trace forward), the slimmed copy's
     outputs are checked against the masked model's first, so an op the tracer mapped wrongly can never yield
-    a silently different model: :class:`SlimmingMismatch` is raised instead.
+    a silently different model: :class:`SlimmingMismatch` is raised instead. ``make_forward(m)`` (the trace
+    forward for any model ``m``) lets a float32 disagreement be re-checked in float64
+    (:func:`mmfisher.core.outputs_agree`: top-k over near-equal scores).
     """
     with torch.no_grad():
         copied = deepcopy_module(model)
@@ -60,12 +62,12 @@ def slimmed(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, forward=No
         cfg = slim_model(copied, graph, np.asarray(alive, dtype=bool))
     if forward is not None:
         try:
-            check = max_output_diff(model, copied, forward)
+            check = outputs_agree(model, copied, forward, rtol, make_forward)
         except RuntimeError as exc:
             raise SlimmingMismatch(f'the slimmed model does not run like the masked one ({exc}); nothing was '
                                    'written. Please report the model config; as a work-around, add the '
                                    'affected layers to the hook\'s `skip`.') from exc
-        if check['max_abs_diff'] > rtol * max(check['scale'], 1e-6):
+        if not check['ok']:
             raise SlimmingMismatch(
                 f'the slimmed model differs from the masked one (max abs diff {check["max_abs_diff"]:.3g}, output '
                 f'scale {check["scale"]:.3g}); nothing was written. Please report the model config; as a '
@@ -77,13 +79,13 @@ def slimmed(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, forward=No
 
 
 def export_pruned(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, work_dir: str, suffix: str,
-                  meta: Dict[str, Any], forward=None) -> Tuple[str, str]:
+                  meta: Dict[str, Any], forward=None, make_forward=None) -> Tuple[str, str]:
     """Write ``channels{suffix}.json`` and ``pruned{suffix}.pth`` (``{'meta', 'state_dict'}``) into ``work_dir``.
 
     Returns both paths. The weights file loads into ``Pruned(architecture, channels=<the json>)`` strictly.
     """
     meta = plain(meta)
-    cfg, state = slimmed(model, graph, alive, forward)
+    cfg, state = slimmed(model, graph, alive, forward, make_forward=make_forward)
     cfg['meta'] = meta
     json_path = os.path.join(work_dir, f'channels{suffix}.json')
     pth_path = os.path.join(work_dir, f'pruned{suffix}.pth')

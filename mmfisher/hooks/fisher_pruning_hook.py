@@ -423,7 +423,8 @@ class FisherPruningHook(Hook):
             pass
         model = unwrap_model(runner.model)
         check = make_trace_forward(model, self.input_shape) if self.verify_export else None
-        export_pruned(model, self.graph, alive, runner.work_dir, suffix, meta, forward=check)
+        export_pruned(model, self.graph, alive, runner.work_dir, suffix, meta, forward=check,
+                      make_forward=(lambda m: make_trace_forward(m, self.input_shape)) if self.verify_export else None)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:

@@ -86,7 +86,8 @@ def _num_proposals(model: nn.Module) -> int:
     return int(n)
 
 
-def fixed_proposals(shape: Tuple[int, int], num: int, gen: torch.Generator, device: torch.device) -> List[Any]:
+def fixed_proposals(shape: Tuple[int, int], num: int, gen: torch.Generator, device: torch.device,
+                    dtype: torch.dtype = torch.float32) -> List[Any]:
     """One image's ``InstanceData`` of ``num`` seeded boxes (x1, y1, x2, y2) inside ``shape == (H, W)``."""
     from mmengine.structures import InstanceData
     h, w = shape
@@ -95,7 +96,7 @@ def fixed_proposals(shape: Tuple[int, int], num: int, gen: torch.Generator, devi
     boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], dim=1)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    data = InstanceData(bboxes=boxes.to(device), scores=torch.ones(num, device=device))
+    data = InstanceData(bboxes=boxes.to(device, dtype), scores=torch.ones(num, device=device, dtype=dtype))
     return [data]
 
 
@@ -106,15 +107,16 @@ def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int =
     model = unwrap_model(model)
     c, h, w = check_input_shape(input_shape)
     device = next((p.device for p in model.parameters()), torch.device('cpu'))
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     gen = torch.Generator().manual_seed(int(seed))
-    inputs = torch.randn((1, c, h, w), generator=gen).to(device)
+    inputs = torch.randn((1, c, h, w), generator=gen).to(device, dtype)
     samples: Optional[List[Any]] = det_data_samples((h, w)) if is_detector(model) else None
     rpn = getattr(model, 'rpn_head', None)
     # query-based detectors (Sparse R-CNN, QueryInst): the "RPN" is learned embeddings with no forward and no
     # value-dependent step, so the model's own tensor forward traces as it is
     query_based = rpn is not None and type(rpn).forward is nn.Module.forward
     if samples is not None and getattr(model, 'roi_head', None) is not None and not query_based:
-        proposals = fixed_proposals((h, w), _num_proposals(model), gen, device)
+        proposals = fixed_proposals((h, w), _num_proposals(model), gen, device, dtype)
         with_rpn = bool(getattr(model, 'with_rpn', False))
 
         def two_stage(m: nn.Module) -> Any:
