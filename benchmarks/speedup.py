@@ -24,6 +24,9 @@ no pretrained weights):
     nice .venv/bin/python benchmarks/speedup.py                       # all models (~40 min on 2 CPU cores)
     nice .venv/bin/python benchmarks/speedup.py --models resnet50     # one model, merged into the JSON
     nice .venv/bin/python benchmarks/speedup.py --quick --out /tmp/speedup.json
+    # on a GPU machine (-> speedup_gpu.json), the structures saved by a CPU run re-timed in fp32 and fp16:
+    python benchmarks/speedup.py --device cuda --structures-dir work_dirs/bench/structures --models ...
+    python benchmarks/speedup.py --device cuda --dtype fp16 --structures-dir work_dirs/bench/structures ...
 """
 import argparse
 import copy
@@ -46,6 +49,8 @@ MODELS = {
     'resnet50': dict(spec='mmpretrain::resnet/resnet50_8xb32_in1k.py', kind='cls'),
     'mobilenet_v2': dict(spec='mmpretrain::mobilenet_v2/mobilenet-v2_8xb32_in1k.py', kind='cls'),
 }
+DTYPES = {'fp32': __import__('torch').float32, 'fp16': __import__('torch').float16,
+          'bf16': __import__('torch').bfloat16}
 QUICK = {
     'tiny_retinanet': dict(spec=DET_CFG, kind='det'),
     'tiny_resnet': dict(spec=CLS_CFG, kind='cls'),
@@ -122,13 +127,19 @@ def random_like(graph, costs, flops_ratio, seed=0):
     return best
 
 
-def run_torch(wrapped, x):
-    """One forward: (wall s, process CPU s)."""
+def run_torch(wrapped, x, inner=1):
+    """``inner`` forwards: (wall s, process CPU s) per forward; on a GPU synchronised before and after."""
     import torch
+    cuda = x.device.type == 'cuda'
     with torch.inference_mode():
+        if cuda:
+            torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
-        wrapped(x)
-        return time.perf_counter() - t0, time.process_time() - c0
+        for _ in range(inner):
+            wrapped(x)
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / inner, (time.process_time() - c0) / inner
 
 
 def onnx_session(wrapped, x, threads, path):
@@ -261,6 +272,13 @@ def measure_model(name, info, args, res):
             except Exception as exc:  # noqa: BLE001
                 row['onnxruntime_error'] = f'{type(exc).__name__}: {exc}'[:500]
         rows[sname] = row
+    dtype = DTYPES[args.dtype]
+    device = torch.device(args.device)
+    if device.type != 'cpu' or dtype != torch.float32:  # time on the device in the dtype (counted/exported fp32 CPU)
+        models = {n: w.to(device, dtype) for n, w in models.items()}
+        x = x.to(device, dtype)
+    out['timed_on'] = dict(device=args.device, dtype=args.dtype, forwards_per_timing=args.inner,
+                           gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None)
     # round-robin over structures (one warm-up each, then --repeats rounds), so changing machine load hits all
     # structures alike; wall time and process CPU time (all threads) per run
     out['load_average_per_round'] = []
@@ -268,7 +286,7 @@ def measure_model(name, info, args, res):
         out['load_average_per_round'].append(os.getloadavg()[0])
         for sname, wrapped in models.items():
             row = rows[sname]
-            t, c = run_torch(wrapped, x)
+            t, c = run_torch(wrapped, x, args.inner)
             if rep:
                 row['torch_s'].append(t)
                 row['torch_cpu_s'].append(c)
@@ -301,6 +319,7 @@ def measure_model(name, info, args, res):
             row['speedup_onnxruntime'] = base['onnxruntime_median_s'] / row['onnxruntime_median_s']
     out['structures'] = rows
     key = name if args.quick or shape[0] == (1 if info['kind'] == 'det' else 64) else f'{name}_b{shape[0]}'
+    key += '' if args.dtype == 'fp32' else f'_{args.dtype}'
     res.data.setdefault('models', {})[key] = out
     res.save(final=False)
 
@@ -329,6 +348,10 @@ def main() -> None:
                    help='speedup JSONs (e.g. from parallel runs with --out) whose models are merged into --out')
     p.add_argument('--structures-dir', help='save each model\'s structures (alive atoms) to DIR/<model>.json, or, if '
                    'that file exists, re-time those structures without new pruning runs (e.g. at another batch size)')
+    p.add_argument('--device', default='cpu', help="where torch is timed: 'cpu' or 'cuda' (then --name speedup_gpu, "
+                   'onnxruntime off: its CPU provider only)')
+    p.add_argument('--dtype', choices=list(DTYPES), default='fp32', help='dtype of the timed torch forward')
+    p.add_argument('--inner', type=int, default=None, help='forwards per timing (default 1 on CPU, 20 on a GPU)')
     p.add_argument('--prune-only', action='store_true',
                    help='only make and save the structures (needs --structures-dir); time them in a later call')
     p.add_argument('--name', default='speedup_cpu', help='result name (-> benchmarks/results/<name>.json)')
@@ -338,6 +361,14 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
+    if args.device.startswith('cuda'):
+        if not torch.cuda.is_available():
+            p.error('--device cuda: torch sees no CUDA device on this machine; time on the CPU (--device cpu)')
+        args.onnx = False
+        if args.name == 'speedup_cpu':
+            args.name = 'speedup_gpu'
+    if args.inner is None:
+        args.inner = 20 if args.device.startswith('cuda') else 1
     if args.quick:
         if not set(args.models) <= set(QUICK):
             args.models = list(QUICK)
@@ -369,7 +400,8 @@ def main() -> None:
                                                            models=list(other.get('models', {}))))
     res['setup'] = dict(vars(args), timer='time.perf_counter, median of repeats after one warm-up',
                         mode='eval, torch.inference_mode (autograd off)', weights='random (structure only)',
-                        gpu='none on this machine: speedup_gpu.json not produced')
+                        gpu=(__import__('torch').cuda.get_device_name(0) if args.device.startswith('cuda') else
+                             'not used (--device cpu)'))
     catalog = dict(MODELS, **QUICK)
     for name in args.models:
         measure_model(name, catalog[name], args, res)

@@ -82,7 +82,8 @@ def test_speedup(tmp_path):
     assert len(d['models']['tiny_resnet']['load_average_per_round']) == 2
     # the saved structures are re-timed as they are, without new pruning runs
     again = run('speedup', tmp_path, '--models', 'tiny_resnet', '--no-onnx', '--deltas', 'acts', '--structures-dir',
-                saved)['models']['tiny_resnet']
+                saved, '--dtype', 'bf16', '--inner', '2')['models']['tiny_resnet_bf16']
+    assert again['timed_on'] == dict(device='cpu', dtype='bf16', forwards_per_timing=2, gpu=None)
     assert again['structures_from'].endswith('tiny_resnet.json')
     assert again['pruning_runs'] == d['models']['tiny_resnet']['pruning_runs']
     for sname, row in rows.items():
