@@ -80,15 +80,34 @@ def cost(d):
     out = ['### Pruning cost vs k (`cost.json`)', '', when(d), '',
            f'Baseline: {d["baseline"]["iters"]} iterations, {d["baseline"]["metric"]} {f(d["baseline"]["value"])}; '
            f'with the same {d["setup"]["ft_iters"]}-iteration fine-tune: '
-           f'{f(d.get("baseline_finetuned", {}).get("value"))}.', '',
-           '| k | pruning iters | steps | wall s | atoms masked | FLOPs ratio | mAP after fine-tune | '
-           'cost vs k=1 (iters) |', '|---|---|---|---|---|---|---|---|']
+           f'{f(d.get("baseline_finetuned", {}).get("value"))}.', '']
+    long, equal = d.get('long_finetune', {}), d.get('equal_total', {})
+    head = ('| k | pruning iters | steps | wall s | atoms masked | FLOPs ratio | mAP after short fine-tune | '
+            'cost vs k=1 (iters) |')
+    if long:
+        it = next(iter(long.values()))['iters']
+        head += f' mAP after {it}-iter fine-tune (mean +- std, seeds) |'
+    if equal:
+        head += ' mAP at equal total training (fine-tune iters) |'
+    out += [head, '|' + '---|' * (head.count('|') - 1)]
     red = d.get('cost_reduction_vs_k1', {})
+
+    def pm(r):
+        return f'{f(r["mean"])} +- {f(r["std"])} ({len(r["values"])})' if r else '-'
     for k, r in d.get('runs', {}).items():
         iters = r['iters'] if not r.get('extrapolated') else f'{r["extrapolated_iters"]:.0f} (EXTRAPOLATED)'
-        out.append(f'| {k} | {iters} | {r["steps"]} | {f(r["wall_s"], 1)} | {r["atoms_masked"]} | '
-                   f'{f(r["ratios"]["flops"])} | {f(r.get("value"))} | '
-                   f'{f(red.get(k, {}).get("iters"), 1) if k != "1" else "1"} |')
+        row = (f'| {k} | {iters} | {r["steps"]} | {f(r["wall_s"], 1)} | {r["atoms_masked"]} | '
+               f'{f(r["ratios"]["flops"])} | {f(r.get("value"))} | '
+               f'{f(red.get(k, {}).get("iters"), 1) if k != "1" else "1"} |')
+        if long:
+            row += f' {pm(long.get(k))} |'
+        if equal:
+            e = equal.get(k)
+            row += (f' {pm(e)} ({e["iters"]}) |' if e else (' (k=1 itself) |' if k == '1' else ' - |'))
+        out.append(row)
+    if 'baseline' in long:
+        out += ['', f'Unpruned baseline after the same {long["baseline"]["iters"]}-iteration fine-tune: '
+                    f'{pm(long["baseline"])}.']
     out.append('')
     return out
 
