@@ -90,7 +90,9 @@ class FisherPruningHook(Hook):
             iterations after it). Defaults to 0.
         verify_export (bool): before writing results, run the masked model and its slimmed copy once on the
             trace input (eval mode) and refuse to write anything if they differ (relative 1e-3): a safety net
-            against any layer or op the engine mapped wrongly. Costs one forward per export. Defaults to True.
+            against any layer or op the engine mapped wrongly. A float32 disagreement is re-checked once on float64
+            copies (a top-k over near-equal scores, as in DINO, may pick other elements after rounding; a wrong
+            slimming still differs there). Costs one forward per export (three on a re-check). Defaults to True.
 
     Priority ``'LOW'``: after the optimizer step (inside ``train_step``), the logger and EMA hooks, and before
     ``CheckpointHook`` (``'VERY_LOW'``), so a checkpoint holds this iteration's masks and Fisher sums
