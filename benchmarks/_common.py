@@ -273,3 +273,28 @@ def big_model_prune_cfg(spec: str, data_config: str, work_dir: str, max_iters: i
     cfg.log_level = 'WARNING'
     cfg.custom_imports = dict(imports=['mmfisher'], allow_failed_imports=False)
     return cfg
+
+
+def tensor_mode(model, samples=None):
+    """``model`` as an ``nn.Module`` of one tensor input (held as ``.m``) whose ``forward(x)`` runs the mm
+    tensor mode (with ``samples`` for detectors) and returns a flat tuple of the output tensors: what
+    Torch-Pruning traces, mmengine counts FLOPs of, ``torch.onnx.export`` exports and the latency timer runs."""
+    import torch
+
+    def flatten(o, flat):
+        if isinstance(o, torch.Tensor):
+            flat.append(o)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                flatten(v, flat)
+        return flat
+
+    class TensorMode(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            out = self.m(x, samples, mode='tensor') if samples is not None else self.m(x, mode='tensor')
+            return tuple(flatten(out, []))
+    return TensorMode()

@@ -46,7 +46,7 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, counting_hook, finetune_eval,  # noqa: E402
-                     metric_key, run_hook_pruning, tiny_runner_cfg, train_baseline)
+                     metric_key, run_hook_pruning, tensor_mode, tiny_runner_cfg, train_baseline)
 
 METHODS = ['fisher_acts', 'fisher_flops', 'l1', 'random', 'tp_taylor', 'tp_magnitude']
 EXTRA_METHODS = ['l1_global']
@@ -139,23 +139,12 @@ def tp_alive(model, graph, costs, data_batches, kind, target, shape, budget='flo
     grads = {n: q.grad.detach().clone() for n, q in model.named_parameters() if q.grad is not None}
     x, samples = fake_batch(model, shape)
 
-    class W(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, inp):
-            out = self.m(inp, samples, mode='tensor') if samples is not None else self.m(inp, mode='tensor')
-            if isinstance(out, torch.Tensor):
-                return out
-            return [t for lv in out for t in (lv if isinstance(lv, (list, tuple)) else [lv])]
-
     outputs = ['head.fc', 'bbox_head.retina_cls', 'bbox_head.retina_reg']
     full = costs.totals(np.ones(graph.num_atoms, dtype=bool))[budget]
 
     def attempt(ratio):
         m = copy.deepcopy(model)
-        w = W(m)
+        w = tensor_mode(m, samples)
         mods = dict(w.named_modules())
         names = {v: k[2:] for k, v in mods.items()}
         ignored = [mods['m.' + n] for n in outputs if 'm.' + n in mods]

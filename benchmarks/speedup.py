@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import (CLS_CFG, DET_CFG, ROOT, Result, big_model_prune_cfg, build_runner,  # noqa: E402
-                     counting_hook)
+                     counting_hook, tensor_mode)
 
 MODELS = {
     'retinanet_r50_fpn': dict(spec='mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', kind='det'),
@@ -57,34 +57,14 @@ QUICK = {
 }
 
 
-class Wrapped:
-    """``forward(x)`` -> flat tuple of output tensors, for timing, FLOP counting and ONNX export."""
-
-    def __new__(cls, model, kind, shape):
-        import torch
-        from mmfisher.zoo import fake_batch
-        _, samples = fake_batch(model, shape[1:]) if kind == 'det' else (None, None)
-        if samples is not None:
-            samples = samples * shape[0]
-
-        class _W(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.m = model
-
-            def forward(self, x):
-                out = self.m(x, samples, mode='tensor') if samples is not None else self.m(x, mode='tensor')
-                flat = []
-
-                def walk(o):
-                    if isinstance(o, torch.Tensor):
-                        flat.append(o)
-                    elif isinstance(o, (list, tuple)):
-                        for v in o:
-                            walk(v)
-                walk(out)
-                return tuple(flat)
-        return _W().eval()
+def Wrapped(model, kind, shape):  # noqa: N802  (a module factory)
+    """``forward(x)`` -> flat tuple of output tensors (``_common.tensor_mode``) for a batch of ``shape[0]``, in
+    eval mode: for timing, FLOP counting and ONNX export."""
+    from mmfisher.zoo import fake_batch
+    _, samples = fake_batch(model, shape[1:]) if kind == 'det' else (None, None)
+    if samples is not None:
+        samples = samples * shape[0]
+    return tensor_mode(model, samples).eval()
 
 
 def fisher_structure(name, info, delta, args, work):

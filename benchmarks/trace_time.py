@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Result  # noqa: E402
+from _common import Result, tensor_mode  # noqa: E402
 
 MODEL = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
 
@@ -60,34 +60,17 @@ def ours_real(model, shape):
     return time.perf_counter() - t0, graph
 
 
-class TensorMode:
-    """``forward(x)``: the detector's tensor-mode forward on a single tensor (what Torch-Pruning can trace)."""
-
-    def __new__(cls, det, samples):
-        import torch
-
-        class _W(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.det = det
-
-            def forward(self, x):
-                out = self.det(x, samples, mode='tensor') if samples is not None else self.det(x, mode='tensor')
-                return [t for level in out for t in (level if isinstance(level, (list, tuple)) else [level])]
-        return _W()
-
-
 def torch_pruning(model, shape, output_names):
     import torch_pruning as tp
     from mmfisher.zoo import fake_batch
     x, samples = fake_batch(model, shape)
-    wrapper = TensorMode(model, samples)
+    wrapper = tensor_mode(model, samples)
     was_training = model.training
     t0 = time.perf_counter()
     dg = tp.DependencyGraph().build_dependency(wrapper, example_inputs=x, verbose=False)
     t_build = time.perf_counter() - t0
     modules = dict(wrapper.named_modules())
-    ignored = [modules['det.' + n] for n in output_names if 'det.' + n in modules]
+    ignored = [modules['m.' + n] for n in output_names if 'm.' + n in modules]
     t1 = time.perf_counter()
     groups = list(dg.get_all_groups(ignored_layers=ignored))
     t_groups = time.perf_counter() - t1
@@ -124,7 +107,7 @@ def our_sets(graph):
 
 def tp_sets(groups, modules):
     import torch
-    names = {m: n[len('det.'):] for n, m in modules.items()}
+    names = {m: n[len('m.'):] for n, m in modules.items()}
     chans, layer_sets = set(), set()
     for g in groups:
         per_pos = {}

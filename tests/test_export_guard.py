@@ -39,17 +39,22 @@ def test_exact_export_is_written(tmp_path):
     assert state['a.weight'].shape[0] == int(alive.sum())
 
 
-def test_inexact_slimming_is_refused_and_nothing_written(tmp_path, monkeypatch):
-    model, graph, alive, forward = _setup()
+def _break_slimming(monkeypatch):
+    """Make export's slimming silently change one weight of the slimmed copy."""
     real = export.slim_model
 
-    def wrong_slim(m, g, a):  # a slimming that silently changes one weight
+    def wrong_slim(m, g, a):
         cfg = real(m, g, a)
         with torch.no_grad():
             m.b.weight[0, 0] += 1.0
         return cfg
 
     monkeypatch.setattr(export, 'slim_model', wrong_slim)
+
+
+def test_inexact_slimming_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    model, graph, alive, forward = _setup()
+    _break_slimming(monkeypatch)
     with pytest.raises(export.SlimmingMismatch, match='nothing was written'):
         export.export_pruned(model, graph, alive, str(tmp_path), '', {}, forward=forward)
     assert os.listdir(tmp_path) == []
@@ -63,15 +68,7 @@ def _float64_forward(m):
 
 def test_float64_recheck_does_not_excuse_a_wrong_slimming(tmp_path, monkeypatch):
     model, graph, alive, forward = _setup()
-    real = export.slim_model
-
-    def wrong_slim(m, g, a):
-        cfg = real(m, g, a)
-        with torch.no_grad():
-            m.b.weight[0, 0] += 1.0
-        return cfg
-
-    monkeypatch.setattr(export, 'slim_model', wrong_slim)
+    _break_slimming(monkeypatch)
     with pytest.raises(export.SlimmingMismatch, match='nothing was written'):
         export.export_pruned(model, graph, alive, str(tmp_path), '', {}, forward=forward,
                              make_forward=_float64_forward)
