@@ -30,41 +30,22 @@ x atoms needed, the atoms needed taken from the k=8 run) and gets no metric.
         --long-ft-iters 960 --long-ft-ks 1 32 --long-ft-seeds 1 2 --equal-total --equal-total-ks 8 32 adaptive
 """
 import argparse
-import math
 import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (DET_CFG, ROOT, Result, finetune_eval, run_hook_pruning,  # noqa: E402
+from _common import (DET_CFG, ROOT, Result, counting_hook, finetune_eval, run_hook_pruning,  # noqa: E402
                      train_baseline)
 
 
 def make_hook(k, interval, target, shape, delta='acts'):
-    from mmfisher.hooks import FisherPruningHook
-
-    class CountingHook(FisherPruningHook):
-        """FisherPruningHook that counts its pruning steps; ``adaptive``: k = ``frac`` of the eligible alive
-        atoms at each step (benchmark-only variant)."""
-
-        def __init__(self, frac=None, **kw):
-            super().__init__(**kw)
-            self.frac = frac
-            self.steps = 0
-            self.k_used = []
-
-        def _prune_step(self, runner):
-            if self.frac is not None:
-                n = int((self.masks.alive.numpy() & self.eligible).sum())
-                self.channels_per_step = max(1, math.ceil(self.frac * n))
-            self.k_used.append(self.channels_per_step)
-            self.steps += 1
-            return super()._prune_step(runner)
-
+    """A counting FisherPruningHook (``_common.counting_hook``); ``adaptive``: k = 1% of the eligible alive atoms,
+    recomputed at every step."""
     kw = dict(interval=interval, delta=delta, target=target, target_metric='flops', input_shape=shape)
     if k == 'adaptive':
-        return CountingHook(frac=0.01, channels_per_step=1, **kw)
-    return CountingHook(channels_per_step=int(k), **kw)
+        return counting_hook(k=1, frac=0.01, **kw)
+    return counting_hook(k=int(k), **kw)
 
 
 def _summary(iters, per_seed, total):
