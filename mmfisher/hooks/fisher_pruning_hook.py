@@ -13,7 +13,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from ..core import ChannelGraph, ChannelMasks, CostModel, FisherTaps, analyze_fast, model_fingerprint
-from ..models.tracing import check_input_shape, make_trace_forward, unwrap_model
+from ..models.target import pruned_module
+from ..models.tracing import check_input_shape, make_trace_forward
 from ..registry import HOOKS, MMENGINE_HOOKS
 from . import selection
 from .export import export_pruned
@@ -192,7 +193,7 @@ class FisherPruningHook(Hook):
                 runner.train_loop.stop_training = True
 
     def _setup(self, runner) -> None:
-        model = unwrap_model(runner.model)
+        model = pruned_module(runner.model)
         t0 = time.perf_counter()
         graph = analyze_fast(model, lambda m: make_trace_forward(m, self.input_shape))
         seconds = time.perf_counter() - t0
@@ -423,7 +424,7 @@ class FisherPruningHook(Hook):
             meta['dataset_meta'] = runner.train_dataloader.dataset.metainfo
         except Exception:  # noqa: BLE001  (no dataset meta is fine: inferencers then use default names)
             pass
-        model = unwrap_model(runner.model)
+        model = pruned_module(runner.model)
         check = make_trace_forward(model, self.input_shape) if self.verify_export else None
         export_pruned(model, self.graph, alive, runner.work_dir, suffix, meta, forward=check,
                       make_forward=(lambda m: make_trace_forward(m, self.input_shape)) if self.verify_export else None)

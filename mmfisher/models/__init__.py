@@ -1,5 +1,6 @@
-"""mm-aware model glue: the ``Pruned`` registry builder and tracing helpers for OpenMMLab models."""
+"""mm-aware model glue: the ``Pruned`` registry builder, which module is pruned, tracing helpers."""
 from .pruned import Pruned
-from .tracing import is_classifier, is_detector, make_trace_forward, unwrap_model
+from .target import pruned_module
+from .tracing import is_classifier, is_detector, make_trace_forward
 
-__all__ = ['Pruned', 'make_trace_forward', 'unwrap_model', 'is_detector', 'is_classifier']
+__all__ = ['Pruned', 'make_trace_forward', 'pruned_module', 'is_detector', 'is_classifier']

@@ -21,13 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside DDP / ``MMDistributedDataParallel`` / other registered model wrappers."""
-    from mmengine.model import is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+from .target import pruned_module
 
 
 def check_input_shape(input_shape: Any) -> Tuple[int, int, int]:
@@ -104,7 +98,7 @@ def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int =
                        ) -> Callable[[nn.Module], Any]:
     """A ``forward(m)`` for :func:`mmfisher.core.analyze`: the model's tensor-mode forward on a batch of one
     ``input_shape == (C, H, W)`` input (see module docstring). ``model`` may be wrapped; it is unwrapped."""
-    model = unwrap_model(model)
+    model = pruned_module(model)
     c, h, w = check_input_shape(input_shape)
     device = next((p.device for p in model.parameters()), torch.device('cpu'))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
