@@ -5,8 +5,12 @@
 
 Builds CONFIG's model (a path or ``mmdet::``/``mmpretrain::`` config) without pretrained weights, traces its
 channel units, masks a random ``ratio`` of every prunable unit, slims a copy and compares masked vs slimmed
-outputs on one random input in eval mode. Exit 0 only if every output matches (max abs diff <= 1e-4 of the
-outputs' scale). The last stdout line is one JSON object with the figures (FLOPs/params by mmengine's analysis).
+outputs on one random input in eval mode. The last stdout line is one JSON object with the figures (FLOPs/params
+by mmengine's analysis).
+
+Exit status: 0 every output matches (max abs diff <= 1e-4 of the outputs' scale); 1 a mismatch; 2 a bad
+argument, or the model's forward fails on the ``--shape`` input; 3 the model has nothing prunable (nothing was
+checked; the JSON line names why each layer is kept).
 """
 import argparse
 import json
@@ -27,6 +31,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.ratio < 1:
         p.error(f'--ratio must be in [0, 1), got {args.ratio}')
+    if args.shape is not None:
+        from mmfisher.models.tracing import check_input_shape
+        try:
+            args.shape = check_input_shape(tuple(args.shape), name='--shape')
+        except ValueError as exc:
+            p.error(str(exc))
     return args
 
 
@@ -61,6 +71,7 @@ class _TensorMode(torch.nn.Module):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mmfisher.core import analyze_fast, compare_masked_slimmed, random_alive
+    from mmfisher.core.trace import TraceForwardError
     from mmfisher.models.tracing import det_data_samples, is_detector
     from mmfisher.zoo import build_model, load_config, tensor_forward
     torch.manual_seed(args.seed)
@@ -70,8 +81,14 @@ def main(argv=None) -> int:
     shape = args.shape or ((3, 320, 320) if is_detector(model) else (3, 224, 224))
     forward = tensor_forward(model, shape, seed=args.seed)
     t0 = time.perf_counter()
-    graph = analyze_fast(model, lambda m: tensor_forward(m, shape, seed=args.seed))
+    try:
+        graph = analyze_fast(model, lambda m: tensor_forward(m, shape, seed=args.seed), shape_name='--shape')
+    except TraceForwardError as exc:
+        print(f'error: {args.config}: {exc}', file=sys.stderr)
+        return 2
     trace_s = time.perf_counter() - t0
+    if graph.num_atoms == 0:
+        return _nothing_prunable(args, shape, graph, trace_s)
     alive = random_alive(graph, args.ratio, args.seed)
     x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(args.seed))
     samples = det_data_samples(tuple(shape[1:])) if is_detector(model) else None
@@ -100,10 +117,25 @@ def main(argv=None) -> int:
     return 0 if ok else 1
 
 
+def _nothing_prunable(args, shape, graph, trace_s) -> int:
+    """Nothing to check: say so (with why the layers are kept) instead of a vacuous OK."""
+    summary = graph.summary()
+    reasons = sorted(set(summary['unprunable'].values()))
+    shown = '; '.join(reasons[:3]) + (f'; ... ({len(reasons)} reasons)' if len(reasons) > 3 else '')
+    print(f"NOTHING PRUNABLE: {args.config}: 0/{summary['channels_total']} channels prunable, so slimming was not "
+          f"checked ({shown or 'no conv/linear layer was traced'}). Fix: check the model and --shape; layers are "
+          'kept when they reach the model output or meet an op the tracer cannot map (see "unprunable")')
+    print(json.dumps({'config': args.config, 'ok': False, 'nothing_prunable': True, 'shape': list(shape),
+                      'units': 0, 'atoms': 0, 'channels_total': summary['channels_total'], 'channels_prunable': 0,
+                      'trace_seconds': round(trace_s, 3), 'trace_device': graph.device,
+                      'unprunable': summary['unprunable']}))
+    return 3
+
+
 def _alive_channels(graph, alive) -> int:
     n = 0
     for name, atoms in graph.out_atoms.items():
-        if graph.rules[name].role == 'weighted':
+        if graph.rules[name].is_weighted:
             valid = atoms[atoms >= 0]
             n += int(alive[valid].sum())
     return n

@@ -4,7 +4,7 @@ All numbers are per sample at the trace's input shape, counted over conv/linear 
 the cost; norms and activations scale with them). Everything is computed from the alive vector with numpy, so
 every rank computes the same numbers.
 """
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 
@@ -19,13 +19,12 @@ class CostModel:
         self.layers = []
         for name, rec in graph.records.items():
             rule = graph.rules[name]
-            if rule.role != 'weighted' or not rec.calls:
+            if not rule.is_weighted or not rec.calls:
                 continue
-            dim = rule.in_dim
             spatial = 0.0  # output positions per sample, summed over calls
             for call in rec.calls:
                 shape = call.out_shape
-                d = dim if dim >= 0 else len(shape) + dim
+                d = rule.out_dim(len(shape))
                 spatial += float(np.prod(shape)) / max(shape[d], 1) / max(graph.batch, 1)
             module_in = graph.in_atoms[name]
             module_out = graph.out_atoms[name]

@@ -1,18 +1,28 @@
 """The per-layer rule table: how a module type's input and output channels relate, and how it is sliced.
 
-Tracing (``trace.py``), masking (``masks.py``), costs (``cost.py``) and slimming (``slim.py``) all read this one
+Tracing (``trace/``), masking (``masks.py``), costs (``cost.py``) and slimming (``slim.py``) all read this one
 table, so supporting a new layer type is one :class:`LayerRule` subclass plus :func:`register_rule`.
 
 Vocabulary: a *position* is an index into a layer's input or output channel axis; an *element* is a channel
 identity in the union-find (see ``unionfind.py``); elements coupled by the graph end up in one set, an *atom*.
 """
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from .dims import normalize_dim
+
 Keep = Optional[torch.Tensor]  # sorted long tensor of kept positions, or None for "keep all"
+
+
+class Role:
+    """The values of :attr:`LayerRule.role` (kept as strings: user rules and configs set ``role = 'norm'``)."""
+
+    WEIGHTED = 'weighted'        # reads input channels with weights, produces fresh output channels (conv, linear)
+    NORM = 'norm'                # per-channel or per-group: output position c is input position c
+    PASSTHROUGH = 'passthrough'  # no parameters tied to channels, output c is input c (compiled RoI ops)
 
 
 def _replace_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -27,6 +37,16 @@ def _replace_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[name] = value
 
 
+def set_count(module: nn.Module, attr: str, value: int) -> None:
+    """Set a channel-count attribute (``in_channels``, ``num_features`` ...) if it is a plain attribute or a
+    settable property; a read-only property (computed from the weights, e.g. timm's ``ConvNormAct.in_channels``)
+    already follows the sliced weights and is left alone."""
+    prop = getattr(type(module), attr, None)
+    if isinstance(prop, property) and prop.fset is None and attr not in vars(module):
+        return
+    setattr(module, attr, value)
+
+
 def _take(module: nn.Module, name: str, dim: int, keep: Keep) -> None:
     t = getattr(module, name, None)
     if keep is None or t is None or not isinstance(t, torch.Tensor) or t.dim() <= dim:
@@ -37,13 +57,39 @@ def _take(module: nn.Module, name: str, dim: int, keep: Keep) -> None:
 class LayerRule:
     """How one family of modules is traced, masked and sliced.
 
-    Subclasses set ``role``: ``'weighted'`` (reads input channels with weights and produces fresh output channels:
-    conv, linear), ``'norm'`` (per-channel or per-group, output channels are the input's), or ``'passthrough'``
-    (no parameters tied to channels, e.g. RoIAlign).
+    Subclasses set ``role`` (one of :class:`Role`): ``Role.WEIGHTED`` (reads input channels with weights and
+    produces fresh output channels: conv, linear), ``Role.NORM`` (per-channel or per-group, output channels are the
+    input's), or ``Role.PASSTHROUGH`` (no parameters tied to channels, e.g. RoIAlign). Code reads the role through
+    :attr:`is_weighted` / :attr:`is_norm` / :attr:`is_passthrough`; everything else a layer type does differently
+    is a method or attribute here, so the tracer, units, costs and slimming never test a layer's type.
     """
 
-    role = 'weighted'
+    role = Role.WEIGHTED
     in_dim = 1  # tensor dim of the channel axis on the input (negative counts from the end)
+    #: the traced output keeps the input's channel layout as it came in and the layer's own positions are never
+    #: pruned (LayerNorm: its statistics run over :meth:`normalized_dims`, which may hold no channels at all)
+    keeps_input_layout = False
+
+    @property
+    def is_weighted(self) -> bool:
+        """Conv/linear-like: its output channels are fresh atoms; it carries the cost."""
+        return self.role == Role.WEIGHTED
+
+    @property
+    def is_norm(self) -> bool:
+        """Per-channel or per-group layer: output position c is input position c, one keep list slices both."""
+        return self.role == Role.NORM
+
+    @property
+    def is_passthrough(self) -> bool:
+        """Parameter-free op the tracer cannot see into: channels pass, nothing is sliced or recorded per call."""
+        return self.role == Role.PASSTHROUGH
+
+    @property
+    def label(self) -> str:
+        """The layer family's name in messages (``GroupNormRule`` -> ``GroupNorm``)."""
+        name = type(self).__name__
+        return name[:-4] if name.endswith('Rule') and len(name) > 4 else name
 
     def matches(self, module: nn.Module) -> bool:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -60,7 +106,28 @@ class LayerRule:
         return 1
 
     def out_dim(self, ndim: int) -> int:
-        return self.in_dim if self.in_dim >= 0 else ndim + self.in_dim
+        """The channel dim of an ``ndim``-dim output (``in_dim`` made non-negative)."""
+        return normalize_dim(self.in_dim, ndim)
+
+    def channel_dim(self, ndim: int) -> Optional[int]:
+        """The channel dim of an ``ndim``-dim input or output, or None when such a tensor has no such dim."""
+        try:
+            return normalize_dim(self.in_dim, ndim)
+        except IndexError:
+            return None
+
+    def normalized_dims(self, module: nn.Module, ndim: int) -> Tuple[int, ...]:
+        """Input dims (of an ``ndim``-dim input) whose positions the layer's statistics mix: channels there are
+        unprunable. ``()`` for layers that treat each channel (or group) on its own."""
+        return ()
+
+    def keeps(self, in_keep: Keep, out_keep: Keep) -> Tuple[Keep, Keep]:
+        """The ``(in_keep, out_keep)`` :meth:`slice` receives for a channel config's entry: a norm's two sides are
+        one set of positions (whichever side the config names)."""
+        if self.is_norm:
+            keep = out_keep if out_keep is not None else in_keep
+            return keep, keep
+        return in_keep, out_keep
 
     # -- costs -----------------------------------------------------------------------------------------------
     def kernel_numel(self, module: nn.Module) -> int:
@@ -127,9 +194,9 @@ class ConvRule(LayerRule):
             _take(module, 'weight', 1, in_keep)
             _take(module, 'bias', 0, out_keep)
             if in_keep is not None:
-                module.in_channels = int(in_keep.numel())
+                set_count(module, 'in_channels', int(in_keep.numel()))
             if out_keep is not None:
-                module.out_channels = int(out_keep.numel())
+                set_count(module, 'out_channels', int(out_keep.numel()))
             return
         ig = module.in_channels // g
         og = module.out_channels // g
@@ -144,9 +211,9 @@ class ConvRule(LayerRule):
                              'this channel selection splits a group. The channel config does not fit the model.')
         _take(module, 'weight', 0, expect_out)
         _take(module, 'bias', 0, expect_out)
-        module.groups = int(kept_groups.numel())
-        module.in_channels = int(expect_in.numel())
-        module.out_channels = int(expect_out.numel())
+        set_count(module, 'groups', int(kept_groups.numel()))
+        set_count(module, 'in_channels', int(expect_in.numel()))
+        set_count(module, 'out_channels', int(expect_out.numel()))
 
 
 class ConvTransposeRule(LayerRule):
@@ -172,9 +239,9 @@ class ConvTransposeRule(LayerRule):
         _take(module, 'weight', 1, out_keep)
         _take(module, 'bias', 0, out_keep)
         if in_keep is not None:
-            module.in_channels = int(in_keep.numel())
+            set_count(module, 'in_channels', int(in_keep.numel()))
         if out_keep is not None:
-            module.out_channels = int(out_keep.numel())
+            set_count(module, 'out_channels', int(out_keep.numel()))
 
 
 class LinearRule(LayerRule):
@@ -199,15 +266,15 @@ class LinearRule(LayerRule):
         _take(module, 'weight', 1, in_keep)
         _take(module, 'bias', 0, out_keep)
         if in_keep is not None:
-            module.in_features = int(in_keep.numel())
+            set_count(module, 'in_features', int(in_keep.numel()))
         if out_keep is not None:
-            module.out_features = int(out_keep.numel())
+            set_count(module, 'out_features', int(out_keep.numel()))
 
 
 class NormRule(LayerRule):
     """Per-channel norms: BatchNorm (and SyncBN), InstanceNorm, FrozenBatchNorm-like modules."""
 
-    role = 'norm'
+    role = Role.NORM
 
     def matches(self, module):
         if isinstance(module, (nn.modules.batchnorm._NormBase,)):
@@ -234,14 +301,14 @@ class NormRule(LayerRule):
             _take(module, name, 0, keep)
         for attr in ('num_features', 'num_channels'):
             if hasattr(module, attr):
-                setattr(module, attr, int(keep.numel()))
+                set_count(module, attr, int(keep.numel()))
 
 
 class GroupNormRule(LayerRule):
     """``nn.GroupNorm``: a GN group is the smallest atom, so removing whole groups leaves the others' statistics
     unchanged and slimming stays exact; ``num_groups`` shrinks."""
 
-    role = 'norm'
+    role = Role.NORM
 
     def matches(self, module):
         return isinstance(module, nn.GroupNorm)
@@ -263,19 +330,23 @@ class GroupNormRule(LayerRule):
             raise ValueError('GroupNorm can only lose whole groups; the channel config does not fit the model.')
         _take(module, 'weight', 0, keep)
         _take(module, 'bias', 0, keep)
-        module.num_groups = int(keep.numel() // size)
-        module.num_channels = int(keep.numel())
+        set_count(module, 'num_groups', int(keep.numel() // size))
+        set_count(module, 'num_channels', int(keep.numel()))
 
 
 class LayerNormRule(LayerRule):
     """``nn.LayerNorm``: its statistics mix the normalised dims; channels there are unprunable (the tracer flags
     them), other channels pass through."""
 
-    role = 'norm'
+    role = Role.NORM
     in_dim = -1
+    keeps_input_layout = True
 
     def matches(self, module):
         return isinstance(module, nn.LayerNorm)
+
+    def normalized_dims(self, module, ndim):
+        return tuple(range(ndim - len(module.normalized_shape), ndim))
 
     def in_channels(self, module):
         return int(np.prod(module.normalized_shape))
@@ -291,7 +362,7 @@ class PassthroughRule(LayerRule):
     """Parameter-free modules whose output channel c is input channel c but whose op the tracer cannot see
     (compiled RoI ops: mmcv/torchvision RoIAlign, RoIPool). Only the first input carries channels."""
 
-    role = 'passthrough'
+    role = Role.PASSTHROUGH
     names = ('RoIAlign', 'RoIPool', 'RoIAlignRotated', 'SimpleRoIAlign', 'PrRoIPool')
 
     def matches(self, module):

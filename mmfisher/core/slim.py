@@ -8,13 +8,14 @@ masked model computes (masks sit at the readers' inputs; a removed channel is re
 import hashlib
 import json
 import os
-import tempfile
-from typing import Any, Dict, Optional
+from collections import Counter
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .files import atomic_write
 from .layers import find_rule
 from .units import ChannelGraph
 
@@ -63,7 +64,7 @@ def channel_config(model: nn.Module, graph: ChannelGraph, alive: np.ndarray,
         raise ValueError(f'alive must have shape ({graph.num_atoms},), got {alive.shape}')
     layers: Dict[str, Dict[str, Optional[list]]] = {}
     for name, rule in graph.rules.items():
-        if rule.role == 'passthrough':
+        if rule.is_passthrough:
             continue
         out_keep = _keep(graph.out_atoms[name], alive)
         in_keep = _keep(graph.in_atoms[name], alive) if name in graph.in_atoms else None
@@ -89,16 +90,62 @@ def channel_config(model: nn.Module, graph: ChannelGraph, alive: np.ndarray,
 
 
 def _update_wrapper_attrs(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Keep wrappers such as mmcv's ConvModule (``.conv`` child) in step with their sliced layer."""
+    """Keep wrappers such as mmcv's ConvModule (``.conv`` child) in step with their sliced layer. Only plain int
+    attributes are updated: a property (timm's ``ConvNormAct.in_channels`` reads ``self.conv``) already follows."""
     if '.' not in name:
         return
     parent_name, child = name.rsplit('.', 1)
-    parent = model.get_submodule(parent_name)
     if child != 'conv':
         return
+    parent = model.get_submodule(parent_name)
+    plain = vars(parent)
     for attr in ('in_channels', 'out_channels', 'groups'):
-        if hasattr(parent, attr) and hasattr(module, attr) and isinstance(getattr(parent, attr), int):
+        if isinstance(plain.get(attr), int) and isinstance(getattr(module, attr, None), int):
             setattr(parent, attr, getattr(module, attr))
+
+
+_REEXPORT = 're-export it from the pruning run (FisherPruningHook writes channels.json in its work_dir)'
+
+
+def _check_units(units: Any, slims: bool) -> None:
+    """``units`` of a channel config: a list of ``{"name", "layers", "channels", "kept"}`` whose ``kept`` are
+    distinct, sorted positions in ``0..channels-1``; empty only when the config slims nothing."""
+    if not isinstance(units, list):
+        raise ChannelConfigError(f'channel config "units" must be a list of units, got {type(units).__name__}: the '
+                                 f'file is corrupted; {_REEXPORT}')
+    if not units and slims:
+        raise ChannelConfigError(f'channel config lists no units but slims layers: the file is inconsistent '
+                                 f'(edited by hand or truncated); {_REEXPORT}')
+    for i, unit in enumerate(units):
+        name = unit.get('name') if isinstance(unit, dict) else None
+        label = f'unit {i} ("{name}")' if isinstance(name, str) else f'unit {i}'
+        if not isinstance(unit, dict) or not isinstance(name, str):
+            raise ChannelConfigError(f'channel config {label} must be an object with a "name", "channels" and '
+                                     f'"kept": the file is corrupted; {_REEXPORT}')
+        channels, kept = unit.get('channels'), unit.get('kept')
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+            raise ChannelConfigError(f'channel config {label} has "channels" = {channels!r}, not a positive '
+                                     f'count: the file is corrupted; {_REEXPORT}')
+        if not isinstance(kept, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in kept):
+            raise ChannelConfigError(f'channel config {label} has "kept" = {kept!r}, not a list of channel '
+                                     f'indices: the file is corrupted; {_REEXPORT}')
+        outside = [k for k in kept if not 0 <= k < channels]
+        if outside:
+            raise ChannelConfigError(f'channel config {label} keeps {_few(outside)}, outside its {channels} '
+                                     f'channels (0..{channels - 1}): the file is corrupted or belongs to another '
+                                     f'model; {_REEXPORT}')
+        twice = sorted(k for k, n in Counter(kept).items() if n > 1)
+        if twice:
+            raise ChannelConfigError(f'channel config {label} keeps {_few(twice)} more than once: the file is '
+                                     f'corrupted or was edited by hand; {_REEXPORT}')
+        if kept != sorted(kept):
+            raise ChannelConfigError(f'channel config {label} lists its kept channels out of order: the file was '
+                                     f'edited by hand; sort them or {_REEXPORT}')
+
+
+def _few(values: List[int]) -> str:
+    shown = ', '.join(str(v) for v in values[:5])
+    return f'channel{"s" if len(values) > 1 else ""} {shown}{", ..." if len(values) > 5 else ""}'
 
 
 def apply_channel_config(model: nn.Module, cfg: Dict[str, Any], check_fingerprint: bool = True) -> nn.Module:
@@ -110,6 +157,7 @@ def apply_channel_config(model: nn.Module, cfg: Dict[str, Any], check_fingerprin
         raise ChannelConfigError(
             'channel config was made for another model (structure fingerprint mismatch): build the same model '
             'config that was pruned, without its pruning, then apply the channel config')
+    _check_units(cfg.get('units'), bool(cfg.get('layers') or cfg.get('params') or cfg.get('attrs')))
     modules = dict(model.named_modules())
     for name, spec in cfg.get('layers', {}).items():
         module = modules.get(name)
@@ -129,10 +177,8 @@ def apply_channel_config(model: nn.Module, cfg: Dict[str, Any], check_fingerprin
                 raise ChannelConfigError(f'channel config for layer "{name}" ({side}) has invalid indices for '
                                          f'{size} channels: the file is corrupted or belongs to another model')
             keeps[side] = t
-        if rule.role == 'norm':
-            keeps['in'] = keeps['out'] = keeps['out'] if keeps['out'] is not None else keeps['in']
         try:
-            rule.slice(module, keeps['in'], keeps['out'])
+            rule.slice(module, *rule.keeps(keeps['in'], keeps['out']))
         except ValueError as exc:
             raise ChannelConfigError(f'layer "{name}": {exc}') from exc
         _update_wrapper_attrs(model, name, module)
@@ -146,6 +192,11 @@ def apply_channel_config(model: nn.Module, cfg: Dict[str, Any], check_fingerprin
         t = getattr(owner, attr)
         idx = torch.as_tensor(spec['keep'], dtype=torch.long)
         dim = int(spec['dim'])
+        if not 0 <= dim < t.dim() or idx.dim() != 1 or idx.numel() == 0 or int(idx.min()) < 0 or \
+                int(idx.max()) >= t.shape[dim] or not bool((idx[1:] > idx[:-1]).all()):
+            raise ChannelConfigError(f'channel config for parameter "{pname}" has invalid indices for its '
+                                     f'{tuple(t.shape)} shape along dim {dim}: the file is corrupted or belongs '
+                                     'to another model')
         new = t.detach().index_select(dim, idx).clone()
         if attr in owner._parameters:
             owner._parameters[attr] = nn.Parameter(new, requires_grad=t.requires_grad)
@@ -169,18 +220,10 @@ def slim_model(model: nn.Module, graph: ChannelGraph, alive: np.ndarray) -> Dict
 
 
 def save_channel_config(cfg: Dict[str, Any], path: str) -> None:
-    """Write atomically: a crash never leaves a half-written channels.json."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.channels.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(cfg, f, separators=(',', ':'))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write atomically (:func:`mmfisher.core.files.atomic_write`): a crash never leaves a half-written
+    channels.json, and a full disk says so."""
+    data = json.dumps(cfg, separators=(',', ':')).encode()
+    atomic_write(path, lambda f: f.write(data), size_hint=len(data))
 
 
 def load_channel_config(path: str) -> Dict[str, Any]:
@@ -196,4 +239,13 @@ def load_channel_config(path: str) -> Dict[str, Any]:
                                  're-export it from the pruning checkpoint') from exc
     if not isinstance(cfg, dict) or cfg.get('format') != FORMAT:
         raise ChannelConfigError(f'"{path}" is not an mmfisher channel config (expected "format": "{FORMAT}")')
+    if cfg.get('units') == [] or 'units' not in cfg:
+        raise ChannelConfigError(f'channel config "{path}" lists no prunable units, so it would keep 0/0 atoms: '
+                                 'FisherPruningHook writes every prunable unit of the model it pruned. Fix: point '
+                                 '`channels` at the channels.json of the pruning run (a model with nothing to '
+                                 'prune needs no channel config)')
+    try:
+        _check_units(cfg['units'], bool(cfg.get('layers') or cfg.get('params') or cfg.get('attrs')))
+    except ChannelConfigError as exc:
+        raise ChannelConfigError(f'"{path}": {exc}') from None
     return cfg

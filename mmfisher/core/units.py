@@ -20,7 +20,7 @@ from torch import nn
 
 from .copying import non_leaf_attributes
 from .layers import LayerRule
-from .trace import ModuleRecord, TraceResult, trace_channels
+from .trace import ModuleRecord, TraceResult, failure_of, forward_error, is_meta_limitation, trace_channels
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ class ChannelGraph:
         counts = np.zeros(self.num_atoms, dtype=np.int64)
         seen = np.zeros(self.num_atoms, dtype=bool)
         for name, atoms in self.out_atoms.items():
-            if self.rules[name].role != 'weighted':
+            if not self.rules[name].is_weighted:
                 continue
             valid = atoms[atoms >= 0]
             c = np.bincount(valid, minlength=self.num_atoms)
@@ -75,7 +75,7 @@ class ChannelGraph:
     def summary(self) -> Dict[str, Any]:
         total = prunable = 0
         for name, atoms in self.out_atoms.items():
-            if self.rules[name].role == 'weighted':
+            if self.rules[name].is_weighted:
                 total += atoms.size
                 prunable += int((atoms >= 0).sum())
         return {'units': len(self.units), 'atoms': self.num_atoms, 'channels_total': total,
@@ -102,7 +102,7 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
     produced, consumed = set(), set()
     for name in trace.module_order:
         rec = trace.modules[name]
-        if rec.rule.role != 'weighted' or not rec.calls:
+        if not rec.rule.is_weighted or not rec.calls:
             continue
         produced.update(root_of(rec.out_elems)[root_of(rec.out_elems) >= 0].tolist())
         r_in = root_of(rec.in_elems)
@@ -112,7 +112,7 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
     atom_of: Dict[int, int] = {}
     for name in trace.module_order:
         rec = trace.modules[name]
-        if rec.rule.role != 'weighted':
+        if not rec.rule.is_weighted:
             continue
         for r in root_of(rec.out_elems).tolist():
             if r in prunable and r not in atom_of:
@@ -127,16 +127,16 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
     trainable = np.zeros(len(atom_of), dtype=bool)
     for name in trace.module_order:
         rec = trace.modules[name]
-        if not rec.calls and rec.rule.role != 'passthrough':
+        if not rec.calls and not rec.rule.is_passthrough:
             continue
         rules[name], records[name] = rec.rule, rec
-        if rec.rule.role == 'passthrough':
+        if rec.rule.is_passthrough:
             continue
         o = atoms_of(rec.out_elems)
         out_atoms[name] = o
         for a in np.unique(o[o >= 0]).tolist():
             members[a].add((name, 'out'))
-        if rec.rule.role == 'weighted':
+        if rec.rule.is_weighted:
             i = atoms_of(rec.in_elems)
             in_atoms[name] = i
             for a in np.unique(i[i >= 0]).tolist():
@@ -160,7 +160,7 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
     units = []
     for sig, atoms in groups.items():
         producers = sorted((n for n, k in sig if k == 'out' and rules.get(n) is not None and
-                            rules[n].role == 'weighted'), key=lambda n: order.get(n, 1 << 30))
+                            rules[n].is_weighted), key=lambda n: order.get(n, 1 << 30))
         layers = sorted({n for n, _ in sig}, key=lambda n: order.get(n, 1 << 30))
         readers = sorted((n for n, k in sig if k == 'in'), key=lambda n: order.get(n, 1 << 30))
         units.append(Unit(producers[0] if producers else layers[0], layers, np.array(sorted(atoms)), producers,
@@ -169,7 +169,7 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
 
     unprunable: Dict[str, str] = {}
     for name, o in out_atoms.items():
-        if rules[name].role != 'weighted':
+        if not rules[name].is_weighted:
             continue
         rs = root_of(trace.modules[name].out_elems)
         bad = [r for r, a in zip(rs.tolist(), o.tolist()) if a < 0]
@@ -203,21 +203,57 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 
 def analyze_fast(model: nn.Module, make_forward: Callable[[nn.Module], Callable[[nn.Module], Any]],
-                 batch: int = 1) -> ChannelGraph:
+                 batch: int = 1, shape_name: str = 'input_shape') -> ChannelGraph:
     """:func:`analyze` with the forward run on a meta-device copy (shapes only, no arithmetic: seconds even at
-    800x1333 on a CPU); falls back to a real trace when the forward needs values (data-dependent indices, NMS,
-    ``.item()``). ``make_forward(m)`` builds the forward for model ``m`` (inputs on ``m``'s device)."""
+    800x1333 on a CPU). ``make_forward(m)`` builds the forward for model ``m`` (inputs on ``m``'s device).
+
+    Falls back to a real trace only when the meta trace cannot do what the forward needs
+    (:class:`~mmfisher.core.trace.MetaTraceUnsupported` and the meta device's own limits: data-dependent
+    indices, NMS, ``.item()``; see :func:`~mmfisher.core.trace.is_meta_limitation`), or when the meta copy
+    cannot be made. An error of the model's own forward (a wrong channel count in the input, say) is raised once,
+    as a :class:`~mmfisher.core.trace.TraceForwardError` naming ``shape_name``, the field or option the caller's
+    input shape came from (``'input_shape'`` for the hook, ``'--shape'`` for tools/verify_slimming.py).
+    """
     try:
         meta = meta_copy(model)
-        graph = analyze(meta, make_forward(meta), batch)
-        graph.device = 'meta'
-        return graph
-    except Exception:  # noqa: BLE001  any failure on meta: the real trace is authoritative
-        graph = analyze(model, make_forward(model), batch)
-        graph.device = 'real'
-        return graph
+    except Exception:  # noqa: BLE001  a module deepcopy refuses: trace the model itself
+        meta = None
+    if meta is not None:
+        forward = None
+        try:
+            forward = make_forward(meta)
+            graph = analyze(meta, forward, batch)
+        except Exception as exc:  # noqa: BLE001  sorted below: a meta limit falls back, anything else is raised
+            if not is_meta_limitation(exc):
+                _raise_forward_error(exc, forward, shape_name)
+        else:
+            graph.device = 'meta'
+            return graph
+    forward = make_forward(model)
+    try:
+        graph = analyze(model, forward, batch)
+    except Exception as exc:  # noqa: BLE001
+        _raise_forward_error(exc, forward, shape_name)
+    graph.device = 'real'
+    return graph
+
+
+def _raise_forward_error(exc: BaseException, forward: Optional[Callable], shape_name: str) -> None:
+    """Re-raise ``exc``: as one clear :class:`TraceForwardError` when the model's forward raised it in a trace,
+    unchanged otherwise (an error in ``make_forward`` or in the tracer's bookkeeping)."""
+    if forward is None or failure_of(exc) is None:
+        raise exc
+    error, explained = forward_error(exc, forward, shape_name)
+    if explained:  # the message says everything: no second, raw traceback of the same mismatch
+        raise error from None
+    raise error from exc
 
 
 def input_forward(*inputs: torch.Tensor) -> Callable[[nn.Module], Any]:
-    """A ``forward`` for :func:`analyze` that calls ``model(*inputs)``."""
-    return lambda model: model(*inputs)
+    """A ``forward`` for :func:`analyze` that calls ``model(*inputs)`` (its ``trace_input_shape`` is the first
+    input's shape, named in errors of the model's forward)."""
+    def forward(model: nn.Module) -> Any:
+        return model(*inputs)
+    if inputs and isinstance(inputs[0], torch.Tensor):
+        forward.trace_input_shape = tuple(inputs[0].shape)
+    return forward

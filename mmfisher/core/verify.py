@@ -1,5 +1,5 @@
 """Check that slimming is exact: mask a random share of every unit, slim a copy, compare outputs."""
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -7,6 +7,7 @@ from torch import nn
 
 from .copying import deepcopy_module
 from .masks import ChannelMasks
+from .outputs import output_tensors
 from .slim import slim_model
 from .units import ChannelGraph
 
@@ -21,19 +22,6 @@ def random_alive(graph: ChannelGraph, ratio: float, seed: int = 0) -> np.ndarray
         if k > 0:
             alive[rng.choice(unit.atoms, size=k, replace=False)] = False
     return alive
-
-
-def _tensors(obj: Any) -> List[torch.Tensor]:
-    out: List[torch.Tensor] = []
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            out += _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            out += _tensors(v)
-    return out
 
 
 def compare_masked_slimmed(model: nn.Module, graph: ChannelGraph, forward: Callable[[nn.Module], Any],
@@ -59,15 +47,16 @@ def compare_masked_slimmed(model: nn.Module, graph: ChannelGraph, forward: Calla
 def max_output_diff(reference: nn.Module, candidate: nn.Module, forward: Callable[[nn.Module], Any]
                     ) -> Dict[str, float]:
     """Max abs difference between the outputs of two models on ``forward`` (both run in eval mode without
-    autograd; their train/eval modes are restored). Returns ``{'max_abs_diff', 'scale'}``; raises RuntimeError
+    autograd; their train/eval modes are restored), over the tensors :func:`~mmfisher.core.outputs.output_tensors`
+    finds in their outputs. Returns ``{'max_abs_diff', 'scale'}``; raises RuntimeError
     if the outputs differ in number or shape."""
     modes = [(m, m.training) for m in list(reference.modules()) + list(candidate.modules())]
     try:
         reference.eval()
         candidate.eval()
         with torch.no_grad():
-            ref = _tensors(forward(reference))
-            got = _tensors(forward(candidate))
+            ref = output_tensors(forward(reference))
+            got = output_tensors(forward(candidate))
     finally:
         for m, mode in modes:
             m.training = mode

@@ -24,14 +24,24 @@ from torch import nn
 from .target import pruned_module
 
 
-def check_input_shape(input_shape: Any) -> Tuple[int, int, int]:
-    """``(C, H, W)`` as positive ints, or ``ValueError`` naming the field and the fix."""
+def check_input_shape(input_shape: Any, name: str = 'input_shape') -> Tuple[int, int, int]:
+    """``(C, H, W)`` as positive ints, or ``ValueError`` naming the field and the fix.
+
+    ``name`` is how the caller names the value: a config field (``'input_shape'``, the default) or a
+    command-line option (``'--shape'``, written ``--shape C H W`` in the message)."""
+    option = name.startswith('-')
+
+    def shown(value: Any) -> str:
+        if option and isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            return f'{name} {" ".join(str(v) for v in value)}'
+        return f'{name}={value!r}'
+
+    det, cls = shown((3, 800, 1333)), shown((3, 224, 224))
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) != 3:
-        raise ValueError(f'input_shape={input_shape!r} must be (C, H, W), e.g. input_shape=(3, 800, 1333) for '
-                         'detection or (3, 224, 224) for classification')
+        raise ValueError(f'{shown(input_shape)} must be (C, H, W), e.g. {det} for detection or {cls} for '
+                         'classification')
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape):
-        raise ValueError(f'input_shape={tuple(input_shape)!r} must hold three positive ints (C, H, W), e.g. '
-                         '(3, 800, 1333)')
+        raise ValueError(f'{shown(tuple(input_shape))} must hold three positive ints (C, H, W), e.g. {det}')
     return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
 
 
@@ -97,7 +107,17 @@ def fixed_proposals(shape: Tuple[int, int], num: int, gen: torch.Generator, devi
 def make_trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int = 0
                        ) -> Callable[[nn.Module], Any]:
     """A ``forward(m)`` for :func:`mmfisher.core.analyze`: the model's tensor-mode forward on a batch of one
-    ``input_shape == (C, H, W)`` input (see module docstring). ``model`` may be wrapped; it is unwrapped."""
+    ``input_shape == (C, H, W)`` input (see module docstring). ``model`` may be wrapped; it is unwrapped.
+
+    The forward carries ``input_shape`` (``(C, H, W)``) and ``trace_input_shape`` (``(1, C, H, W)``), which
+    :func:`mmfisher.core.analyze_fast` names when the model's forward fails on them."""
+    forward = _trace_forward(model, input_shape, seed)
+    forward.input_shape = check_input_shape(input_shape)
+    forward.trace_input_shape = (1, *forward.input_shape)
+    return forward
+
+
+def _trace_forward(model: nn.Module, input_shape: Sequence[int], seed: int) -> Callable[[nn.Module], Any]:
     model = pruned_module(model)
     c, h, w = check_input_shape(input_shape)
     device = next((p.device for p in model.parameters()), torch.device('cpu'))

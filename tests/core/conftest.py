@@ -56,7 +56,7 @@ def _check_exact(model: nn.Module, x: torch.Tensor, x2: Optional[torch.Tensor] =
     orig_mods, slim_mods = dict(original.named_modules()), dict(slim.named_modules())
     shrunk = 0
     for name, rule in graph.rules.items():
-        if rule.role == 'passthrough':
+        if rule.is_passthrough:
             continue
         for side, atoms in (('out', graph.out_atoms.get(name)), ('in', graph.in_atoms.get(name))):
             if atoms is None or atoms.size == 0:  # layers with no tracked positions (LayerNorm)

@@ -1,0 +1,141 @@
+"""The torch-function mode that sees every op of the forward, and the table from op families to handlers.
+
+Every op runs first; then :func:`record_op` updates the channel infos of its results. An op the tracer cannot map
+(:class:`Unmappable`, or a failure of a handler itself) never stops the user's forward: :func:`unmappable` gives
+its results a :class:`Mixed` naming the op, so only the channels it read become unprunable.
+"""
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .channels import Mixed, elems_of
+from .errors import MetaTraceUnsupported, Unmappable, is_meta_limitation
+from .movement import op_move
+from .optable import (ALONG, FILL, FIRST_ONLY, MOVE, NARY, NEW, REDUCE, SPATIAL, UNARY, OpCall, op_name)
+from .pointwise import is_zero_scalar, op_pointwise, propagate_mixed
+from .setitem import op_setitem
+from .spatial import op_reduce, op_spatial
+from .state import TraceState
+
+__all__ = ['Tracer', 'record_op', 'handler_for']
+
+Handler = Callable[[TraceState, OpCall], None]
+
+
+def _op_copy(state: TraceState, call: OpCall) -> None:
+    """``dst.copy_(src)``: the destination now holds the source's channels."""
+    state.set(call.outs[0], call.in_infos[1] if len(call.in_infos) > 1 else None)
+
+
+def _op_fill(state: TraceState, call: OpCall) -> None:
+    """``fill_``, ``zero_``, ``normal_``, ...: the result holds no channel."""
+    state.set(call.outs[0], None)
+
+
+def _op_where_indices(state: TraceState, call: OpCall) -> None:
+    """One-argument ``torch.where(cond)`` (``nonzero(as_tuple=True)``): indices of the true elements."""
+    raise Unmappable('data-dependent selection (the indices where a condition holds)')
+
+
+# later entries win, so the families are listed from the lowest priority to the highest
+_TABLE: Dict[str, Handler] = {}
+for _names, _handler in ((FILL, _op_fill), ({'copy'}, _op_copy), (REDUCE | ALONG, op_reduce),
+                         (SPATIAL, op_spatial), (MOVE, op_move)):
+    _TABLE.update(dict.fromkeys(_names, _handler))
+
+
+def handler_for(name: str, args: tuple, kwargs: Dict[str, Any]) -> Optional[Handler]:
+    """The handler of op ``name`` called with ``args`` / ``kwargs``; None if the tracer has no rule for it."""
+    if name in UNARY or name in NARY or (name in ('max', 'min') and len(args) > 1 and
+                                         isinstance(args[1], torch.Tensor)):
+        if name == 'where' and len(args) + len(kwargs) == 1:
+            return _op_where_indices
+        return op_pointwise
+    return _TABLE.get(name)
+
+
+def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, Any], out: Any) -> None:
+    """Update the infos of ``out`` (and of an in-place op's input) after ``func(*args, **kwargs)`` ran."""
+    name, inplace = op_name(func)
+    if name == 'setitem':
+        op_setitem(state, args)
+        return
+    if name in NEW:
+        return
+    if name in FIRST_ONLY and args:
+        flat_in = [args[0]] if isinstance(args[0], torch.Tensor) else []
+    else:
+        flat_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    in_infos = [state.get(t) for t in flat_in]
+    if all(i is None for i in in_infos):
+        return  # nothing traced flows in: constants stay constants
+    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    if not outs:  # values leave tensor land (item, tolist, numpy, bool): a read the tracer cannot follow
+        raise Unmappable('its values leave torch (python or numpy values)')
+    zero = name == 'mul' and any(is_zero_scalar(a) for a in list(args[1:]) + list(kwargs.values()))
+    if zero:  # mmdet keeps graphs connected with `x.sum() * 0`: the result carries no channel
+        for i in in_infos:
+            state.use(i, zero=True)
+        for t in outs:
+            state.set(t, None)
+        return
+    if any(isinstance(i, Mixed) for i in in_infos):
+        for i in in_infos:
+            state.use(i)
+        propagate_mixed(state, name, in_infos, outs)
+        return
+    handler = handler_for(name, args, kwargs)
+    if handler is None:
+        raise Unmappable('the tracer has no rule for it')
+    handler(state, OpCall(func, name, args, kwargs, out, flat_in, in_infos, outs))
+    if inplace and outs and flat_in and outs[0] is not flat_in[0]:
+        state.set(flat_in[0], state.get(outs[0]))
+
+
+def unmappable(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, Any], out: Any,
+               why: str) -> None:
+    """Give the results of an op the tracer cannot map a :class:`Mixed` over every channel it read."""
+    name = op_name(func)[0]
+    if name in FIRST_ONLY and args:
+        infos = [state.get(args[0])]
+    else:
+        infos = [state.get(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    elems = [elems_of(i) for i in infos if i is not None]
+    for i in infos:
+        state.use(i)
+    reason = f'op {name}: {why}'
+    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    if not outs:  # the values leave tensor land (python numbers): treat the read as a real use
+        for e in elems:
+            state.uf.flag(e, reason)
+    for t in outs:  # lazy: flagged at the end unless only ever multiplied by zero
+        state.set(t, state.new_mixed(elems, reason))
+    state.unknown_ops[name] = state.unknown_ops.get(name, 0) + 1
+
+
+class Tracer(TorchFunctionMode):
+    """Records channel flow into ``state``; used only through :func:`~mmfisher.core.trace.trace_channels`."""
+
+    def __init__(self, state: TraceState) -> None:
+        super().__init__()
+        self.state = state
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.state.suppress:
+            return out
+        try:
+            record_op(self.state, func, args, kwargs, out)
+        except Unmappable as exc:
+            unmappable(self.state, func, args, kwargs, out, str(exc))
+        except MetaTraceUnsupported:
+            raise
+        except Exception as exc:  # noqa: BLE001  a defect of a handler degrades to "unmappable", never crashes
+            if is_meta_limitation(exc):
+                raise MetaTraceUnsupported(f'op {op_name(func)[0]}: {exc}') from exc
+            unmappable(self.state, func, args, kwargs, out,
+                       f'the tracer failed on it ({type(exc).__name__}: {exc})')
+        return out

@@ -1,0 +1,200 @@
+"""Module recording: forward pre/post hooks on every submodule.
+
+A module with a rule (``layers.py``) is recorded as one node when its outermost call returns, and the ops inside
+it are not looked at; how it is recorded follows what its rule answers (:attr:`LayerRule.is_passthrough`,
+:attr:`LayerRule.is_norm`, :attr:`LayerRule.keeps_input_layout`, :meth:`LayerRule.groups`, ...), never its type.
+A module without a rule is followed op by op; if its outputs carry nothing traced although traced inputs went
+in, it computed with ops the tracer cannot see (compiled extensions), and its inputs' channels are kept.
+"""
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from ..layers import LayerRule
+from .channels import ChannelInfo, elems_of
+from .errors import MetaTraceUnsupported, is_meta_limitation
+from .records import ModuleCall, ModuleRecord
+from .state import TraceState
+
+__all__ = ['pre_hook', 'post_hook', 'record_module']
+
+Inputs = List[Tuple[torch.Tensor, Any]]  # (input tensor, its info as the module was entered)
+
+
+def _tensors(obj: Any) -> List[torch.Tensor]:
+    return [t for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor)]
+
+
+def pre_hook(state: TraceState, name: str, rule: Optional[LayerRule]) -> Callable:
+    """A ``register_forward_pre_hook(..., with_kwargs=True)`` hook: note the call and its inputs' infos."""
+    def hook(module, args, kwargs):
+        inputs = [(t, state.get(t)) for t in _tensors((args, kwargs))]
+        state.stack.append((name, rule, inputs))
+        if rule is not None:
+            state.suppress += 1
+    return hook
+
+
+def post_hook(state: TraceState, name: str, rule: Optional[LayerRule]) -> Callable:
+    """A ``register_forward_hook(..., with_kwargs=True)`` hook: record a ruled module's outermost call, or check
+    an unruled module for hidden computation."""
+    def hook(module, args, kwargs, output):
+        _, _, inputs = state.stack.pop()
+        if rule is not None:
+            state.suppress -= 1
+            if state.suppress == 0:
+                _record_safely(state, name, module, rule, inputs, output)
+            return None
+        if state.suppress:
+            return None
+        traced_in = [info for _, info in inputs if info is not None]
+        if not traced_in:
+            return None
+        outs = _tensors(output)
+        hidden = any(t.requires_grad for t in outs) or any(True for _ in module.parameters(recurse=False))
+        if outs and hidden and all(state.get(t) is None for t in outs):
+            # outputs came from ops the tracer could not see (compiled extensions): opaque module
+            reason = f'{name} ({type(module).__name__}) computes with an op the tracer cannot see'
+            for info in traced_in:
+                state.flag_info(info, reason)
+            for t in outs:
+                state.set(t, state.new_mixed([elems_of(i) for i in traced_in], reason))
+        return None
+    return hook
+
+
+def _record_safely(state: TraceState, name: str, module: nn.Module, rule: LayerRule, inputs: Inputs,
+                   output: Any) -> None:
+    """:func:`record_module`; a failure of the tracer itself leaves this call unrecorded and keeps the channels
+    the module read, with the reason (its outputs carry them as a :class:`Mixed`)."""
+    rec = state.modules.get(name)
+    calls = len(rec.calls) if rec is not None else 0
+    try:
+        record_module(state, name, module, rule, inputs, output)
+    except MetaTraceUnsupported:
+        raise
+    except Exception as exc:  # noqa: BLE001  a defect here must degrade, not crash the user's forward
+        if is_meta_limitation(exc):
+            raise MetaTraceUnsupported(f'{name}: {exc}') from exc
+        if rec is None:  # drop the half-made record
+            state.modules.pop(name, None)
+            if name in state.module_order:
+                state.module_order.remove(name)
+        else:
+            del rec.calls[calls:]
+        reason = f'{name} ({type(module).__name__}): the tracer failed on it ({type(exc).__name__}: {exc})'
+        infos = [info for _, info in inputs if info is not None]
+        for info in infos:
+            state.flag_info(info, reason)
+        for t in _tensors(output):
+            state.set(t, state.new_mixed([elems_of(i) for i in infos], reason))
+
+
+def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRule, inputs: Inputs,
+                  output: Any) -> None:
+    """Record one call of a ruled module: its positions' elements (coupled across calls), and the output's map."""
+    rec = state.modules.get(name)
+    if rec is None:
+        rec = state.modules[name] = ModuleRecord(name, rule)
+        state.module_order.append(name)
+        if not rule.is_passthrough:
+            rec.groups, rec.kernel = int(rule.groups(module)), int(rule.kernel_numel(module))
+    outs = _tensors(output)
+    if not inputs or not outs:
+        return
+    x, info = inputs[0]
+    for _, other in inputs[1:]:
+        state.use(other)
+    state.use(info)
+    out = outs[0]
+    if rule.is_passthrough:
+        _record_passthrough(state, name, rule, x, info, out)
+        return
+    dim = rule.channel_dim(x.dim())
+    c_in = rule.in_channels(module)
+    rec.calls.append(ModuleCall(tuple(x.shape), tuple(out.shape), bool(x.requires_grad)))
+    vec = state.channel_vector(info, dim, c_in) if dim is not None and x.shape[dim] == c_in else None
+    if vec is None:
+        if info is not None:
+            state.flag_info(info, f'{name} ({type(module).__name__}) reads channels the tracer cannot map')
+        vec = np.full(c_in, -1, dtype=np.int64)
+    if rule.keeps_input_layout:
+        _record_layout_keeping(state, name, module, rule, rec, x, info, vec, out)
+    elif rule.is_norm:
+        _record_norm(state, name, module, rule, rec, dim, vec, out)
+    else:
+        _record_weighted(state, name, module, rule, rec, vec, out)
+
+
+def _record_passthrough(state: TraceState, name: str, rule: LayerRule, x: torch.Tensor, info: Any,
+                        out: torch.Tensor) -> None:
+    """Output channel c is the first input's channel c (RoI ops); nothing is recorded per position."""
+    dim = rule.channel_dim(x.dim())
+    vec = state.channel_vector(info, dim, x.shape[dim]) if dim is not None else None
+    if vec is None:
+        if info is not None:
+            state.set(out, state.new_mixed([elems_of(info)], f'{name}: unmapped input'))
+        return
+    state.set(out, ChannelInfo((dim,), vec.copy()))
+
+
+def _merge_inputs(state: TraceState, rec: ModuleRecord, vec: np.ndarray, fill: bool = True) -> None:
+    """Couple this call's input elements with earlier calls' (``fill``: a position untracked so far takes
+    this call's element)."""
+    if rec.in_elems is None:
+        rec.in_elems = vec.copy()
+    else:
+        state.uf.union_arrays(rec.in_elems, vec)
+        if fill:
+            rec.in_elems = np.where(rec.in_elems < 0, vec, rec.in_elems)
+
+
+def _record_layout_keeping(state: TraceState, name: str, module: nn.Module, rule: LayerRule, rec: ModuleRecord,
+                           x: torch.Tensor, info: Any, vec: np.ndarray, out: torch.Tensor) -> None:
+    """A norm whose statistics run over :meth:`LayerRule.normalized_dims` (LayerNorm): channels there are mixed
+    and unprunable; the output keeps the input's channel layout."""
+    norm_dims = set(rule.normalized_dims(module, x.dim()))
+    if isinstance(info, ChannelInfo) and norm_dims & set(info.dims):
+        state.uf.flag(info.cmap, f'{name} ({rule.label}) normalises over channels')
+    _merge_inputs(state, rec, vec, fill=False)
+    rec.out_elems = rec.in_elems
+    state.set(out, info if isinstance(info, ChannelInfo) else None)
+
+
+def _record_norm(state: TraceState, name: str, module: nn.Module, rule: LayerRule, rec: ModuleRecord,
+                 dim: Optional[int], vec: np.ndarray, out: torch.Tensor) -> None:
+    """Per-channel or per-group norm: output position c is input position c; with ``groups > 1`` (GroupNorm) a
+    group is one atom, and a group holding untracked channels is unprunable."""
+    _merge_inputs(state, rec, vec)
+    groups = rule.groups(module)
+    if groups > 1:
+        size = rule.in_channels(module) // groups
+        for g in range(groups):
+            state.uf.union_all(rec.in_elems[g * size:(g + 1) * size])
+        if (rec.in_elems < 0).any():
+            state.uf.flag(rec.in_elems, f'{name} ({rule.label}) normalises a group with untracked channels')
+    rec.out_elems = rec.in_elems
+    state.set(out, ChannelInfo((dim,), rec.in_elems.copy()) if dim is not None else None)
+
+
+def _record_weighted(state: TraceState, name: str, module: nn.Module, rule: LayerRule, rec: ModuleRecord,
+                     vec: np.ndarray, out: torch.Tensor) -> None:
+    """Conv/linear: fresh output elements (made once, shared by every call); a grouped layer couples each
+    group's inputs and outputs into one atom."""
+    c_in, c_out, groups = rule.in_channels(module), rule.out_channels(module), rule.groups(module)
+    _merge_inputs(state, rec, vec)
+    if rec.out_elems is None:
+        rec.out_elems = state.uf.make(c_out)
+    if groups > 1:
+        ig, og = c_in // groups, c_out // groups
+        for g in range(groups):
+            group = np.concatenate([rec.in_elems[g * ig:(g + 1) * ig], rec.out_elems[g * og:(g + 1) * og]])
+            state.uf.union_all(group)
+            if (rec.in_elems[g * ig:(g + 1) * ig] < 0).any():
+                state.uf.flag(group, f'{name} (grouped conv) reads untracked channels')
+    out_dim = rule.channel_dim(out.dim())
+    if out_dim is not None and out.shape[out_dim] == c_out:
+        state.set(out, ChannelInfo((out_dim,), rec.out_elems.copy()))

@@ -1,0 +1,147 @@
+"""Data movement (view, reshape, permute, cat, split, chunk, slicing, gather, channel shuffle, ...): replayed on
+id tensors, so any reshape is mapped exactly, and a movement that cannot be expressed as a channel map is
+refused rather than guessed. :func:`constrain_move` then couples what must stay equal after pruning."""
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_flatten
+
+from .channels import ChannelInfo, ids_tensor, info_from_ids
+from .errors import Unmappable, no_meta
+from .optable import LIST_DATA, LITERAL, OpCall
+from .state import TraceState
+
+__all__ = ['op_move', 'constrain_move']
+
+
+def op_move(state: TraceState, call: OpCall) -> None:
+    """Replay the op on id tensors (untraced inputs as -1) and read each result's map back; refuse (Unmappable)
+    when the replay fails, differs in structure or shape, or mixes identities along non-channel dims."""
+    func, name, args, kwargs, out = call.func, call.name, call.args, call.kwargs, call.out
+    if name in LIST_DATA:
+        data = args[0] if args else kwargs.get('tensors')
+        seq = list(data)
+        new_seq = []
+        for t in seq:
+            info = state.get(t)
+            if isinstance(info, ChannelInfo):
+                new_seq.append(ids_tensor(t, info))
+            else:
+                new_seq.append(torch.full(t.shape, -1, dtype=torch.int64))
+        pargs = (new_seq,) + tuple(args[1:]) if args else ()
+        pkw = dict(kwargs)
+        if not args:
+            pkw['tensors'] = new_seq
+    else:
+        x = args[0] if args else next(iter(kwargs.values()))
+        info = state.get(x)
+        if not isinstance(info, ChannelInfo):
+            return
+        ids = ids_tensor(x, info)
+        pargs = (ids,) + tuple(args[1:])
+        pkw = kwargs
+        if name == 'masked_select':
+            raise Unmappable('data-dependent selection')
+    no_meta(pargs, pkw)
+    try:
+        with torch.no_grad():
+            probe = func(*pargs, **pkw)
+    except Exception as exc:  # the probe must behave like the real op; if not, refuse to guess
+        raise Unmappable(f'could not replay it on channel ids ({type(exc).__name__})')
+    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    probes = [t for t in tree_flatten(probe)[0] if isinstance(t, torch.Tensor)]
+    if len(outs) != len(probes):
+        raise Unmappable('replay gave a different structure')
+    infos = []
+    for t, p in zip(outs, probes):
+        if tuple(t.shape) != tuple(p.shape):
+            raise Unmappable('replay gave a different shape')
+        info = info_from_ids(p)
+        if info is None:
+            raise Unmappable('the result mixes channel identities along non-channel dims')
+        infos.append(info)
+    constrain_move(state, name, pargs, infos)
+    for t, info in zip(outs, infos):
+        state.set(t, info)
+
+
+def constrain_move(state: TraceState, name: str, pargs, infos: List[ChannelInfo]) -> None:
+    """Keep the slimmed model's count-dependent data movement equal to the masked model's.
+
+    * equal parts (chunk, split into equal sizes, unbind): position i of every part is one atom, so parts
+      stay equal and aligned;
+    * a reshape that splits a channel dim (channel shuffle's ``view(n, g, c/g, h, w)``): positions are
+      coupled across the outer axes;
+    * picking channels by position (``x[:, :k]``, narrow, index_select, unequal splits): the bounds are
+      literals that would not follow pruning, so those channels are unprunable.
+    """
+    data = pargs[0]
+    ins = data if isinstance(data, (list, tuple)) else [data]
+    in_infos = [info_from_ids(i) for i in ins]
+    in_elems = np.unique(np.concatenate([np.unique(i.numpy()) for i in ins]))
+    in_elems = in_elems[in_elems >= 0]
+    in_dims = max((len(i.dims) for i in in_infos if i is not None), default=0)
+    if name in LITERAL:
+        src = in_infos[0]
+        if all(src is not None and i.cmap.shape == src.cmap.shape and np.array_equal(i.cmap, src.cmap)
+               for i in infos):
+            return  # channel axis untouched (slicing batch/spatial dims, splitting along them)
+        if name == 'tensor_split' and len(pargs) > 1 and isinstance(pargs[1], int):
+            name = 'chunk'  # a section count scales with the channels like chunk
+        elif name in ('split', 'split_with_sizes') and len(infos) > 1 and split_sizes_follow(state, pargs, infos):
+            return
+        elif name in ('getitem', 'narrow') and len(infos) == 1 and half_slice(state, src, infos[0]):
+            return
+        else:
+            state.uf.flag(in_elems, f'op {name} picks channels at literal positions')
+            return
+    if name == 'chunk' and len(infos) > 1 and not all(
+            np.array_equal(i.cmap, infos[0].cmap) and i.cmap.shape == infos[0].cmap.shape for i in infos[1:]):
+        if len({i.cmap.shape for i in infos}) == 1 and len({i.dims for i in infos}) == 1:
+            for other in infos[1:]:  # position i of every part is one atom: parts stay equal and aligned
+                state.uf.union_arrays(infos[0].cmap, other.cmap)
+        else:
+            state.uf.flag(in_elems, 'op chunk splits channels into unequal parts')
+        return
+    info = infos[0]
+    if len(info.dims) > in_dims and info.cmap.ndim > 1:
+        # a reshape that splits a channel dim (channel shuffle): couple positions across the outer axes
+        cm = info.cmap.reshape(-1, info.cmap.shape[-1])
+        for j in range(1, cm.shape[0]):
+            state.uf.union_arrays(cm[0], cm[j])
+
+
+def half_slice(state: TraceState, src: Optional[ChannelInfo], out: ChannelInfo) -> bool:
+    """``x[:, :c]`` / ``x[:, c:]`` with ``c = C/2`` (mmpretrain's ShuffleNetV2 channel split, written this way
+    for deployment): the halves are coupled position by position, so ``c`` stays half after pruning."""
+    if src is None or len(src.dims) != 1 or out.dims != src.dims or src.cmap.ndim != 1:
+        return False
+    full, part = src.cmap, out.cmap
+    if full.size % 2 or part.size != full.size // 2:
+        return False
+    half = full.size // 2
+    if not (np.array_equal(part, full[:half]) or np.array_equal(part, full[half:])):
+        return False
+    state.uf.union_arrays(full[:half], full[half:])
+    return True
+
+
+def split_sizes_follow(state: TraceState, pargs, infos: List[ChannelInfo]) -> bool:
+    """Equal parts of a channel split stay exact if their size follows pruning: couple position i of every
+    part, and tie the size to the running module's int attribute that holds it (Res2Net's ``width``, C2f's
+    ``mid_channels``); an int size with no such attribute is taken as computed from the input's shape."""
+    sizes = pargs[1] if len(pargs) > 1 else None
+    if len({i.cmap.shape for i in infos}) != 1 or len({i.dims for i in infos}) != 1 or not infos[0].dims:
+        return False
+    for other in infos[1:]:
+        state.uf.union_arrays(infos[0].cmap, other.cmap)
+    part = infos[0]
+    size = part.cmap.shape[-1] if part.cmap.ndim else 1
+    owner, names = state.size_attribute(size, ('channels', 'width', 'mid'))
+    if len(names) == 1:
+        vec = state.channel_vector(part, part.dims[-1], size)
+        if vec is not None:
+            state.bind_attribute(owner, names[0], vec)
+            return True
+    return isinstance(sizes, int)

@@ -1,0 +1,94 @@
+"""Pointwise ops: channel identities pass through; n-ary ops (add, mul, where, ...) union the channels they
+combine (residual adds, FPN top-down adds, SE/attention gates). Also what a :class:`Mixed` input does to a
+result, and the ``x * 0`` idiom that carries no channel."""
+from typing import Any, List
+
+import numpy as np
+import torch
+
+from .channels import ChannelInfo, Mixed, broadcast_cmap, elems_of
+from .errors import MetaTraceUnsupported
+from .optable import NARY, OpCall
+from .records import ParamUse
+from .state import TraceState
+
+__all__ = ['is_zero_scalar', 'op_pointwise', 'propagate_mixed']
+
+
+def is_zero_scalar(x: Any) -> bool:
+    """Whether ``x`` is a literal zero (a Python number or a constant one-element tensor equal to 0)."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return x == 0
+    if isinstance(x, torch.Tensor) and x.is_meta:
+        if x.requires_grad:  # a learnable scale (mmdet's Scale) is no zero literal
+            return False
+        raise MetaTraceUnsupported('a scalar tensor value is needed')
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and x.dim() == 0 and not x.requires_grad:
+        try:
+            return bool(x.item() == 0)
+        except Exception:  # meta tensors and the like
+            return False
+    return False
+
+
+def propagate_mixed(state: TraceState, name: str, in_infos: List[Any], outs: List[torch.Tensor]) -> None:
+    """Some input is :class:`Mixed`: every output is one :class:`Mixed` over all inputs' elements."""
+    elems = [elems_of(i) for i in in_infos if i is not None]
+    reasons = [i.reason for i in in_infos if isinstance(i, Mixed)]
+    m = state.new_mixed(elems, reasons[0] if reasons else f'op {name}')
+    has_channels = any(isinstance(i, ChannelInfo) and i.dims for i in in_infos)
+    if has_channels and name in NARY and m is not None:
+        # a mixed value added into real channels contaminates them
+        m.used, m.zero_only = True, False
+    for t in outs:
+        state.set(t, m)
+
+
+def op_pointwise(state: TraceState, call: OpCall) -> None:
+    """Broadcast every traced input's map onto the output, union them position by position; per-channel
+    parameters along the channel dim are recorded (sliced with the channels), other per-channel constants make
+    the channels unprunable."""
+    name, flat_in, in_infos, outs = call.name, call.flat_in, call.in_infos, call.outs
+    if not outs:
+        return
+    out = outs[0]
+    shape = tuple(out.shape)
+    traced = [(t, i) for t, i in zip(flat_in, in_infos) if isinstance(i, ChannelInfo)]
+    shift = lambda t, d: d + len(shape) - t.dim()  # noqa: E731
+    dims = sorted({shift(t, d) for t, i in traced for d in i.dims})
+    maps = []
+    for t, i in traced:
+        m = broadcast_cmap(i, t.dim(), shape, dims)
+        # a size-1 channel broadcast over many (a 1-channel gate) couples nothing: it acts as a scalar
+        bdims = [k for k, d in enumerate(dims) if shape[d] > 1 and (t.dim() - len(shape) + d < 0 or
+                                                                    t.shape[t.dim() - len(shape) + d] == 1)]
+        if bdims:
+            m = np.full(m.shape, -1, dtype=np.int64)
+        maps.append(m)
+    # constants (incl. parameters) with per-channel extent along a channel dim
+    for t, i in zip(flat_in, in_infos):
+        if i is not None or t.dim() == 0:
+            continue
+        cdims = [d for d in range(t.dim()) if t.shape[d] > 1 and shift(t, d) in dims]
+        if not cdims:
+            continue
+        pname = state.param_names.get(id(t))
+        if pname is not None and len(cdims) == 1 and len(dims) == 1 and t.shape[cdims[0]] == shape[dims[0]]:
+            vec = maps[0].reshape(-1) if maps else None
+            use = state.params.get(pname)
+            if use is None:
+                state.params[pname] = ParamUse(pname, cdims[0], vec.copy())
+            else:
+                state.uf.union_arrays(use.elems, vec)
+            continue
+        reason = f'op {name} combines channels with a per-channel tensor the tracer cannot attribute'
+        for m in maps:
+            state.uf.flag(m, reason)
+    if not traced:
+        return
+    for m in maps[1:]:
+        state.uf.union_arrays(maps[0], m)
+    merged = maps[0].copy()
+    for m in maps[1:]:
+        merged = np.where(merged < 0, m, merged)
+    state.set(out, ChannelInfo(tuple(dims), np.ascontiguousarray(merged)))

@@ -1,0 +1,60 @@
+"""Ops that act on non-channel dims: spatial ops (pooling, interpolation, padding) and reductions or ops along
+one dim (sum, mean, softmax, topk, ...). They keep channels when they leave the channel dims alone."""
+import torch
+
+from ..dims import normalize_dim
+from .channels import ChannelInfo
+from .errors import Unmappable
+from .optable import ALONG, OpCall
+from .state import TraceState
+
+__all__ = ['op_spatial', 'op_reduce']
+
+
+def op_spatial(state: TraceState, call: OpCall) -> None:
+    """Pooling, interpolation, padding, grid sampling: the first input's channels pass when the op leaves the
+    channel dims' sizes alone (and acts only on dims >= 2, except ``pad``)."""
+    name, flat_in, in_infos, outs = call.name, call.flat_in, call.in_infos, call.outs
+    x, info = flat_in[0], in_infos[0]
+    for i in in_infos[1:]:
+        state.use(i)
+    if not isinstance(info, ChannelInfo) or not outs:
+        return
+    out = outs[0]
+    if out.dim() != x.dim() or any(out.shape[d] != x.shape[d] for d in info.dims) or \
+            any(d >= 2 for d in info.dims) and name not in ('pad',):
+        raise Unmappable('it resizes a channel dim')
+    for t in outs[:1]:
+        state.set(t, ChannelInfo(info.dims, info.cmap.copy()))
+
+
+def op_reduce(state: TraceState, call: OpCall) -> None:
+    """Reductions (sum, mean, max, ...) and ops along one dim (softmax, sort, topk, normalize, ...): channels
+    pass when the reduced dims hold none; reducing over all dims or across channels is unmappable."""
+    name, args, kwargs, in_infos, outs = call.name, call.args, call.kwargs, call.in_infos, call.outs
+    info = in_infos[0]
+    if not isinstance(info, ChannelInfo) or not outs:
+        return
+    x = args[0]
+    if not info.dims:
+        for t in outs:
+            state.set(t, ChannelInfo((), info.cmap.copy()))
+        return
+    dim = kwargs.get('dim', args[1] if len(args) > 1 and not isinstance(args[1], torch.Tensor) else None)
+    if name in ('normalize',):
+        dim = kwargs.get('dim', args[2] if len(args) > 2 else 1)
+    if name in ('topk',):
+        dim = kwargs.get('dim', args[2] if len(args) > 2 else -1)
+    if dim is None:
+        raise Unmappable('it reduces over all dims, channels included')
+    red = [dim] if isinstance(dim, int) else list(dim)
+    red = sorted(normalize_dim(d, x.dim()) for d in red)
+    if set(red) & set(info.dims):
+        raise Unmappable('it reduces or normalises across channels')
+    for t in outs:
+        keep = t.dim() == x.dim()
+        if name in ALONG or keep:
+            state.set(t, ChannelInfo(info.dims, info.cmap.copy()))
+        else:
+            new_dims = tuple(d - sum(r < d for r in red) for d in info.dims)
+            state.set(t, ChannelInfo(new_dims, info.cmap.copy()))  # value and index outputs alike

@@ -1,0 +1,122 @@
+"""The state of one trace: the channel info of every live traced tensor, the union-find, and what was recorded.
+
+Op handlers (``pointwise``, ``movement``, ``setitem``, ``spatial``) and module recording (``modules``) all read and
+write one :class:`TraceState`; ``api.trace_channels`` creates it and turns it into a ``TraceResult``.
+"""
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..layers import LayerRule
+from ..unionfind import UnionFind
+from .channels import ChannelInfo, Mixed, elems_of
+from .records import AttrUse, ModuleRecord, ParamUse
+
+__all__ = ['TraceState']
+
+# (module name, its rule or None, [(input tensor, its info)]) of a module whose forward is running
+StackEntry = Tuple[str, Optional[LayerRule], List[Tuple[torch.Tensor, Any]]]
+
+
+class TraceState:
+    """Channel infos keyed by tensor identity, the union-find over elements, and the records of one trace."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.uf = UnionFind()
+        self.infos: Dict[int, Tuple[torch.Tensor, Any]] = {}  # id(tensor) -> (tensor, ChannelInfo | Mixed)
+        self.mixed: List[Mixed] = []
+        self.modules: Dict[str, ModuleRecord] = {}
+        self.module_order: List[str] = []
+        self.params: Dict[str, ParamUse] = {}
+        self.attrs: Dict[str, AttrUse] = {}
+        self.module_objs: Dict[str, nn.Module] = {}
+        self.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        self.param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
+        self.unknown_ops: Dict[str, int] = {}
+        self.suppress = 0  # > 0 inside a ruled module: its internals are not looked at
+        self.stack: List[StackEntry] = []
+
+    # ---- tensor bookkeeping -------------------------------------------------------------------------------
+    def get(self, t: Any) -> Any:
+        """The :class:`ChannelInfo` / :class:`Mixed` of ``t``, or None (not traced, or not a tensor)."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        entry = self.infos.get(id(t))
+        if entry is None or entry[0] is not t:
+            return None
+        return entry[1]
+
+    def set(self, t: torch.Tensor, info: Any) -> None:
+        """Attach ``info`` to ``t`` (None forgets it: ``t`` is a constant)."""
+        if info is None:
+            self.infos.pop(id(t), None)
+        else:
+            self.infos[id(t)] = (t, info)
+
+    def new_mixed(self, elems: List[Optional[np.ndarray]], reason: str) -> Optional[Mixed]:
+        """A :class:`Mixed` over the union of ``elems`` (None when there are none), registered for the final
+        flagging."""
+        elems = [np.asarray(e).ravel() for e in elems if e is not None and np.asarray(e).size]
+        if not elems:
+            return None
+        m = Mixed(np.unique(np.concatenate(elems)), reason)
+        self.mixed.append(m)
+        return m
+
+    @staticmethod
+    def use(info: Any, zero: bool = False) -> None:
+        """Note a read of a :class:`Mixed` (``zero``: a multiplication by zero, which keeps it harmless)."""
+        if isinstance(info, Mixed):
+            info.used = True
+            info.zero_only = info.zero_only and zero
+
+    def channel_vector(self, info: Any, dim: int, size: int) -> Optional[np.ndarray]:
+        """The element of each position along ``dim`` (``size`` long), unioning identities across other dims
+        (batch rows share weights). None if the channels cannot be mapped."""
+        if not isinstance(info, ChannelInfo):
+            return None
+        if not info.dims:
+            return np.full(size, int(info.cmap.reshape(-1)[0]), dtype=np.int64)
+        if dim not in info.dims:
+            return None
+        axis = info.dims.index(dim)
+        cm = np.moveaxis(info.cmap, axis, 0).reshape(info.cmap.shape[axis], -1)
+        if cm.shape[0] != size:
+            return None
+        if cm.shape[1] > 1:
+            cm = np.unique(cm, axis=1)  # rows usually repeat a few maps (one per pyramid level)
+        for j in range(1, cm.shape[1]):
+            self.uf.union_arrays(cm[:, 0], cm[:, j])
+        vec = cm[:, 0].copy()
+        for j in range(1, cm.shape[1]):  # a position constant in one row but a channel in another keeps it
+            vec = np.where(vec < 0, cm[:, j], vec)
+        return vec
+
+    def flag_info(self, info: Any, reason: str) -> None:
+        """Make every element of ``info`` unprunable; a :class:`Mixed` keeps its own reason (the op that mixed the
+        channels, not the layer that met the result)."""
+        if isinstance(info, Mixed):
+            reason = info.reason
+        elems = elems_of(info)
+        if elems is not None:
+            self.uf.flag(elems, reason)
+
+    # ---- int attributes that size channel buffers ---------------------------------------------------------
+    def size_attribute(self, size: int, words: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
+        """(running module's name, its int attributes equal to ``size`` whose names contain one of ``words``)."""
+        owner = next((n for n, rule, _ in reversed(self.stack) if rule is None), None)
+        module = self.module_objs.get(owner) if owner is not None else None
+        names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool) and v == size
+                 and any(w in k for w in words)] if module is not None else []
+        return owner, names
+
+    def bind_attribute(self, owner: str, attr: str, vec: np.ndarray) -> None:
+        """Record that ``owner.attr`` counts the channels ``vec``: slimming sets it to the kept count."""
+        key = f'{owner}.{attr}'
+        use = self.attrs.get(key)
+        if use is None:
+            self.attrs[key] = AttrUse(owner, attr, vec.copy())
+        else:
+            self.uf.union_arrays(use.elems, vec)
