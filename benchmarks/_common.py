@@ -5,7 +5,6 @@ Not a benchmark itself (no figures). Every script writes ``benchmarks/results/<n
 """
 import datetime
 import json
-import math
 import os
 import os.path as osp
 import platform
@@ -191,8 +190,8 @@ def run_hook_pruning(config: str, base: str, work_dir: str, hook, seed: int = 0,
     runner.train()
     wall = time.perf_counter() - t0
     return dict(iters=runner.iter, wall_s=wall, done=bool(hook.done), atoms_masked=len(hook.order),
-                num_atoms=hook.graph.num_atoms, steps=getattr(hook, 'steps', None),
-                ratios=hook._ratios(), channels=hook.outputs.get('channels'), weights=hook.outputs.get('weights'))
+                num_atoms=hook.graph.num_atoms, steps=hook.steps,
+                ratios=hook.ratios(), channels=hook.outputs.get('channels'), weights=hook.outputs.get('weights'))
 
 
 def finetune_eval(config: str, channels: Optional[str], weights: str, work_dir: str, iters: int, seed: int = 0,
@@ -224,25 +223,17 @@ def finetune_eval(config: str, channels: Optional[str], weights: str, work_dir: 
                 finetune_iters=iters, finetune_wall_s=wall, finetune_lr_decay=decay)
 
 
-def counting_hook(k=1, frac=None, fixed=False, **kw):
-    """A FisherPruningHook that counts its steps. ``frac``: k = ceil(frac x eligible alive atoms), recomputed at
-    every step (``fixed=False``, 'adaptive') or once at the first step (``fixed=True``). Benchmark-only."""
+def pruning_hook(k=1, frac=None, fixed=False, **kw):
+    """A FisherPruningHook with ``k`` atoms per step, or with the library's adaptive schedule: ``frac``: k =
+    ceil(frac x eligible alive atoms), recomputed at every step (``fixed=False``, 'adaptive') or once at the first
+    step (``fixed=True``). ``hook.steps`` / ``hook.k_used`` count its steps."""
     from mmfisher.hooks import FisherPruningHook
-
-    class CountingHook(FisherPruningHook):
-        def __init__(self):
-            super().__init__(channels_per_step=int(k), **kw)
-            self.steps = 0
-            self.k_used = []
-
-        def _prune_step(self, runner):
-            if frac is not None and not (fixed and self.k_used):
-                n = int((self.masks.alive.numpy() & self.eligible).sum())
-                self.channels_per_step = max(1, math.ceil(frac * n))
-            self.k_used.append(self.channels_per_step)
-            self.steps += 1
-            return super()._prune_step(runner)
-    return CountingHook()
+    if frac is None:
+        return FisherPruningHook(channels_per_step=int(k), **kw)
+    interval = kw.pop('interval', 10)
+    start_iter = kw.pop('start_iter', 0)
+    return FisherPruningHook(schedule=dict(type='AdaptiveK', interval=interval, share=frac, recompute=not fixed,
+                                           start_iter=start_iter), **kw)
 
 
 def big_model_prune_cfg(spec: str, data_config: str, work_dir: str, max_iters: int, batch_size: int,
@@ -273,28 +264,3 @@ def big_model_prune_cfg(spec: str, data_config: str, work_dir: str, max_iters: i
     cfg.log_level = 'WARNING'
     cfg.custom_imports = dict(imports=['mmfisher'], allow_failed_imports=False)
     return cfg
-
-
-def tensor_mode(model, samples=None):
-    """``model`` as an ``nn.Module`` of one tensor input (held as ``.m``) whose ``forward(x)`` runs the mm
-    tensor mode (with ``samples`` for detectors) and returns a flat tuple of the output tensors: what
-    Torch-Pruning traces, mmengine counts FLOPs of, ``torch.onnx.export`` exports and the latency timer runs."""
-    import torch
-
-    def flatten(o, flat):
-        if isinstance(o, torch.Tensor):
-            flat.append(o)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                flatten(v, flat)
-        return flat
-
-    class TensorMode(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x):
-            out = self.m(x, samples, mode='tensor') if samples is not None else self.m(x, mode='tensor')
-            return tuple(flatten(out, []))
-    return TensorMode()

@@ -35,17 +35,17 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (DET_CFG, ROOT, Result, counting_hook, finetune_eval, run_hook_pruning,  # noqa: E402
+from _common import (DET_CFG, ROOT, Result, pruning_hook, finetune_eval, run_hook_pruning,  # noqa: E402
                      train_baseline)
 
 
 def make_hook(k, interval, target, shape, delta='acts'):
-    """A counting FisherPruningHook (``_common.counting_hook``); ``adaptive``: k = 1% of the eligible alive atoms,
+    """A counting FisherPruningHook (``_common.pruning_hook``); ``adaptive``: k = 1% of the eligible alive atoms,
     recomputed at every step."""
     kw = dict(interval=interval, delta=delta, target=target, target_metric='flops', input_shape=shape)
     if k == 'adaptive':
-        return counting_hook(k=1, frac=0.01, **kw)
-    return counting_hook(k=int(k), **kw)
+        return pruning_hook(k=1, frac=0.01, **kw)
+    return pruning_hook(k=int(k), **kw)
 
 
 def _summary(iters, per_seed, total):

@@ -45,8 +45,8 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, counting_hook, finetune_eval,  # noqa: E402
-                     metric_key, run_hook_pruning, tensor_mode, tiny_runner_cfg, train_baseline)
+from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, pruning_hook, finetune_eval,  # noqa: E402
+                     metric_key, run_hook_pruning, tiny_runner_cfg, train_baseline)
 
 METHODS = ['fisher_acts', 'fisher_flops', 'l1', 'random', 'tp_taylor', 'tp_magnitude']
 EXTRA_METHODS = ['l1_global']
@@ -69,7 +69,7 @@ def greedy(graph, costs, order, target, budget='flops'):
     """Mask atoms in ``order`` (keeping >= 1 per unit) until ``budget`` (FLOPs or acts) <= target x unpruned
     (selection.choose)."""
     import numpy as np
-    from mmfisher.hooks import selection
+    from mmfisher.core import selection
     unit_of = selection.unit_index(graph.num_atoms, [u.atoms for u in graph.units])
     alive = np.ones(graph.num_atoms, dtype=bool)
     full = costs.totals(alive)[budget]
@@ -106,18 +106,11 @@ def uniform(graph, costs, score, target, budget='flops'):
 
 
 def l1_scores(model, graph):
-    import numpy as np
-    modules = dict(model.named_modules())
-    score = np.zeros(graph.num_atoms)
-    for name, atoms in graph.out_atoms.items():
-        if graph.rules[name].role != 'weighted':
-            continue
-        w = modules[name].weight.detach()
-        dim = 0 if not isinstance(modules[name], __import__('torch').nn.ConvTranspose2d) else 1
-        per = w.abs().movedim(dim, 0).reshape(w.shape[dim], -1).sum(1).double().numpy()
-        valid = atoms >= 0
-        np.add.at(score, atoms[valid], per[valid])
-    return score
+    """Per-atom L1 norms of the producers' filters: the library criterion ``mmfisher.core.L1Norm``."""
+    from mmfisher.core import L1Norm
+    crit = L1Norm(layerwise=False)
+    crit.attach(model, graph)
+    return crit.norms()
 
 
 def tp_alive(model, graph, costs, data_batches, kind, target, shape, budget='flops'):
@@ -142,9 +135,11 @@ def tp_alive(model, graph, costs, data_batches, kind, target, shape, budget='flo
     outputs = ['head.fc', 'bbox_head.retina_cls', 'bbox_head.retina_reg']
     full = costs.totals(np.ones(graph.num_atoms, dtype=bool))[budget]
 
+    from mmfisher.models import TensorMode
+
     def attempt(ratio):
         m = copy.deepcopy(model)
-        w = tensor_mode(m, samples)
+        w = TensorMode(m, samples)
         mods = dict(w.named_modules())
         names = {v: k[2:] for k, v in mods.items()}
         ignored = [mods['m.' + n] for n in outputs if 'm.' + n in mods]
@@ -186,7 +181,7 @@ def prune_core(method, config, base, work, target, shape, seed, taylor_batches, 
     """l1 / random / TP: choose atoms on the baseline model, write channels.json + pruned.pth."""
     import numpy as np
     from mmfisher.core import CostModel, analyze
-    from mmfisher.hooks.export import export_pruned
+    from mmfisher.core.export import export_pruned
     from mmfisher.models.tracing import make_trace_forward
     runner, model = load_base_model(config, base, seed)
     graph = analyze(model, make_trace_forward(model, shape))
@@ -274,7 +269,7 @@ def main() -> None:
             t0 = time.perf_counter()
             ft_iters = args.ft_iters
             if method.startswith('fisher'):
-                hook = counting_hook(k=args.fisher_k, interval=args.fisher_interval, delta=method.split('_')[1],
+                hook = pruning_hook(k=args.fisher_k, interval=args.fisher_interval, delta=method.split('_')[1],
                                      target=args.target, target_metric=args.budget, input_shape=task['shape'])
                 r = run_hook_pruning(task['config'], base, mwork, hook, seed)
                 r = dict(pruning_iters=r['iters'], pruning_wall_s=r['wall_s'], ratios=r['ratios'],

@@ -9,7 +9,7 @@ no pretrained weights):
    800x1333 / 224x224), a large k (3% of the eligible atoms per step, fixed at the first step) every iteration.
    Weights are not trained to convergence: the runs give the *structures* whose speed is measured.
 2. **Rounding**: kept channels rounded up to multiples of 1, 8, 16 with the hook's own rule
-   (``mmfisher.hooks.selection.round_up`` over the run's pruning order: the hook's ``divisor`` at export), applied
+   (``mmfisher.core.selection.round_up`` over the run's pruning order: the hook's ``divisor`` at export), applied
    to the divisor-1 run afterwards, so the rounded structures have slightly more than 50% FLOPs (reported).
 3. **Random control**: ``mmfisher.core.random_alive`` (the same share of every unit) with the share bisected so
    that its FLOPs (our cost model at the realistic shape) match the Fisher 'acts' structure's.
@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import (CLS_CFG, DET_CFG, ROOT, Result, big_model_prune_cfg, build_runner,  # noqa: E402
-                     counting_hook, tensor_mode)
+                     pruning_hook)
 
 MODELS = {
     'retinanet_r50_fpn': dict(spec='mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', kind='det'),
@@ -58,13 +58,14 @@ QUICK = {
 
 
 def Wrapped(model, kind, shape):  # noqa: N802  (a module factory)
-    """``forward(x)`` -> flat tuple of output tensors (``_common.tensor_mode``) for a batch of ``shape[0]``, in
+    """``forward(x)`` -> flat tuple of output tensors (``mmfisher.models.TensorMode``) for a batch of ``shape[0]``, in
     eval mode: for timing, FLOP counting and ONNX export."""
+    from mmfisher.models import TensorMode
     from mmfisher.zoo import fake_batch
     _, samples = fake_batch(model, shape[1:]) if kind == 'det' else (None, None)
     if samples is not None:
         samples = samples * shape[0]
-    return tensor_mode(model, samples).eval()
+    return TensorMode(model, samples).eval()
 
 
 def fisher_structure(name, info, delta, args, work):
@@ -74,7 +75,7 @@ def fisher_structure(name, info, delta, args, work):
     cfg = big_model_prune_cfg(info['spec'], data_cfg, osp.join(work, f'{name}_{delta}'), args.prune_max_iters,
                               batch)
     runner = build_runner(cfg)
-    hook = counting_hook(frac=args.frac, fixed=True, interval=1, delta=delta, target=args.target,
+    hook = pruning_hook(frac=args.frac, fixed=True, interval=1, delta=delta, target=args.target,
                          target_metric='flops', input_shape=tuple(args.det_shape if info['kind'] == 'det'
                                                                   else args.cls_shape))
     runner.register_hook(hook, priority='LOW')
@@ -158,7 +159,7 @@ def make_structures(name, info, args, work, out):
     """Fisher pruning runs (one per delta), their rounded variants and the random control:
     (graph, costs, {structure name: alive atoms})."""
     import numpy as np
-    from mmfisher.hooks import selection
+    from mmfisher.core import selection
     hooks = {}
     for delta in args.deltas:
         hook, _, fig = fisher_structure(name, info, delta, args, work)
@@ -193,7 +194,7 @@ def measure_model(name, info, args, res):
     import numpy as np
     import torch
     from mmfisher.core import slim_model
-    from mmfisher.hooks import selection
+    from mmfisher.core import selection
     from mmfisher.zoo import build_model, load_config
     work = tempfile.mkdtemp(prefix='speedup_')
     out = dict(spec=info['spec'], kind=info['kind'])

@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Result, tensor_mode  # noqa: E402
+from _common import Result  # noqa: E402
 
 MODEL = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
 
@@ -62,9 +62,10 @@ def ours_real(model, shape):
 
 def torch_pruning(model, shape, output_names):
     import torch_pruning as tp
+    from mmfisher.models import TensorMode
     from mmfisher.zoo import fake_batch
     x, samples = fake_batch(model, shape)
-    wrapper = tensor_mode(model, samples)
+    wrapper = TensorMode(model, samples)
     was_training = model.training
     t0 = time.perf_counter()
     dg = tp.DependencyGraph().build_dependency(wrapper, example_inputs=x, verbose=False)

@@ -13,4 +13,22 @@ from mmengine.registry import Registry
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmfisher', locations=['mmfisher.hooks'])
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmfisher', locations=['mmfisher.models'])
 
-__all__ = ['HOOKS', 'MODELS', 'MMENGINE_HOOKS', 'MMENGINE_MODELS']
+# The parts every pruning method shares (plain-PyTorch classes of mmfisher.core, registered here so configs
+# select them: importance=dict(type='L1Norm'), schedule=dict(type='AdaptiveK', share=0.01)). A new criterion or
+# schedule is one class in mmfisher/core/ plus one line below.
+IMPORTANCE = Registry('importance criterion', scope='mmfisher')
+SCHEDULES = Registry('pruning schedule', scope='mmfisher')
+
+
+def _register_core_parts() -> None:
+    from .core import importance, schedule
+    for cls in (importance.GroupFisher, importance.Taylor, importance.L1Norm, importance.BNScale,
+                importance.RandomImportance):
+        IMPORTANCE.register_module(module=cls)
+    for cls in (schedule.IntervalTopK, schedule.AdaptiveK):
+        SCHEDULES.register_module(module=cls)
+
+
+_register_core_parts()
+
+__all__ = ['HOOKS', 'MODELS', 'MMENGINE_HOOKS', 'MMENGINE_MODELS', 'IMPORTANCE', 'SCHEDULES']

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mmfisher.core import ChannelMasks, analyze, input_forward, random_alive
-from mmfisher.hooks import export
+from mmfisher.core import export
 
 
 class Net(nn.Module):

@@ -119,4 +119,4 @@ def test_frozen_stem_atoms_are_kept_unless_prune_frozen(tmp_path, prune_frozen):
         assert not alive[stem_atoms].all()
     else:
         assert alive[stem_atoms].all()
-        assert 'frozen' in hook._summary('ToyNet', 0.0) and 'stem' in hook._summary('ToyNet', 0.0)
+        assert 'frozen' in hook.summary('ToyNet', 0.0) and 'stem' in hook.summary('ToyNet', 0.0)

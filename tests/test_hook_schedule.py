@@ -1,4 +1,4 @@
-"""The pruning schedule: selection rules (pure numpy) and the hook's options in a real Runner."""
+"""The pruning schedule: the hook's options in a real Runner (the selection rules: tests/core/test_selection.py)."""
 import json
 import os
 import os.path as osp
@@ -6,44 +6,8 @@ import os.path as osp
 import numpy as np
 
 from _hook_helpers import ToyNet, get_hook, toy_runner
-from mmfisher.hooks import selection
 
 SHAPE = (3, 12, 12)
-
-
-# ---------------------------------------------------------------------------------------------- selection
-def test_rank_breaks_ties_by_atom_index_and_skips_non_candidates():
-    score = np.array([0.5, 0.1, 0.1, 0.0, 0.1])
-    cand = np.array([True, True, True, False, True])
-    assert selection.rank(score, cand).tolist() == [1, 2, 4, 0]
-
-
-def test_scores_normalise_delta_and_never_pick_free_atoms():
-    s = selection.scores(np.array([1.0, 1.0, 0.0]), np.array([2.0, 4.0, 0.0]))
-    assert s.tolist() == [2.0, 1.0, np.inf]
-
-
-def test_choose_respects_min_keep_per_unit_k_and_the_target():
-    unit_of = np.array([0, 0, 0, 1, 1, 1])
-    alive = np.ones(6, dtype=bool)
-    ranked = np.array([0, 1, 2, 3, 4, 5])
-    never = lambda a, c: False  # noqa: E731
-    assert selection.choose(ranked, alive, unit_of, 1, 10, never) == [0, 1, 3, 4]
-    assert selection.choose(ranked, alive, unit_of, 2, 10, never) == [0, 3]
-    assert selection.choose(ranked, alive, unit_of, 1, 3, never) == [0, 1, 3]
-    assert selection.choose(ranked, alive, unit_of, 1, 10, lambda a, c: (~a).sum() >= 2) == [0, 1]
-    assert alive.all()  # not modified
-
-
-def test_round_up_revives_the_most_recently_masked_atoms():
-    units = [np.arange(0, 6), np.arange(6, 9)]
-    alive = np.ones(9, dtype=bool)
-    order = [0, 2, 4, 6, 7]
-    alive[order] = False
-    out = selection.round_up(alive, units, 4, order)
-    assert out[[1, 3, 5, 4]].all() and not out[[0, 2]].any()  # unit 0: 3 kept -> 4, atom 4 was masked last
-    assert out[6:].all()  # unit 1: 1 kept -> 4, capped at its size 3
-    assert np.array_equal(selection.round_up(alive, units, 1, order), alive)
 
 
 # ---------------------------------------------------------------------------------------------- hook options
@@ -80,7 +44,7 @@ def test_skip_start_iter_and_divisor(tmp_path):
     alive = hook.masks.alive.numpy()
     assert alive[g.out_atoms['mid']].all()  # the unit `mid` produces is skipped
     assert not alive[g.in_atoms['mid']].all()  # the unit it reads is not
-    assert hook.skipped_units and 'skipped by' in hook._summary('ToyNet', 0.0)
+    assert hook.skipped_units and 'skipped by' in hook.summary('ToyNet', 0.0)
     written = json.load(open(osp.join(str(tmp_path), 'channels.json')))
     for unit in written['units']:
         assert len(unit['kept']) % 2 == 0 or len(unit['kept']) == unit['channels']
@@ -107,12 +71,12 @@ def test_target_on_activations(tmp_path):
                         model=ToyNet(width=8))
     runner.train()
     hook = get_hook(runner)
-    r = hook._ratios()
+    r = hook.ratios()
     assert hook.done and r['acts'] <= 0.8
     # one step earlier the target was not reached yet: the step that crossed it was the last one
     alive = hook.masks.alive.numpy().copy()
     alive[hook.order[-1]] = True
-    assert hook._ratios(alive, hook.order[:-1])['acts'] > 0.8
+    assert hook.ratios(alive, hook.order[:-1])['acts'] > 0.8
     assert sorted(np.nonzero(~alive)[0].tolist()) == sorted(hook.order[:-1])
 
 

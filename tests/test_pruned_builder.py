@@ -19,7 +19,7 @@ from mmengine.utils import get_installed_path
 
 from _hook_helpers import DET_CFG, DET_SHAPE, ROOT, assert_same_outputs, ensure_det_data
 from mmfisher.core import ChannelMasks, analyze, channel_config, random_alive, save_channel_config, slim_model
-from mmfisher.hooks.export import export_pruned
+from mmfisher.core.export import export_pruned
 from mmfisher.models import make_trace_forward
 
 

@@ -85,6 +85,7 @@ def analyse(train_ckpt: str, finetune_ckpt: str, channels: str, out_dir: str) ->
 
     import mmfisher  # noqa: F401
     from mmfisher.core import CostModel, analyze_fast
+    from mmfisher.models import TensorMode
     from mmfisher.models.tracing import det_data_samples, make_trace_forward
     from mmfisher.zoo import build_model
 
@@ -97,19 +98,10 @@ def analyse(train_ckpt: str, finetune_ckpt: str, channels: str, out_dir: str) ->
     slim.eval()
     samples = det_data_samples(SHAPE[1:])
 
-    class TensorMode(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            cls, reg = self.model(x, samples, mode='tensor')
-            return tuple(cls) + tuple(reg)
-
     figures: Dict[str, Any] = {}
     x1 = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(0))
     for tag, model in (('before', base), ('after', slim)):
-        wrapped = TensorMode(model).eval()
+        wrapped = TensorMode(model, samples).eval()
         info = get_model_complexity_info(wrapped, inputs=(x1,), show_table=False, show_arch=False)
         graph = analyze_fast(model, lambda m: make_trace_forward(m, SHAPE))
         acts = CostModel(graph).totals(np.ones(graph.num_atoms, dtype=bool))['acts']
@@ -135,7 +127,7 @@ def analyse(train_ckpt: str, finetune_ckpt: str, channels: str, out_dir: str) ->
     figures['onnx'] = {}
     for tag, model in (('before', base), ('after', slim)):
         onnx_path = osp.join(out_dir, f'retinanet_tiny_{"unpruned" if tag == "before" else "pruned"}.onnx')
-        wrapped = TensorMode(model).eval()
+        wrapped = TensorMode(model, samples).eval()
         torch.onnx.export(wrapped, (x1,), onnx_path, opset_version=17, dynamo=False, input_names=['inputs'],
                           do_constant_folding=True)
         sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])

@@ -54,7 +54,8 @@ def main() -> None:
     runner = launch.build_runner(cfg)
     if dump is not None:
         runner.test_evaluator.metrics.append(dump)
-    metrics = runner.test()
+    with launch.naming_checkpoint(cfg.get('load_from')):
+        metrics = runner.test()
     if args.metrics_json and is_main_process():
         os.makedirs(os.path.dirname(os.path.abspath(args.metrics_json)), exist_ok=True)
         with open(args.metrics_json, 'w') as f:

@@ -50,7 +50,8 @@ def main() -> None:
         launch.enable_auto_scale_lr(cfg)
     launch.set_resume(cfg, args.resume)
     runner = launch.build_runner(cfg)
-    runner.train()
+    with launch.naming_checkpoint(args.resume if args.resume not in (None, 'auto') else cfg.get('load_from')):
+        runner.train()
     launch.finish()
 
 

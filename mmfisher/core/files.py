@@ -7,11 +7,12 @@ The temp file gets the mode an ordinary ``open(path, 'w')`` would give (``0o666 
 0600, and is removed on any failure.
 """
 import errno
+import glob
 import os
 import tempfile
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Callable, List, Optional, Sequence, Tuple
 
-__all__ = ['atomic_write', 'current_umask', 'default_mode', 'DiskFullError']
+__all__ = ['atomic_write', 'atomic_write_all', 'current_umask', 'default_mode', 'remove_stale_temps', 'DiskFullError']
 
 
 class DiskFullError(OSError):
@@ -58,28 +59,55 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any], size_hint: Optiona
     needed when known and the bytes free) when the file system is full; the temp file is removed on any error
     and ``path`` is left as it was.
     """
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    return atomic_write_all([(path, write)], size_hint)[0]
+
+
+def atomic_write_all(files: Sequence[Tuple[str, Callable[[BinaryIO], Any]]], size_hint: Optional[int] = None
+                     ) -> List[str]:
+    """Write several files so that a failure changes none of them: every file is written completely to a temp
+    file beside its target (and fsynced) first, then all are renamed into place, in the order given.
+
+    Errors as :func:`atomic_write`; on any failure every temp file is removed and no target has changed.
+    """
+    staged: List[Tuple[str, str]] = []
+    current = ''
     try:
-        os.fchmod(fd, default_mode())
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, write in files:
+            current = os.path.abspath(path)
+            directory = os.path.dirname(current)
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(current) + '.', suffix='.tmp')
+            staged.append((tmp, current))
+            os.fchmod(fd, default_mode())
+            with os.fdopen(fd, 'wb') as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
     except BaseException as exc:
+        for tmp, _ in staged:
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
+        if _is_disk_full(exc):
+            directory = os.path.dirname(current)
+            free = _free_bytes(directory)
+            need = f'about {size_hint / 2 ** 20:.1f} MiB needed, ' if size_hint else ''
+            have = f'{free / 2 ** 20:.1f} MiB free' if free is not None else 'free space unknown'
+            raise DiskFullError(errno.ENOSPC, f'no space left to write "{os.path.basename(current)}" in '
+                                f'"{directory}" ({need}{have}). Fix: free space there or choose another '
+                                'work_dir; no existing file was changed') from exc
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    return [path for _, path in staged]
+
+
+def remove_stale_temps(path: str) -> None:
+    """Remove temp files a killed writer of ``path`` left behind (``.<name>.*.tmp`` beside it)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    for tmp in glob.glob(os.path.join(glob.escape(directory), '.' + glob.escape(name) + '.*.tmp')):
         try:
             os.remove(tmp)
         except FileNotFoundError:
             pass
-        if _is_disk_full(exc):
-            free = _free_bytes(directory)
-            need = f'about {size_hint / 2 ** 20:.1f} MiB needed, ' if size_hint else ''
-            have = f'{free / 2 ** 20:.1f} MiB free' if free is not None else 'free space unknown'
-            raise DiskFullError(errno.ENOSPC, f'no space left to write "{os.path.basename(path)}" in "{directory}" '
-                                f'({need}{have}). Fix: free space there or choose another work_dir; nothing was '
-                                'changed') from exc
-        raise
-    return path

@@ -11,12 +11,14 @@ scatters it onto atoms, summing over every reader and every call of a shared rea
 ``F[a] += sum_n (sum_{reader, call, c in a} g[n, c])^2``. The per-sample sum over readers is exactly
 ``dL_n/dm_a`` for a mask ``m_a`` multiplying the atom's channels at all its readers.
 """
-from typing import Callable, Dict, List, Optional, Tuple
+import contextlib
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from .dims import normalize_dim
 from .units import ChannelGraph
 
 
@@ -47,6 +49,39 @@ class ChannelMasks:
         self.alive = alive.clone()
         self._cache = None
         self.apply()
+
+    @contextlib.contextmanager
+    def trial(self, alive) -> Iterator['ChannelMasks']:
+        """Mask to ``alive`` (bool ``(A,)``) for the duration of the block, then restore the model exactly.
+
+        Atoms masked now stay masked (``alive`` is intersected with the current masks). The weights the trial
+        zeroes are copied first and copied back on exit, also when the block raises, so the model's parameters
+        and ``self.alive`` are bit-identical afterwards. Use it to measure the loss of candidate masks (one-shot
+        pruning) without touching the model's state; do not step an optimizer inside the block.
+        """
+        before = self.alive.clone()
+        new = before & torch.as_tensor(np.asarray(alive), dtype=torch.bool)
+        if new.shape != before.shape:
+            raise ValueError(f'trial mask shape {tuple(new.shape)} does not fit this model '
+                             f'({self.graph.num_atoms} atoms)')
+        newly_dead = before & ~new
+        saved: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for _, module, atoms in self.readers:
+            valid = atoms >= 0
+            if bool(newly_dead[atoms[valid]].any()):
+                saved.append((module.weight, module.weight.detach().clone()))
+        cache = self._cache
+        try:
+            self.alive = new
+            self._cache = None
+            self.apply()
+            yield self
+        finally:
+            with torch.no_grad():
+                for weight, value in saved:
+                    weight.copy_(value)
+            self.alive = before
+            self._cache = cache
 
     def _weight_masks(self) -> List[Tuple[nn.Module, torch.Tensor]]:
         """(reader, 0/1 weight mask) for every reader with a masked input; rebuilt only when the masks change."""
@@ -121,6 +156,7 @@ class FisherTaps:
         self.masks = masks
         self.num_atoms = graph.num_atoms
         self.fisher = torch.zeros(graph.num_atoms, dtype=torch.float64)
+        self.grad_sum = torch.zeros(graph.num_atoms, dtype=torch.float64)  # sum_n dL_n/dm_a (first order)
         self.samples = 0
         self._per_sample: Optional[torch.Tensor] = None
         self._batch: Optional[int] = None
@@ -181,7 +217,7 @@ class FisherTaps:
                 return None
             if self._batch is None:
                 self._batch = int(self.batch_size) if self.batch_size else int(x.shape[0])
-            dim = in_dim if in_dim >= 0 else x.dim() + in_dim  # (N, L, C) inputs: L joins the spatial sum
+            dim = normalize_dim(in_dim, x.dim())  # (N, L, C) inputs: L joins the spatial sum
             return (_Tap.apply(x, sink, dim),) + tuple(args[1:])
         return hook
 
@@ -207,9 +243,11 @@ class FisherTaps:
         if not bool(torch.isfinite(ps).all()):
             return False
         self.fisher += ps.pow(2).sum(0).cpu()
+        self.grad_sum += ps.sum(0).cpu()
         self.samples += int(n or ps.shape[0])
         return True
 
     def reset(self) -> None:
         self.fisher.zero_()
+        self.grad_sum.zero_()
         self.samples = 0

@@ -1,9 +1,10 @@
 """Config preparation shared by ``tools/train.py`` and ``tools/test.py`` (mmdet and mmpretrain configs alike)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import os.path as osp
-from typing import Optional
+from typing import Iterator, Optional
 
 from mmengine.config import Config
 
@@ -110,6 +111,19 @@ def dump_metric(scope: str, out: str):  # -> mmengine.evaluator.BaseMetric
         return DumpDetResults(out_file_path=out)
     from mmengine.evaluator import DumpResults
     return DumpResults(out_file_path=out)
+
+
+@contextlib.contextmanager
+def naming_checkpoint(path: Optional[str]) -> Iterator[None]:
+    """Re-raise a :class:`mmfisher.core.WeightsMismatch` (a ``Pruned`` model refusing weights of another
+    structure) with the checkpoint file that was being loaded named first."""
+    from ..core.export import WeightsMismatch
+    try:
+        yield
+    except WeightsMismatch as exc:
+        if not path:
+            raise
+        raise WeightsMismatch(f'checkpoint "{path}": {exc}') from exc
 
 
 def finish() -> None:

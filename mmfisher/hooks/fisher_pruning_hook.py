@@ -1,10 +1,13 @@
-"""Group Fisher channel pruning during ordinary mmengine training (Liu et al., ICML 2021)."""
-import fnmatch
-import hashlib
+"""Group Fisher channel pruning during ordinary mmengine training (Liu et al., ICML 2021): the mm glue.
+
+The method lives in :mod:`mmfisher.core` (pruning state, importance criteria, schedules, export); this hook
+connects it to a runner, as mmengine's EMAHook connects its averaged model: it builds the parts, feeds them the
+iterations (AMP loss scale, the ranks' sum), logs, checkpoints and writes the results.
+"""
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -12,16 +15,18 @@ from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from ..core import ChannelGraph, ChannelMasks, CostModel, FisherTaps, analyze_fast, model_fingerprint
+from ..core import analyze_fast
+from ..core.export import export_pruned
+from ..core.importance import DELTAS, GroupFisher, Importance
+from ..core.schedule import IntervalTopK, Schedule
+from ..core.state import METRICS, PruningState, StateMismatch
 from ..models.target import pruned_module
 from ..models.tracing import check_input_shape, make_trace_forward
-from ..registry import HOOKS, MMENGINE_HOOKS
-from . import selection
-from .export import export_pruned
+from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS, SCHEDULES
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
 STATE_KEY = 'fisher_pruning'
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _is_int(v: Any) -> bool:
@@ -32,13 +37,39 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def _patterns(value: Any) -> Tuple[str, ...]:
+def _patterns(value: Any) -> tuple:
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
         raise TypeError(f'skip={value!r} must be a sequence of fnmatch patterns over unit or layer names, e.g. '
                         "skip=('backbone.conv1', 'neck.*')")
     return tuple(value)
+
+
+def _short(names: List[str], n: int = 8) -> str:
+    return ', '.join(names[:n]) + (f', ... {len(names) - n} more' if len(names) > n else '')
+
+
+def _ratio_text(r: Dict[str, float]) -> str:
+    return f'flops {r["flops"]:.4f}, acts {r["acts"]:.4f}, params {r["params"]:.4f} of the unpruned model'
+
+
+def _build_part(registry, cfg: Any, kind: str, base: type, field: str):
+    if isinstance(cfg, base):
+        return cfg
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise TypeError(f'{field}={cfg!r} must be a dict with a "type" (one of {sorted(registry.module_dict)}), '
+                        f'e.g. {field}=dict(type={sorted(registry.module_dict)[0]!r})')
+    try:
+        part = registry.build(dict(cfg))
+    except KeyError as exc:
+        raise ValueError(f'{field}: unknown {kind} type {cfg["type"]!r}; registered: '
+                         f'{sorted(registry.module_dict)}') from exc
+    except TypeError as exc:
+        raise TypeError(f'{field}={dict(cfg)!r}: {exc}') from exc
+    if not isinstance(part, base):
+        raise TypeError(f'{field}: {type(part).__name__} is not a {kind} ({base.__name__})')
+    return part
 
 
 @HOOKS.register_module()
@@ -51,11 +82,12 @@ class FisherPruningHook(Hook):
     ``fisher / delta`` and resets the sum, until the model's remaining ``target_metric`` (FLOPs or activations at
     ``input_shape``, relative to the unpruned model) is ``<= target``. Then it writes, into ``runner.work_dir``,
     ``channels.json`` (the channel config for ``type='mmfisher.Pruned'``) and ``pruned.pth`` (the slimmed weights,
-    ``{'meta', 'state_dict'}``, for ``load_from``) and stops training.
+    ``{'meta', 'state_dict'}``, for ``load_from``; the pair carries one structure digest) and stops training.
 
     Masking zeroes the readers' input weights of a masked atom after every optimizer step, so the model keeps its
     unpruned structure while pruning (checkpoints, EMA and the optimizer state stay valid) and computes exactly
-    what the slimmed model computes.
+    what the slimmed model computes. A model holding a ``student`` and a ``teacher`` prunes the student
+    (:func:`mmfisher.models.pruned_module`).
 
     Args:
         interval (int): iterations between two pruning steps (Fisher is accumulated over them). The paper uses 10
@@ -75,7 +107,9 @@ class FisherPruningHook(Hook):
             every rank). Defaults to (3, 800, 1333); use (3, 224, 224) for ImageNet classifiers.
         skip (Sequence[str]): fnmatch patterns; a unit is never pruned when its name, or the name of a layer that
             produces its channels (a conv/linear/norm output, e.g. ``'backbone.conv1'``, ``'neck.*'``), matches.
-            Layers that only read a unit do not protect it. Defaults to ().
+            Layers that only read a unit do not protect it. A pattern that matches no layer is logged as a
+            warning with the closest names. Defaults to ().
+        skip_unmatched (str): ``'warn'`` (default) or ``'error'``: what a ``skip`` pattern matching no layer does.
         divisor (int): no unit is left with fewer than ``max(1, divisor)`` alive atoms, and when the results are
             written every unit's kept-atom count is rounded *up* to a multiple of ``divisor`` (at most the unit's
             size) by keeping its most recently masked atoms (their reader weights are zero, so the outputs do not
@@ -94,15 +128,24 @@ class FisherPruningHook(Hook):
             against any layer or op the engine mapped wrongly. A float32 disagreement is re-checked once on float64
             copies (a top-k over near-equal scores, as in DINO, may pick other elements after rounding; a wrong
             slimming still differs there). Costs one forward per export (three on a re-check). Defaults to True.
+        importance (dict, optional): the importance criterion, built from mmfisher's ``IMPORTANCE`` registry,
+            e.g. ``dict(type='GroupFisher', delta='flops')``, ``dict(type='L1Norm')``, ``dict(type='Taylor')``,
+            ``dict(type='BNScale')``, ``dict(type='RandomImportance', seed=0)``. Defaults to
+            ``GroupFisher(delta=delta)``; give ``delta`` inside it, not both.
+        schedule (dict, optional): the pruning schedule, built from ``SCHEDULES``: ``dict(type='IntervalTopK',
+            interval=10, k=1)`` (the default, from ``interval`` / ``channels_per_step`` / ``start_iter``) or
+            ``dict(type='AdaptiveK', interval=10, share=0.01)`` (a share of the eligible atoms per step, so a
+            large model needs few steps); give the flat arguments or this, not both.
 
     Priority ``'LOW'``: after the optimizer step (inside ``train_step``), the logger and EMA hooks, and before
     ``CheckpointHook`` (``'VERY_LOW'``), so a checkpoint holds this iteration's masks and Fisher sums
-    (``checkpoint['fisher_pruning']``) and ``--resume`` reproduces an uninterrupted run.
+    (``checkpoint['fisher_pruning']``) and ``--resume`` reproduces an uninterrupted run. A resumed run whose
+    ``target`` is lower than the one reached continues pruning from the saved state.
     """
 
     priority = 'LOW'
-    DELTAS = ('acts', 'flops', 'none')
-    METRICS = ('flops', 'acts', 'params')
+    DELTAS = DELTAS
+    METRICS = METRICS
 
     def __init__(self,
                  interval: int = 10,
@@ -117,7 +160,10 @@ class FisherPruningHook(Hook):
                  prune_frozen: bool = False,
                  stop_at_target: bool = True,
                  start_iter: int = 0,
-                 verify_export: bool = True) -> None:
+                 verify_export: bool = True,
+                 importance: Optional[Union[dict, Importance]] = None,
+                 schedule: Optional[Union[dict, Schedule]] = None,
+                 skip_unmatched: str = 'warn') -> None:
         if not _is_int(interval) or interval < 1:
             raise ValueError(f'interval={interval!r} must be an int >= 1 (iterations between pruning steps; the '
                              'paper uses 10 for detection, 25 for ImageNet)')
@@ -149,45 +195,107 @@ class FisherPruningHook(Hook):
                             ('verify_export', verify_export)):
             if not isinstance(value, bool):
                 raise TypeError(f'{name}={value!r} must be True or False')
-        self.interval = int(interval)
-        self.delta = delta
+        if skip_unmatched not in ('warn', 'error'):
+            raise ValueError(f"skip_unmatched={skip_unmatched!r} must be 'warn' or 'error'")
+        if importance is not None and delta != 'acts':
+            raise ValueError(f'delta={delta!r} and importance={importance!r} both given: put delta inside '
+                             "importance, e.g. importance=dict(type='GroupFisher', delta='flops')")
+        if schedule is not None and (interval != 10 or channels_per_step != 1 or start_iter != 0):
+            raise ValueError('interval / channels_per_step / start_iter and schedule both given: set them inside '
+                             "schedule, e.g. schedule=dict(type='IntervalTopK', interval=10, k=1, start_iter=0)")
+        self.importance = (GroupFisher(delta=delta) if importance is None
+                           else _build_part(IMPORTANCE, importance, 'importance criterion', Importance, 'importance'))
+        self.schedule = (IntervalTopK(interval=int(interval), k=int(channels_per_step), start_iter=int(start_iter))
+                         if schedule is None else _build_part(SCHEDULES, schedule, 'schedule', Schedule, 'schedule'))
+        self.interval = self.schedule.interval
+        self.start_iter = self.schedule.start_iter
+        self.channels_per_step = int(channels_per_step)
+        self.delta = self.importance.delta
         self.target = float(target)
         self.target_metric = target_metric
-        self.channels_per_step = int(channels_per_step)
         self.save_thresholds = tuple(sorted({float(t) for t in save_thresholds}, reverse=True))
         self.input_shape = check_input_shape(input_shape)
         self.skip = _patterns(skip)
+        self.skip_unmatched = skip_unmatched
         self.divisor = int(divisor)
         self.prune_frozen = prune_frozen
         self.stop_at_target = stop_at_target
-        self.start_iter = int(start_iter)
         self.verify_export = verify_export
 
-        self.graph: Optional[ChannelGraph] = None
-        self.masks: Optional[ChannelMasks] = None
-        self.taps: Optional[FisherTaps] = None
-        self.costs: Optional[CostModel] = None
-        self.fisher: Optional[torch.Tensor] = None  # (A,) float64, summed over ranks, same on every rank
-        self.samples = 0
-        self.order: List[int] = []                  # atoms in the order they were masked
+        self.state: Optional[PruningState] = None
         self.saved: List[float] = []                # save_thresholds already written
         self.done = False
-        self.outputs: Dict[str, str] = {}           # 'channels' / 'weights' -> path, once the target is reached
+        self.outputs: Dict[str, str] = {}           # 'channels' / 'weights' -> path, once written
         self._scale = 1.0
         self._pending: Optional[Dict[str, Any]] = None
 
+    # ------------------------------------------------------------------ the parts, for tests and tools
+    @property
+    def graph(self):
+        return self.state.graph if self.state is not None else None
+
+    @property
+    def masks(self):
+        return self.state.masks if self.state is not None else None
+
+    @property
+    def order(self) -> List[int]:
+        return self.state.order if self.state is not None else []
+
+    @property
+    def fisher(self) -> Optional[torch.Tensor]:
+        """The accumulated importance sums (Group Fisher: ``sum_n (dL_n/dm)^2``), same on every rank."""
+        return getattr(self.importance, 'sums', None)
+
+    @property
+    def samples(self) -> int:
+        return int(getattr(self.importance, 'samples', 0))
+
+    @property
+    def skipped_units(self) -> List[int]:
+        return self.state.skipped_units if self.state is not None else []
+
+    @property
+    def steps(self) -> int:
+        """Pruning steps taken so far."""
+        return len(self.state.step_sizes) if self.state is not None else 0
+
+    @property
+    def k_used(self) -> List[int]:
+        """The k the schedule asked for at every step."""
+        return list(self.schedule.history)
+
+    def ratios(self, alive: Optional[np.ndarray] = None, order: Optional[Sequence[int]] = None) -> Dict[str, float]:
+        """Remaining flops/acts/params of the structure that is written (after divisor rounding)."""
+        return self.state.ratios(alive, order)
+
     # ------------------------------------------------------------------ set-up
     def before_train(self, runner) -> None:
-        """Trace the model, build masks/taps/costs, restore a resumed pruning state, log a summary."""
-        if self.graph is None:
+        """Trace the model, build state, criterion and costs, restore a resumed pruning state, log a summary."""
+        if getattr(runner, '_load_from', None) is None and not getattr(runner, '_resume', False):
+            runner.logger.warning('FisherPruningHook: no load_from and no --resume: pruning a randomly initialised '
+                                  'model. Fix: set load_from to the trained, unpruned checkpoint (the method prunes '
+                                  'a trained model)')
+        if self.state is None:
             self._setup(runner)
         if self._pending is not None:
             state, self._pending = self._pending, None
-            self._restore(state)
             runner.logger.info(f'FisherPruningHook: resumed pruning state ({len(self.order)} atoms masked, '
-                               f'done={self.done}); {self._ratio_text(self._ratios())}')
+                               f'done={self.done}); {_ratio_text(self.ratios())}')
+            reached = self.ratios()[self.target_metric]
+            if self.done and reached > self.target:
+                self.done = False
+                runner.logger.info(f'FisherPruningHook: the resumed run stopped at {self.target_metric} '
+                                   f'{reached:.4f} (target {state.get("target")}); continuing to the new target '
+                                   f'{self.target:g}')
+            elif self.done and isinstance(state.get('target'), float) and state['target'] < self.target:
+                runner.logger.warning(
+                    f'FisherPruningHook: the resumed run was pruned to {self.target_metric} {reached:.4f} '
+                    f'(target {state["target"]:g}), below the new target {self.target:g}; masks cannot be '
+                    'undone, so its structure is kept. Fix: to prune to the new target, start afresh from the '
+                    'unpruned checkpoint (load_from, no --resume), or use save_thresholds next time')
         if self.done:
-            self._finish_taps()
+            self.importance.detach()
             if self.stop_at_target:
                 runner.logger.info('FisherPruningHook: the pruning target was already reached; stopping')
                 runner.train_loop.stop_training = True
@@ -197,104 +305,42 @@ class FisherPruningHook(Hook):
         t0 = time.perf_counter()
         graph = analyze_fast(model, lambda m: make_trace_forward(m, self.input_shape))
         seconds = time.perf_counter() - t0
-        if graph.num_atoms == 0:
-            raise ValueError(self._nothing_prunable(type(model).__name__, graph, 'the model has no prunable '
-                                                    'channels'))
-        self.graph = graph
-        self.fingerprint = model_fingerprint(model)
-        self.digest = self._digest(graph)
-        self.unit_atoms = [u.atoms for u in graph.units]
-        self.unit_of = selection.unit_index(graph.num_atoms, self.unit_atoms)
-        self.skipped_units = self._skipped(graph)
-        eligible = np.ones(graph.num_atoms, dtype=bool)
-        if not self.prune_frozen:
-            eligible &= graph.trainable
-        for i in self.skipped_units:
-            eligible[self.unit_atoms[i]] = False
-        sizes = np.array([a.size for a in self.unit_atoms])
-        eligible &= sizes[self.unit_of] > self.min_keep
-        if not eligible.any():
-            raise ValueError(self._nothing_prunable(type(model).__name__, graph, 'no atom is eligible'))
-        self.eligible = eligible
-        self.masks = ChannelMasks(model, graph)
-        self.taps = FisherTaps(model, graph, self.masks)
-        self.costs = CostModel(graph)
-        self.full = self.costs.totals(np.ones(graph.num_atoms, dtype=bool))
-        self.fisher = torch.zeros(graph.num_atoms, dtype=torch.float64)
-        self.samples = 0
-        runner.logger.info(self._summary(type(model).__name__, seconds))
+        self.state = PruningState(model, graph, skip=self.skip, prune_frozen=self.prune_frozen,
+                                  divisor=self.divisor, input_shape=self.input_shape, owner='FisherPruningHook')
+        if self.state.unmatched_skip:
+            text = '; '.join(f'{p!r} (closest: {", ".join(c) if c else "none"})'
+                             for p, c in self.state.unmatched_skip.items())
+            msg = (f'FisherPruningHook: skip patterns that match no layer or unit of {type(model).__name__}: '
+                   f'{text}. Those layers are not protected. Fix: correct the pattern (fnmatch over the layer names '
+                   'in the log)')
+            if self.skip_unmatched == 'error':
+                raise ValueError(msg + ", or set skip_unmatched='warn'")
+            runner.logger.warning(msg + ", or set skip_unmatched='error' to make this an error")
+        self.importance.attach(model, graph, self.state.masks)
+        runner.logger.info(self.summary(type(model).__name__, seconds))
 
-    def _skipped(self, graph: ChannelGraph) -> List[int]:
-        """Units whose name, or the name of a layer producing their channels (conv/linear/norm outputs), matches
-        a ``skip`` pattern."""
-        if not self.skip:
-            return []
-        producers: Dict[int, set] = {}
-        for layer, atoms in graph.out_atoms.items():
-            if any(fnmatch.fnmatchcase(layer, p) for p in self.skip):
-                for a in np.unique(atoms[atoms >= 0]).tolist():
-                    producers.setdefault(a, set()).add(layer)
-        return [i for i, u in enumerate(graph.units)
-                if any(fnmatch.fnmatchcase(u.name, p) for p in self.skip) or any(int(a) in producers for a in u.atoms)]
-
-    @property
-    def min_keep(self) -> int:
-        return max(1, self.divisor)
-
-    def _nothing_prunable(self, name: str, graph: ChannelGraph, what: str) -> str:
-        reasons = '; '.join(f'{k}: {v}' for k, v in list(graph.unprunable.items())[:6]) or 'none reported'
-        return (f'FisherPruningHook: nothing to prune in {name} ({what}; {graph.num_atoms} atoms, '
-                f'{int(graph.trainable.sum())} trainable, skip={self.skip}, prune_frozen={self.prune_frozen}, '
-                f'divisor={self.divisor}). Unprunable layers: {reasons}. Fix: unfreeze stages or set '
-                'prune_frozen=True, narrow `skip`, lower `divisor`, or check input_shape and that the model has '
-                'conv/linear layers whose channels are read by other layers')
-
-    @staticmethod
-    def _digest(graph: ChannelGraph) -> str:
-        h = hashlib.sha256(str(graph.num_atoms).encode())
-        for name in sorted(graph.in_atoms):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(graph.in_atoms[name], dtype=np.int64).tobytes())
-        return h.hexdigest()[:32]
-
-    def _summary(self, name: str, seconds: float) -> str:
-        g = self.graph
-        s = g.summary()
+    def summary(self, name: str, seconds: float) -> str:
+        """The set-up log: what was traced, what is prunable, the schedule, what is kept and why."""
+        s = self.state.graph.summary()
+        full = self.state.full
         lines = [f'FisherPruningHook: traced {name} at input_shape {self.input_shape} in {seconds:.2f} s '
-                 f'(on {g.device} tensors)',
+                 f'(on {self.state.graph.device} tensors)',
                  f'  prunable: {s["units"]} units, {s["atoms"]} atoms, {s["channels_prunable"]}/'
-                 f'{s["channels_total"]} conv/linear output channels; {int(self.eligible.sum())} atoms eligible',
-                 f'  unpruned cost per image: {self.full["flops"] / 1e9:.3f} GFLOPs, '
-                 f'{self.full["acts"] / 1e6:.3f} M acts, {self.full["params"] / 1e6:.3f} M params',
-                 f'  schedule: {self.channels_per_step} atom(s) every {self.interval} iter(s) from iter '
-                 f'{self.start_iter}, delta={self.delta}, until {self.target_metric} <= {self.target:g}'
+                 f'{s["channels_total"]} conv/linear output channels; {int(self.state.eligible.sum())} atoms eligible',
+                 f'  unpruned cost per image: {full["flops"] / 1e9:.3f} GFLOPs, '
+                 f'{full["acts"] / 1e6:.3f} M acts, {full["params"] / 1e6:.3f} M params',
+                 f'  schedule: {self.schedule.describe()}, importance={self.importance!r}, until '
+                 f'{self.target_metric} <= {self.target:g}'
                  + (f', saving at {self.save_thresholds}' if self.save_thresholds else '')
                  + (f', divisor={self.divisor}' if self.divisor > 1 else '')]
-        frozen = [u.name for u in g.units if not g.trainable[u.atoms].any()]
-        if frozen and not self.prune_frozen:
-            lines.append(f'  frozen, kept ({len(frozen)} units, their activations get no gradient): '
-                         + self._short(frozen))
-        if self.skipped_units:
-            lines.append(f'  skipped by skip={self.skip} ({len(self.skipped_units)} units): '
-                         + self._short([g.units[i].name for i in self.skipped_units]))
-        if g.unprunable:
-            lines.append(f'  unprunable layers ({len(g.unprunable)}):')
-            for layer, reason in list(g.unprunable.items())[:12]:
-                lines.append(f'    {layer}: {reason}')
-            if len(g.unprunable) > 12:
-                lines.append(f'    ... {len(g.unprunable) - 12} more')
-        return '\n'.join(lines)
-
-    @staticmethod
-    def _short(names: List[str], n: int = 8) -> str:
-        return ', '.join(names[:n]) + (f', ... {len(names) - n} more' if len(names) > n else '')
+        return '\n'.join(lines + self.state.describe())
 
     # ------------------------------------------------------------------ per iteration
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         """Remember the AMP loss scale this iteration's backward uses (1.0 without AMP)."""
-        if self.taps is None:
+        if self.state is None:
             return
-        self.taps.enabled = not self.done and runner.iter >= self.start_iter
+        self.importance.collecting = not self.done and self.schedule.collects(runner.iter)
         scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
         self._scale = float(scaler.get_scale()) if scaler is not None and hasattr(scaler, 'get_scale') else 1.0
         if not self._scale > 0:  # a disabled scaler reports 1.0; guard against 0 anyway
@@ -302,77 +348,52 @@ class FisherPruningHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None,
                          outputs: Optional[dict] = None) -> None:
-        """Accumulate Fisher, re-apply the masks after the optimizer step, prune every ``interval`` iters."""
-        if self.masks is None:
+        """Accumulate importance, re-apply the masks after the optimizer step, prune when the schedule says."""
+        if self.state is None:
             return
-        self.masks.apply()
-        if self.done or runner.iter < self.start_iter:
+        self.state.masks.apply()
+        if self.done or not self.schedule.collects(runner.iter):
             return
-        ok = self.taps.accumulate(self._scale)
-        if not ok:
+        if not self.importance.accumulate(self._scale):
             print_log(f'FisherPruningHook: iter {runner.iter + 1}: no finite Fisher this iteration (AMP overflow '
                       'or no backward); skipped', logger='current', level=logging.DEBUG)
-        local = torch.cat([self.taps.fisher, torch.tensor([float(self.taps.samples)], dtype=torch.float64)])
-        self.taps.reset()
-        if get_world_size() > 1:
+        local = self.importance.collect()
+        if local.numel() and get_world_size() > 1:
             all_reduce(local, op='sum')
-        self.fisher += local[:-1]
-        self.samples += int(round(float(local[-1])))
-        if (runner.iter + 1 - self.start_iter) % self.interval == 0:
-            self._prune_step(runner)
+        self.importance.add(local)
+        if self.schedule.due(runner.iter + 1):
+            self.prune_step(runner)
 
     # ------------------------------------------------------------------ pruning
-    def _export_alive(self, alive: Optional[np.ndarray] = None, order: Optional[List[int]] = None) -> np.ndarray:
-        """The structure that is written: ``alive`` (default: the current masks) rounded up by ``divisor``."""
-        alive = self.masks.alive.numpy() if alive is None else alive
-        return selection.round_up(alive, self.unit_atoms, self.divisor, self.order if order is None else order)
-
-    def _ratios(self, alive: Optional[np.ndarray] = None, order: Optional[List[int]] = None) -> Dict[str, float]:
-        """Remaining flops/acts/params of the written structure relative to the unpruned model."""
-        tot = self.costs.totals(self._export_alive(alive, order))
-        return {k: (tot[k] / self.full[k] if self.full[k] else 1.0) for k in ('flops', 'acts', 'params')}
-
-    def _reached(self, alive: np.ndarray, chosen: List[int]) -> bool:
-        return self._ratios(alive, self.order + list(chosen))[self.target_metric] <= self.target
-
-    @staticmethod
-    def _ratio_text(r: Dict[str, float]) -> str:
-        return f'flops {r["flops"]:.4f}, acts {r["acts"]:.4f}, params {r["params"]:.4f} of the unpruned model'
-
-    def _prune_step(self, runner) -> None:
-        if self.samples == 0:
+    def prune_step(self, runner) -> None:
+        """One pruning step: score, choose, mask, log; write results at thresholds and at the target."""
+        if not self.importance.ready():
             runner.logger.warning(f'FisherPruningHook: iter {runner.iter + 1}: no Fisher information was collected '
                                   f'in the last {self.interval} iterations (every backward overflowed or none '
                                   'ran); pruning step skipped')
             return
-        alive = self.masks.alive.numpy().copy()
-        delta = (np.ones(self.graph.num_atoms) if self.delta == 'none'
-                 else self.costs.deltas(alive)[self.delta])
-        score = selection.scores(self.fisher.numpy(), delta)
-        ranked = selection.rank(score, alive & self.eligible)
-        chosen = selection.choose(ranked, alive, self.unit_of, self.min_keep, self.channels_per_step,
-                                  self._reached)
-        self.fisher.zero_()
-        self.samples = 0
+        state = self.state
+        score = self.importance.scores(state.alive, state.costs)
+        chosen = state.choose(score, self.schedule.next_k(state), state.reaches(self.target_metric, self.target))
+        self.importance.reset()
         if not chosen:
             runner.logger.warning(f'FisherPruningHook: no eligible atom is left before {self.target_metric} '
-                                  f'reached {self.target:g} ({self._ratio_text(self._ratios())}); writing the '
+                                  f'reached {self.target:g} ({_ratio_text(self.ratios())}); writing the '
                                   'current structure. Fix: relax skip/divisor or set prune_frozen=True')
             self._finish(runner)
             return
-        self.masks.prune(chosen)
-        self.order.extend(int(a) for a in chosen)
-        ratios = self._ratios()
+        state.prune(chosen)
+        ratios = self.ratios()
         it = runner.iter + 1
         for key, value in (('flops_ratio', ratios['flops']), ('acts_ratio', ratios['acts']),
-                           ('params_ratio', ratios['params']), ('pruned_atoms', float(len(self.order)))):
+                           ('params_ratio', ratios['params']), ('pruned_atoms', float(len(state.order)))):
             runner.message_hub.update_scalar(f'train/{key}', value)
-        units = sorted({self.graph.units[self.unit_of[a]].name for a in chosen})
-        runner.logger.info(f'FisherPruningHook: iter {it}: masked {len(chosen)} atom(s) in {self._short(units, 4)}'
-                           f'; {len(self.order)}/{self.graph.num_atoms} masked; {self._ratio_text(ratios)}')
+        runner.logger.info(f'FisherPruningHook: iter {it}: masked {len(chosen)} atom(s) in '
+                           f'{_short(state.unit_names(chosen), 4)}; {len(state.order)}/{state.num_atoms} masked; '
+                           f'{_ratio_text(ratios)}')
         for t in self.save_thresholds:
             if t not in self.saved and ratios[self.target_metric] <= t:
-                self._write(runner, f'_{t:g}', ratios)
+                self._write(runner, f'_{t:g}', ratios, it)
                 self.saved.append(t)
         if ratios[self.target_metric] <= self.target:
             self._finish(runner)
@@ -380,9 +401,9 @@ class FisherPruningHook(Hook):
     def after_train(self, runner) -> None:
         """Training ended (max_iters / max_epochs) before the target: write the structure reached so far, with
         ``meta.reached=False``, so a long run is never lost."""
-        if self.masks is not None and not self.done and self.order:
-            ratios = self._ratios()
-            self._write(runner, '', ratios)  # the pruning state stays open: --resume with more iters continues
+        if self.state is not None and not self.done and self.order:
+            ratios = self.ratios()
+            self._write(runner, '', ratios, runner.iter)  # the pruning state stays open: --resume continues
             runner.logger.warning(
                 f'FisherPruningHook: training ended before the target ({self.target_metric} '
                 f'{ratios[self.target_metric]:.4f}, target {self.target:g}); wrote the current structure to '
@@ -390,10 +411,10 @@ class FisherPruningHook(Hook):
                 'and --resume')
 
     def _finish(self, runner) -> None:
-        ratios = self._ratios()
-        self._write(runner, '', ratios)
+        ratios = self.ratios()
+        self._write(runner, '', ratios, runner.iter + 1)
         self.done = True
-        self._finish_taps()
+        self.importance.detach()
         what = ('target reached' if ratios[self.target_metric] <= self.target else 'stopped before the target')
         runner.logger.info(f'FisherPruningHook: {what} ({self.target_metric} {ratios[self.target_metric]:.4f}, '
                            f'target {self.target:g}); wrote {self.outputs.get("channels")} and '
@@ -401,81 +422,85 @@ class FisherPruningHook(Hook):
         if self.stop_at_target:
             runner.train_loop.stop_training = True
 
-    def _finish_taps(self) -> None:
-        if self.taps is not None:
-            self.taps.remove()
-            self.taps.enabled = False
-
-    def _write(self, runner, suffix: str, ratios: Dict[str, float]) -> None:
+    def _write(self, runner, suffix: str, ratios: Dict[str, float], iters_done: int) -> None:
         """rank 0: channels{suffix}.json + pruned{suffix}.pth in work_dir (paths recorded on every rank)."""
         self.outputs = {'channels': os.path.join(runner.work_dir, f'channels{suffix}.json'),
                         'weights': os.path.join(runner.work_dir, f'pruned{suffix}.pth')}
         if not is_main_process():
             return
-        alive = self._export_alive()
-        meta = {'mmfisher': 'FisherPruningHook', 'iter': runner.iter + 1, 'epoch': runner.epoch,
+        alive = self.state.export_alive()
+        meta = {'mmfisher': 'FisherPruningHook', 'iter': int(iters_done), 'epoch': runner.epoch,
                 'flops_ratio': ratios['flops'], 'acts_ratio': ratios['acts'], 'params_ratio': ratios['params'],
-                'flops': self.costs.totals(alive)['flops'], 'flops_unpruned': self.full['flops'],
-                'pruned_atoms': int((~alive).sum()), 'num_atoms': self.graph.num_atoms,
+                'flops': self.state.costs.totals(alive)['flops'], 'flops_unpruned': self.state.full['flops'],
+                'pruned_atoms': int((~alive).sum()), 'num_atoms': self.state.num_atoms,
                 'input_shape': list(self.input_shape), 'target': self.target, 'target_metric': self.target_metric,
-                'delta': self.delta, 'divisor': self.divisor,
+                'delta': self.delta, 'divisor': self.divisor, 'importance': repr(self.importance),
+                'schedule': repr(self.schedule),
                 'reached': bool(ratios[self.target_metric] <= self.target) if not suffix else True}
-        try:
-            meta['dataset_meta'] = runner.train_dataloader.dataset.metainfo
-        except Exception:  # noqa: BLE001  (no dataset meta is fine: inferencers then use default names)
-            pass
+        dataset = getattr(getattr(runner, 'train_dataloader', None), 'dataset', None)
+        if isinstance(getattr(dataset, 'metainfo', None), dict):
+            meta['dataset_meta'] = dataset.metainfo
         model = pruned_module(runner.model)
-        check = make_trace_forward(model, self.input_shape) if self.verify_export else None
-        export_pruned(model, self.graph, alive, runner.work_dir, suffix, meta, forward=check,
-                      make_forward=(lambda m: make_trace_forward(m, self.input_shape)) if self.verify_export else None)
+        make = (lambda m: make_trace_forward(m, self.input_shape)) if self.verify_export else None
+        export_pruned(model, self.state.graph, alive, runner.work_dir, suffix, meta,
+                      forward=make(model) if make else None, make_forward=make)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        """The pruning state: tensors and python scalars only (``torch.load(weights_only=True)`` safe)."""
-        return {'version': STATE_VERSION, 'alive': self.masks.alive.clone(), 'fisher': self.fisher.clone(),
-                'samples': int(self.samples), 'order': list(self.order), 'saved': list(self.saved),
-                'done': bool(self.done), 'num_atoms': int(self.graph.num_atoms), 'fingerprint': self.fingerprint,
-                'digest': self.digest, 'input_shape': list(self.input_shape)}
+        """The pruning state: tensors and python scalars only (``torch.load(weights_only=True)`` safe).
+
+        One flat dict of the parts' states (the pruning state's ``alive``, ``order``, ``num_atoms``, ...; the
+        criterion's, e.g. Group Fisher's ``sums`` and ``samples``; the schedule's ``history``) plus the hook's
+        own ``saved``, ``done``, ``target``."""
+        parts = [self.state.state_dict(), self.importance.state_dict(), self.schedule.state_dict()]
+        out: Dict[str, Any] = {'version': STATE_VERSION, 'importance': type(self.importance).__name__,
+                               'schedule': type(self.schedule).__name__, 'saved': list(self.saved),
+                               'done': bool(self.done), 'target': self.target, 'target_metric': self.target_metric}
+        for part in parts:
+            clash = set(part) & set(out)
+            if clash:
+                raise RuntimeError(f'pruning state keys {sorted(clash)} are written by two parts')
+            out.update(part)
+        return out
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        if self.masks is not None:
+        if self.state is not None:
             checkpoint[STATE_KEY] = self.state_dict()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Trace the model if needed and restore the pruning state. mmengine calls this before it loads the
+        optimizer state, so a checkpoint of another model is refused here, with the fix, and not by torch's
+        optimizer."""
         state = checkpoint.get(STATE_KEY)
         if state is None:
             return
-        if self.graph is None:  # runner.train() loads checkpoints before before_train: restore there
-            self._pending = state
-        else:
-            self._restore(state)
+        state = self._upgrade(state)
+        if self.state is None:  # runner.train() loads checkpoints before before_train: trace now
+            self._setup(runner)
+        self._restore(state)
+        self._pending = state  # before_train logs it and compares targets
+
+    @staticmethod
+    def _upgrade(state: Any) -> Dict[str, Any]:
+        """A version-1 state (Group Fisher's sums under ``fisher``) in the version-2 layout; anything else that
+        is not a version-2 state is refused."""
+        if isinstance(state, dict) and state.get('version') == 1:
+            state = dict(state, version=STATE_VERSION, sums=state.get('fisher'), importance='GroupFisher',
+                         schedule='IntervalTopK')
+        if not isinstance(state, dict) or state.get('version') != STATE_VERSION:
+            raise StateMismatch(f'checkpoint["{STATE_KEY}"] is not a pruning state this mmfisher can read: resume '
+                                'from a checkpoint of this pruning run, with the same model config and '
+                                'FisherPruningHook input_shape, or start pruning afresh (no --resume / load_from)')
+        return state
 
     def _restore(self, state: Dict[str, Any]) -> None:
-        fix = ('resume from a checkpoint of this pruning run, with the same model config and FisherPruningHook '
-               'input_shape, or start pruning afresh (no --resume / load_from)')
-        if not isinstance(state, dict) or state.get('version') != STATE_VERSION:
-            raise ValueError(f'checkpoint["{STATE_KEY}"] is not a pruning state this mmfisher can read: {fix}')
-        shape = tuple(state.get('input_shape', ()))
-        if shape != self.input_shape:
-            raise ValueError(f'checkpoint masks do not fit the model: they were traced at input_shape={shape}, '
-                             f'this hook uses input_shape={self.input_shape}. Fix: set input_shape={shape} or '
-                             'start pruning afresh')
-        for key, mine in (('num_atoms', self.graph.num_atoms), ('fingerprint', self.fingerprint),
-                          ('digest', self.digest)):
-            if state.get(key) != mine:
-                raise ValueError(f'checkpoint masks do not fit the model ({key}: checkpoint {state.get(key)!r}, '
-                                 f'model {mine!r}): {fix}')
-        alive = torch.as_tensor(state['alive'], dtype=torch.bool)
-        fisher = torch.as_tensor(state['fisher'], dtype=torch.float64)
-        if alive.shape != (self.graph.num_atoms,) or fisher.shape != (self.graph.num_atoms,):
-            raise ValueError(f'checkpoint masks do not fit the model (alive {tuple(alive.shape)}, fisher '
-                             f'{tuple(fisher.shape)}, model {self.graph.num_atoms} atoms): {fix}')
-        self.masks.set_alive(alive)
-        self.fisher = fisher.clone()
-        self.samples = int(state['samples'])
-        self.order = [int(a) for a in state['order']]
-        self.saved = [float(t) for t in state['saved']]
-        self.done = bool(state['done'])
+        self.state.load_state_dict(state, where=f'checkpoint["{STATE_KEY}"]')
+        if state.get('importance') == type(self.importance).__name__:
+            self.importance.load_state_dict(state)
+        if state.get('schedule') == type(self.schedule).__name__:
+            self.schedule.load_state_dict(state)
+        self.saved = [float(t) for t in state.get('saved', ())]
+        self.done = bool(state.get('done', False))
 
 
 MMENGINE_HOOKS.register_module(module=FisherPruningHook)

@@ -6,8 +6,11 @@ Fine-tune / test config pattern (see ``configs/_base_/fisher_finetune.py``)::
                  channels='work_dirs/prune/channels.json')
     load_from = 'work_dirs/prune/pruned.pth'
 
-The result is the architecture's own class (e.g. ``RetinaNet``), physically smaller, with no masks or hooks: it
-trains, tests, runs in mmdet/mmpretrain inferencers and exports like the unpruned model.
+The result is the architecture's own class (e.g. ``RetinaNet``), physically smaller, with no masks: it trains,
+tests, runs in mmdet/mmpretrain inferencers and exports like the unpruned model. It refuses weights that do not
+belong to its structure on every loading path (``load_from``, ``tools/test.py CKPT``, ``--resume``, the
+inferencers' ``load_checkpoint``): tensors of other shapes, or a ``pruned.pth`` of another structure
+(:func:`mmfisher.core.export.guard_state_dict_loading`), instead of mmengine's size-mismatch warnings.
 
 ``init_cfg`` entries of the architecture (e.g. ``Pretrained`` ImageNet backbones) are kept, so
 ``runner.train()``'s ``init_weights`` may still download them and load them non-strictly into the slimmed
@@ -21,6 +24,7 @@ from mmengine.logging import print_log
 from torch import nn
 
 from ..core import ChannelConfigError, apply_channel_config, load_channel_config
+from ..core.export import guard_state_dict_loading
 from ..registry import MMENGINE_MODELS, MODELS
 
 __all__ = ['Pruned']
@@ -50,6 +54,7 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]], c
 
     Raises:
         ChannelConfigError: missing / corrupted file, or a config made for another model.
+        mmfisher.core.WeightsMismatch: (when weights are loaded later) weights of another structure.
     """
     from mmengine.registry import MODELS as ROOT
     if not isinstance(architecture, dict) or 'type' not in architecture:
@@ -73,6 +78,7 @@ def Pruned(architecture: Dict[str, Any], channels: Union[str, Dict[str, Any]], c
     except ChannelConfigError as exc:
         where = f' ({channels})' if isinstance(channels, str) else ''
         raise ChannelConfigError(f'Pruned{where}: {exc}') from exc
+    guard_state_dict_loading(model, cfg, where=channels if isinstance(channels, str) else 'the given dict')
     units = cfg.get('units') or []
     kept = sum(len(u.get('kept', ())) for u in units)
     total = sum(int(u.get('channels', 0)) for u in units)
