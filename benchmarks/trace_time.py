@@ -97,7 +97,7 @@ def our_sets(graph):
     import numpy as np
     per_atom = {}
     for layer, atoms in graph.out_atoms.items():
-        if graph.rules[layer].role != 'weighted':
+        if not graph.rules[layer].is_weighted:
             continue
         for c in np.nonzero(atoms >= 0)[0].tolist():
             per_atom.setdefault(int(atoms[c]), set()).add((layer, c))
