@@ -82,7 +82,7 @@ def _cross(g, a, spatial):
 def _spatial(g):
     out = {}
     for name, rec in g.records.items():
-        if g.rules[name].role != 'weighted' or not rec.calls:
+        if not g.rules[name].is_weighted or not rec.calls:
             continue
         s = 0.0
         for c in rec.calls:
