@@ -66,7 +66,7 @@ def op_move(state: TraceState, call: OpCall) -> None:
         state.set(t, info)
 
 
-def constrain_move(state: TraceState, name: str, pargs, infos: List[ChannelInfo]) -> None:
+def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[ChannelInfo]) -> None:
     """Keep the slimmed model's count-dependent data movement equal to the masked model's.
 
     * equal parts (chunk, split into equal sizes, unbind): position i of every part is one atom, so parts
@@ -127,7 +127,7 @@ def half_slice(state: TraceState, src: Optional[ChannelInfo], out: ChannelInfo) 
     return True
 
 
-def split_sizes_follow(state: TraceState, pargs, infos: List[ChannelInfo]) -> bool:
+def split_sizes_follow(state: TraceState, pargs: tuple, infos: List[ChannelInfo]) -> bool:
     """Equal parts of a channel split stay exact if their size follows pruning: couple position i of every
     part, and tie the size to the running module's int attribute that holds it (Res2Net's ``width``, C2f's
     ``mid_channels``); an int size with no such attribute is taken as computed from the input's shape."""

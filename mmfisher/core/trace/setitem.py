@@ -1,6 +1,6 @@
 """``target[index] = value``: writes into buffers, replayed on id tensors. Exact only when every channel dim is
 written whole and in order, and a fresh buffer's channel size follows pruning (a ``*channels*`` attribute)."""
-from typing import List
+from typing import Any, List
 
 import torch
 
@@ -63,7 +63,8 @@ def bind_buffer_size(state: TraceState, target: torch.Tensor, info: ChannelInfo,
         state.bind_attribute(owner, names[0], vec)
 
 
-def check_setitem_positions(state: TraceState, target, index, value, v_info: ChannelInfo) -> None:
+def check_setitem_positions(state: TraceState, target: torch.Tensor, index: Any, value: torch.Tensor,
+                            v_info: ChannelInfo) -> None:
     """Writing channels into a buffer is exact only if every channel dim is written whole and in order
     (``feats[rows] = x``); ``out[:, :8] = x`` puts channels at literal offsets that would not follow pruning."""
     region = target[index].shape
