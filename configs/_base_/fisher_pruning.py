@@ -14,6 +14,9 @@
 # which the target is reached. Keep `input_shape` (C, H, W) close to the training resolution: FLOPs and
 # activations are counted there (classification: (3, 224, 224)).
 #
+# The paper's settings for COCO detectors and ImageNet classifiers, schedule included, are in fisher_prune_coco.py
+# and fisher_prune_in1k.py beside this file (what configs/detection and configs/classification use).
+#
 # Override arguments with --cfg-options custom_hooks.0.target=0.4, or redefine the list in your config:
 #   custom_hooks = [dict(type='mmfisher.FisherPruningHook', target=0.4, input_shape=(3, 640, 640))]
 # The 'mmfisher.' prefix makes mmengine import mmfisher by itself, so this file sets no custom_imports (mmengine
@@ -37,5 +40,8 @@ custom_hooks = [
         prune_frozen=False,          # leave channels read only by frozen stages alone
         stop_at_target=True,
         start_iter=0,
-        verify_export=True),         # refuse to write a slimmed model that differs from the masked one
+        verify_export=True,          # refuse to write a slimmed model that differs from the masked one
+        importance=None,             # None: GroupFisher(delta=delta); or a criterion, e.g. dict(type='Taylor')
+        schedule=None,               # None: IntervalTopK(interval, k=channels_per_step); or dict(type='AdaptiveK')
+        skip_unmatched='warn'),      # a `skip` pattern that matches no layer: 'warn' | 'error'
 ]
