@@ -7,38 +7,21 @@
 # model's (the paper gives no figure for it here; 50% as for ResNet-50). The run then stops and writes
 # work_dirs/efficientnet-b0_fisher_prune_in1k/channels.json (the pruned structure) and pruned.pth (the slimmed
 # weights); step 2, efficientnet-b0_fisher_finetune_in1k.py, fine-tunes them with the base config's standard
-# schedule. docs/model_zoo.md has the paper's figures and the commands for every model.
+# schedule. docs/model_zoo.md has the paper's figures and the commands for every model. The recipe (hook arguments,
+# schedule) and why each value: configs/_base_/fisher_prune_in1k.py.
 #
 # Depthwise convs share the unit of the expansion conv before them; the squeeze-and-excitation layers read and gate
 # those channels and are sliced with them.
-_base_ = ['mmpretrain::efficientnet/efficientnet-b0_8xb32_in1k.py', 'mmfisher::_base_/fisher_pruning.py']
+_base_ = ['mmpretrain::efficientnet/efficientnet-b0_8xb32_in1k.py', '../_base_/fisher_prune_in1k.py']
 
-# The trained, unpruned model that is pruned: mmpretrain's released checkpoint of the base config (its
-# metafile.yml). To prune your own model, put its path here or pass --cfg-options load_from=PATH. Never set None:
-# mmengine then loads nothing, silently, and the hook would prune a randomly initialised model.
+# mmpretrain's released checkpoint of the base config (its metafile.yml). To prune your own model: --cfg-options
+# load_from=PATH (never None).
 load_from = 'https://download.openmmlab.com/mmclassification/v0/efficientnet/efficientnet-b0_3rdparty_8xb32_in1k_20220119-a7e2a0b1.pth'  # noqa: E501
 
-custom_hooks = [
-    dict(
-        type='mmfisher.FisherPruningHook',
-        interval=25,                 # the paper's interval for ImageNet classification
-        delta='acts',                # Fisher / activations saved (the paper's memory-normalised default)
-        target=0.5,                  # stop at 50% of the unpruned FLOPs
-        target_metric='flops',
-        channels_per_step=1,         # one channel per step, as the paper (larger values prune faster, coarser)
-        input_shape=(3, 224, 224),   # FLOPs / activations counted at the training / test crop
-    ),
-]
-
-# The pruning phase trains at a small constant learning rate (0.004 for a total batch of 256 or more, as the public
-# re-implementation FisherPruning-Pytorch prunes ResNet-50; the base schedule's decay is never reached before the
-# target). The loop is iteration based so that it ends as soon as the target is reached (an epoch-based loop would
-# finish its epoch). max_iters is only a bound that is never hit: interval x the model's 11,404 prunable channel
-# groups, one of which is masked per step. A run that ends before the target
-# writes the structure reached so far (channels.json with meta.reached = false).
+custom_hooks = [_base_.fisher_prune_in1k.hook]  # 50% of the FLOPs at (3, 224, 224), every 25 iterations
+# max_iters = interval x the model's 11,404 prunable channel groups: a bound that is never hit
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=286000, val_interval=286000)
-optim_wrapper = dict(optimizer=dict(lr=0.004))
-param_scheduler = []  # constant learning rate
-# checkpoints hold the masks and Fisher sums: --resume continues the pruning exactly
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000, max_keep_ckpts=3))
-log_processor = dict(by_epoch=False)
+optim_wrapper = _base_.fisher_prune_in1k.optim_wrapper
+param_scheduler = _base_.fisher_prune_in1k.param_scheduler
+default_hooks = _base_.fisher_prune_in1k.default_hooks
+log_processor = _base_.fisher_prune_in1k.log_processor

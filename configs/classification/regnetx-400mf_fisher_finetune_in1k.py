@@ -11,10 +11,7 @@
 # --cfg-options model.channels=... load_from=... for another work_dir.
 _base_ = ['mmpretrain::regnet/regnetx-400mf_8xb128_in1k.py', 'mmfisher::_base_/fisher_finetune.py']
 
-model = dict(
-    _delete_=True,                   # replace the base model instead of merging into it
-    type='mmfisher.Pruned',          # build `architecture`, then slim it to `channels`
-    architecture={{_base_.model}},   # the unpruned model of the base config, exactly as it was pruned
-    channels='work_dirs/regnetx-400mf_fisher_prune_in1k/channels.json')
-
+# mmfisher::_base_/fisher_finetune.py's pattern: replace the base model by the unpruned one slimmed to `channels`
+model = dict(_delete_=True, type='mmfisher.Pruned', architecture={{_base_.model}},
+             channels='work_dirs/regnetx-400mf_fisher_prune_in1k/channels.json')
 load_from = 'work_dirs/regnetx-400mf_fisher_prune_in1k/pruned.pth'  # the slimmed weights: names and shapes match

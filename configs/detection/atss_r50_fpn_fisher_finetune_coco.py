@@ -11,12 +11,9 @@
 # load_from=... for another work_dir.
 _base_ = ['mmdet::atss/atss_r50_fpn_1x_coco.py', 'mmfisher::_base_/fisher_finetune.py']
 
-model = dict(
-    _delete_=True,                # replace the base model instead of merging into it
-    type='mmfisher.Pruned',       # build `architecture`, then slim it to `channels`
-    architecture=_base_.model,    # the unpruned ATSS of the base config (changed below as when pruning)
-    channels='work_dirs/atss_r50_fpn_fisher_prune_coco/channels.json')
-# the pruning config's changes: all stages train; no ImageNet download (load_from sets every weight)
+# mmfisher::_base_/fisher_finetune.py's pattern: replace the base model by the unpruned one slimmed to `channels`
+model = dict(_delete_=True, type='mmfisher.Pruned', architecture=_base_.model,
+             channels='work_dirs/atss_r50_fpn_fisher_prune_coco/channels.json')
+# the prune config's two backbone changes (fisher_prune_coco.py): every stage trains; no ImageNet download
 model['architecture']['backbone'].update(frozen_stages=-1, init_cfg=None)
-
 load_from = 'work_dirs/atss_r50_fpn_fisher_prune_coco/pruned.pth'  # the slimmed weights: names and shapes match
