@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfisher.core import analyze, compare_masked_slimmed, input_forward, random_alive
+from mmfisher.core import analyze, input_forward
 
 
 class DenseLike(nn.Module):
@@ -163,17 +163,23 @@ class SliceReader(nn.Module):
         return self.conv1(h[:, :5]) + self.conv2(h) + self.conv4(k[:, :, 1:, :-1]).mean((2, 3), keepdim=True)
 
 
-def test_literal_equal_split_sizes_unprunable_or_exact():
-    """``x.split((8, 8), 1)`` bakes the channel count into the model: pruning must either keep those channels
-    or produce a slimmed model that still runs and matches (it cannot: the literal does not follow pruning)."""
-    model = ShuffleBlock('literal')
-    g = analyze(model, input_forward(torch.randn(1, 3, 8, 8)))
-    if (g.out_atoms['stem'] >= 0).any():
-        alive = random_alive(g, 0.4, 5)
-        res = compare_masked_slimmed(model, g, input_forward(torch.randn(2, 3, 8, 8)), alive)
-        assert res['max_abs_diff'] <= 1e-5 * res['scale']
-    else:
-        assert 'split' in g.unprunable['stem'], g.unprunable
+def test_literal_equal_split_sizes_keep_their_channels(check_exact):
+    """``x.split((8, 8), 1)`` bakes the channel count into the model: a slimmed model would still split at 8, so
+    every channel that reaches the split is kept (the stem's, and each branch output that the shuffle sends into the
+    next split or the head); the branches' inner channels stay prunable, and pruning them is exact."""
+    g = analyze(ShuffleBlock('literal'), input_forward(torch.randn(1, 3, 8, 8)))
+    assert set(g.unprunable) == {'stem', 'units.0.5', 'units.1.5', 'head'}, g.unprunable
+    for layer in ('stem', 'units.0.5', 'units.1.5'):
+        assert 'split' in g.unprunable[layer] and 'literal' in g.unprunable[layer], g.unprunable
+    for layer in ('stem', 'stem_bn', 'units.0.5', 'units.0.6', 'units.1.5', 'units.1.6'):
+        assert (g.out_atoms[layer] == -1).all(), layer
+    inner = [g.out_atoms[f'units.{i}.{j}'] for i in (0, 1) for j in (0, 1, 3, 4)]
+    assert all((a >= 0).all() for a in inner)
+    assert g.num_atoms == 16  # the 8 inner channels of each branch, nothing else
+    out = check_exact(ShuffleBlock('literal'), torch.randn(1, 3, 8, 8), ratio=0.4, seed=5)
+    slim = out['slim']
+    assert slim.stem.out_channels == 16 and slim.head.in_channels == 16  # the split still gets (8, 8)
+    assert all(slim.units[i][0].out_channels < 8 for i in (0, 1))
 
 
 def test_literal_channel_slice_unprunable(check_exact):
