@@ -178,3 +178,58 @@ def test_meta_iter_when_training_ends_before_the_target_and_the_no_checkpoint_wa
     assert not get_hook(runner).done
     assert json.load(open(osp.join(work, 'channels.json')))['meta']['iter'] == 6 == runner.iter
     assert 'no load_from and no --resume: pruning a randomly initialised model' in _log(work)
+
+
+def _tiny_det_pairs(tmp_path):
+    """Two pruned structures of the tiny RetinaNet (other channels kept) and the unpruned weights."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from _hook_helpers import DET_CFG, DET_SHAPE, ensure_det_data
+    from mmfisher.models import make_trace_forward
+    ensure_det_data()
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(DET_CFG).model)
+    graph = analyze(model, make_trace_forward(model, DET_SHAPE))
+    pairs = [export_pruned(model, graph, random_alive(graph, r, seed=s), str(tmp_path / name), '', {})
+             for name, r, s in (('a', 0.5, 2), ('b', 0.3, 3))]
+    unpruned = str(tmp_path / 'unpruned.pth')
+    torch.save({'state_dict': model.state_dict()}, unpruned)
+    return DET_CFG, pairs, unpruned
+
+
+def test_tools_refuse_a_channel_config_with_weights_that_do_not_belong_to_it(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from _hook_helpers import ROOT
+    base, ((json_a, pth_a), (json_b, pth_b)), unpruned = _tiny_det_pairs(tmp_path)
+    data_root = osp.join(ROOT, 'data', 'generated', 'shapes_det') + '/'
+    cfg_path = str(tmp_path / 'finetune.py')
+    with open(cfg_path, 'w') as f:
+        f.write(textwrap.dedent(f"""\
+            _base_ = [{base!r}]
+            model = dict(_delete_=True, type='mmfisher.Pruned', architecture={{{{_base_.model}}}},
+                         channels={json_a!r})
+            load_from = {pth_a!r}
+            train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1, val_interval=100)
+            param_scheduler = None
+            _data = dict(data_root={data_root!r}, indices=4)
+            train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=_data)
+            test_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=_data)
+            test_evaluator = dict(ann_file={data_root + 'annotations/val.json'!r})
+            """))
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    for ckpt, why in ((pth_b, 'differ in shape'), (unpruned, 'they are unpruned')):
+        proc = run('tools/test.py', cfg_path, ckpt, '--work-dir', str(tmp_path / 't'))
+        assert proc.returncode != 0, proc.stdout[-2000:]
+        assert f'checkpoint "{ckpt}"' in proc.stdout and json_a in proc.stdout and why in proc.stdout
+        assert 'coco/bbox_mAP' not in proc.stdout  # nothing was evaluated
+    proc = run('tools/train.py', cfg_path, '--work-dir', str(tmp_path / 'ft'), '--cfg-options', f'load_from={pth_b}')
+    assert proc.returncode != 0 and f'checkpoint "{pth_b}"' in proc.stdout and 'differ in shape' in proc.stdout
+    assert not glob.glob(osp.join(str(tmp_path / 'ft'), '*.pth'))  # nothing trained from random layers
+    proc = run('tools/test.py', cfg_path, pth_a, '--work-dir', str(tmp_path / 'ok'))
+    assert proc.returncode == 0, proc.stdout[-2000:]  # the right pair still tests

@@ -16,9 +16,13 @@ import numpy as np
 __all__ = ['Schedule', 'IntervalTopK', 'AdaptiveK']
 
 
+_HINTS = {'interval': ' (iterations between pruning steps; the paper uses 10 for detection, 25 for ImageNet)',
+          'k': ' (atoms masked per pruning step; 1 as in the paper)'}
+
+
 def _int_at_least(name: str, value: Any, low: int) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f'{name}={value!r} must be an int >= {low}')
+        raise ValueError(f'{name}={value!r} must be an int >= {low}{_HINTS.get(name, "")}')
     return int(value)
 
 

@@ -164,12 +164,6 @@ class FisherPruningHook(Hook):
                  importance: Optional[Union[dict, Importance]] = None,
                  schedule: Optional[Union[dict, Schedule]] = None,
                  skip_unmatched: str = 'warn') -> None:
-        if not _is_int(interval) or interval < 1:
-            raise ValueError(f'interval={interval!r} must be an int >= 1 (iterations between pruning steps; the '
-                             'paper uses 10 for detection, 25 for ImageNet)')
-        if delta not in self.DELTAS:
-            raise ValueError(f'delta={delta!r} is unknown: use one of {self.DELTAS} (acts = memory-normalised, '
-                             'the paper default)')
         if not _is_number(target) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -189,8 +183,6 @@ class FisherPruningHook(Hook):
         if not _is_int(divisor) or divisor < 1:
             raise ValueError(f'divisor={divisor!r} must be an int >= 1 (e.g. 8 to keep channel counts multiples '
                              'of 8)')
-        if not _is_int(start_iter) or start_iter < 0:
-            raise ValueError(f'start_iter={start_iter!r} must be an int >= 0')
         for name, value in (('prune_frozen', prune_frozen), ('stop_at_target', stop_at_target),
                             ('verify_export', verify_export)):
             if not isinstance(value, bool):
@@ -203,9 +195,10 @@ class FisherPruningHook(Hook):
         if schedule is not None and (interval != 10 or channels_per_step != 1 or start_iter != 0):
             raise ValueError('interval / channels_per_step / start_iter and schedule both given: set them inside '
                              "schedule, e.g. schedule=dict(type='IntervalTopK', interval=10, k=1, start_iter=0)")
+        # the parts check their own arguments (interval, start_iter, delta), with the same messages
         self.importance = (GroupFisher(delta=delta) if importance is None
                            else _build_part(IMPORTANCE, importance, 'importance criterion', Importance, 'importance'))
-        self.schedule = (IntervalTopK(interval=int(interval), k=int(channels_per_step), start_iter=int(start_iter))
+        self.schedule = (IntervalTopK(interval=interval, k=channels_per_step, start_iter=start_iter)
                          if schedule is None else _build_part(SCHEDULES, schedule, 'schedule', Schedule, 'schedule'))
         self.interval = self.schedule.interval
         self.start_iter = self.schedule.start_iter
