@@ -7,5 +7,5 @@ __version__ = '0.1.0'
 
 from . import engine  # noqa: F401,E402  runtime patches: checkpoint allow-list, CPU distributed
 
-# Registered components: the pruning hook and the slimmed-model builder.
-from . import hooks, models  # noqa: F401,E402
+# Registered components: the pruning hook, the slimmed-model builder, the label-free distiller and its data set.
+from . import datasets, hooks, models  # noqa: F401,E402
