@@ -5,10 +5,15 @@ Two data sets are drawn from the same shape primitives on noisy backgrounds:
 * ``shapes_det``: COCO-format detection, ``annotations/{train,val}.json`` + ``{train,val}/*.png``; several
   non-overlapping objects per image, tight boxes, polygon segmentations.
 * ``shapes_cls``: mmpretrain ``CustomDataset`` folder format, ``{train,val}/<class>/*.png``; one shape per image.
+* ``shapes_unlabeled``: plain images for label-free pruning (``mmfisher.UnlabeledImages``), no annotation at all:
+  ``det/*.png`` drawn like ``shapes_det`` and ``cls/*.png`` like ``shapes_cls`` (the class of each image is drawn
+  and thrown away), from their own random streams, so they are new images of the same distributions.
 
 Contract: the output is a pure function of ``(spec, seed)``: every image gets its own RNG seeded from
 ``(seed, data set, split, index)``, so files are byte-identical across runs and machines. Generation is
-idempotent: a ``manifest.json`` records the parameters; a complete matching set is left untouched.
+idempotent: a ``manifest.json`` records the parameters; a complete matching set is left untouched. Every set is
+written into a temporary folder that is moved into place when complete; folders get the mode ``mkdir`` gives
+under the current umask (not ``mkdtemp``'s 0700).
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .core.files import default_mode
 
 GENERATOR_VERSION = 1
 CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle')
@@ -53,6 +60,15 @@ class ClsSpec:
     min_size: int = 28
     max_size: int = 56
     classes: Tuple[str, ...] = CLASSES
+
+
+@dataclass(frozen=True)
+class UnlabeledSpec:
+    """Parameters of the unlabeled set: image counts; the drawing follows ``det`` / ``cls``."""
+    num_det: int = 480
+    num_cls: int = 600
+    det: DetSpec = DetSpec()
+    cls: ClsSpec = ClsSpec()
 
 
 @dataclass
@@ -171,6 +187,7 @@ def _publish(tmp: str, out_dir: str, manifest: Dict[str, object]) -> None:
     """Write the manifest last, then move the finished folder into place (a partial set is never published)."""
     with open(os.path.join(tmp, MANIFEST), 'w') as f:
         json.dump(manifest, f, indent=1)
+    os.chmod(tmp, default_mode(directory=True))  # mkdtemp made it 0700
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
@@ -231,10 +248,40 @@ def make_cls(out_dir: str, spec: ClsSpec = ClsSpec(), seed: int = 0, force: bool
     return True
 
 
+def make_unlabeled(out_dir: str, spec: UnlabeledSpec = UnlabeledSpec(), seed: int = 0, force: bool = False) -> bool:
+    """Generate the unlabeled image set (``det/*.png``, ``cls/*.png``, no annotation) into ``out_dir``; False if
+    an identical set was already there."""
+    manifest = _manifest('shapes_unlabeled', spec, seed)
+    if not force and _is_current(out_dir, manifest):
+        return False
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.shapes_unlabeled.', dir=parent)
+    try:
+        os.makedirs(os.path.join(tmp, 'det'))
+        for idx in range(spec.num_det):
+            img, _ = draw_det_image(spec.det, _rng(seed, 'unlabeled', 'det', idx))
+            _save_png(img, os.path.join(tmp, 'det', f'{idx:05d}.png'))
+        os.makedirs(os.path.join(tmp, 'cls'))
+        for idx in range(spec.num_cls):
+            rng = _rng(seed, 'unlabeled', 'cls', idx)
+            label = int(rng.integers(len(spec.cls.classes)))
+            _save_png(draw_cls_image(spec.cls, rng, label), os.path.join(tmp, 'cls', f'{idx:05d}.png'))
+        _publish(tmp, out_dir, manifest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+MAKERS = dict(shapes_det=make_det, shapes_cls=make_cls, shapes_unlabeled=make_unlabeled)
+
+
 def make_all(root: str = 'data/generated', seed: int = 0, force: bool = False,
              which: Optional[Sequence[str]] = None) -> Dict[str, bool]:
-    """Generate ``shapes_det`` and/or ``shapes_cls`` under ``root``; maps each name to whether it was (re)made."""
-    makers = dict(shapes_det=make_det, shapes_cls=make_cls)
+    """Generate ``shapes_det``, ``shapes_cls`` and ``shapes_unlabeled`` (or those in ``which``) under ``root``;
+    maps each name to whether it was (re)made."""
+    makers = MAKERS
     names = list(which) if which else list(makers)
     unknown = [n for n in names if n not in makers]
     if unknown:

@@ -132,3 +132,70 @@ def test_bundled_sets_load_through_mm_datasets():
     ds = CLS_DATASETS.build(cls.val_dataloader.dataset)
     assert len(ds) == ClsSpec().val_per_class * len(CLASSES)
     assert ds.CLASSES == CLASSES or tuple(ds.metainfo['classes']) == CLASSES
+
+
+# ---- the unlabeled image set (label-free pruning) and folder modes -------------------------------------------------
+
+def _set_digest(root: str) -> str:
+    h = hashlib.sha256()
+    for d, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            p = osp.join(d, f)
+            h.update(osp.relpath(p, root).encode())
+            with open(p, 'rb') as fh:
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def test_labeled_sets_unchanged_by_the_unlabeled_set(tmp_path):
+    """The generator's existing output, byte for byte (digests of generator version 1 before the unlabeled set
+    was added): adding a set must not move any other set's random stream."""
+    make_det(str(tmp_path / 'det'), SMALL_DET, seed=3)
+    make_cls(str(tmp_path / 'cls'), SMALL_CLS, seed=3)
+    assert _set_digest(str(tmp_path / 'det')) == '5c39ba332d0e91456d0d1820f1e2fa413345082aababbde80367510a6fdbe562'
+    assert _set_digest(str(tmp_path / 'cls')) == '978f97a4f19168cb66952a1da968abe9ab50387a822625d4ed048914e5bafa1d'
+
+
+def test_unlabeled_set_is_deterministic_and_carries_no_labels(tmp_path):
+    from mmfisher.data_gen import UnlabeledSpec, make_unlabeled
+    spec = UnlabeledSpec(num_det=6, num_cls=9)
+    assert make_unlabeled(str(tmp_path / 'a'), spec, seed=2) is True
+    assert make_unlabeled(str(tmp_path / 'a'), spec, seed=2) is False  # up to date: untouched
+    make_unlabeled(str(tmp_path / 'b'), spec, seed=2)
+    a = tree_digest(str(tmp_path / 'a'))
+    assert a == tree_digest(str(tmp_path / 'b'))
+    assert sorted(a) == ['cls/%05d.png' % i for i in range(9)] + ['det/%05d.png' % i for i in range(6)] + \
+        ['manifest.json']  # images and the manifest, no annotation of any kind
+    assert json.load(open(osp.join(tmp_path, 'a', 'manifest.json')))['kind'] == 'shapes_unlabeled'
+    assert Image.open(osp.join(tmp_path, 'a', 'det', '00000.png')).size == (128, 128)
+    assert Image.open(osp.join(tmp_path, 'a', 'cls', '00000.png')).size == (64, 64)
+    # new images of the same distributions, not copies of the labeled ones
+    make_det(str(tmp_path / 'det'), SMALL_DET, seed=2)
+    labeled = set(tree_digest(str(tmp_path / 'det')).values())
+    assert not labeled & set(a.values())
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('.')], 'temporary folders left behind'
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o027])
+def test_generated_folders_honour_the_umask(tmp_path, umask):
+    from mmfisher.data_gen import UnlabeledSpec, make_unlabeled
+    old = os.umask(umask)
+    try:
+        make_det(str(tmp_path / 'det'), DetSpec(num_train=2, num_val=1))
+        make_cls(str(tmp_path / 'cls'), ClsSpec(train_per_class=1, val_per_class=1))
+        make_unlabeled(str(tmp_path / 'un'), UnlabeledSpec(num_det=1, num_cls=1))
+    finally:
+        os.umask(old)
+    for name in ('det', 'cls', 'un'):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o777 & ~umask, name  # not mkdtemp's 0700
+
+
+def test_make_all_and_make_data_know_the_unlabeled_set(tmp_path):
+    import subprocess
+    import sys
+    from mmfisher.data_gen import MAKERS
+    assert set(MAKERS) == {'shapes_det', 'shapes_cls', 'shapes_unlabeled'}
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    out = subprocess.run([sys.executable, osp.join(root, 'tools', 'make_data.py'), '--help'], capture_output=True,
+                         text=True, cwd=root)
+    assert out.returncode == 0 and 'shapes_unlabeled' in out.stdout
