@@ -1,0 +1,43 @@
+# Label-free Group Fisher pruning (seed 002) of the trained tiny ResNet classifier to about half of its FLOPs, on the
+# bundled unlabeled images (tools/make_data.py -> data/generated/shapes_unlabeled/cls: 600 64x64 images, no class).
+# The loss is KL(teacher || student) + anchor MSE against the frozen unpruned model; no label is read.
+#
+#   python tools/train.py configs/tiny/resnet_tiny_shapes_cls.py                    # the model to prune, once
+#   python tools/train.py configs/tiny/resnet_tiny_cls_label_free_prune.py          # -> channels.json, pruned.pth
+_base_ = ['./resnet_tiny_shapes_cls.py', '../_base_/label_free_pruning.py']
+
+load_from = 'work_dirs/resnet_tiny_shapes_cls/epoch_30.pth'  # the trained, unpruned model (student and teacher)
+
+model = dict(
+    _base_.label_free_pruning.model,
+    _delete_=True,
+    architecture=_base_.model,
+    input_shape=(3, 64, 64))
+custom_hooks = [
+    dict(
+        _base_.label_free_pruning.hook,
+        interval=5,                  # short for the tiny model (seed 002: 25)
+        channels_per_step=16,        # top-k per step (seed 002: 500 on ImageNet)
+        input_shape=(3, 64, 64)),    # the bundled images' size
+]
+
+unlabeled_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='mmfisher.UnlabeledImages',
+        data_root='data/generated/shapes_unlabeled/',
+        data_prefix=dict(img_path='cls/'),
+        pipeline=unlabeled_pipeline))
+
+# iteration based, so the run ends as soon as the target is reached; max_iters is only a bound
+train_cfg = dict(_delete_=True, by_epoch=False, max_iters=2000, val_interval=100000)
+optim_wrapper = dict(optimizer=dict(lr=0.0005))
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=2000)]
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=100000, by_epoch=False),
+                     logger=dict(type='LoggerHook', interval=10))
+log_processor = dict(by_epoch=False)
