@@ -1,0 +1,536 @@
+"""Balanced one-shot filter pruning (seed 003; Li et al., ACCV 2020, arXiv 2010.06821), in plain PyTorch + numpy.
+
+A trained model is pruned in one pass over a few calibration batches, without training; one fine-tune follows.
+
+1. **Rank.** Every unit (a group of coupled channels: a residual stream, the FPN levels with the shared head
+   reading them, ... : the paper's "layer group", so channels stay aligned across short connections) ranks its
+   eligible atoms by an importance criterion, lowest first: Group Fisher from the calibration batches' gradients by
+   default (``GroupFisher(delta='none')``), or any :mod:`mmfisher.core.importance` criterion (``L1Norm``,
+   ``BNScale``, ...).
+2. **Curves.** For each unit *alone*, the loss variation ``V_u(k) = L(mask the unit's k lowest atoms) - L`` is
+   measured on the calibration batches (real forwards in eval mode, the masks undone exactly after each:
+   :meth:`ChannelMasks.trial`) for ``k`` on a grid of shares ``r`` of the unit's atoms (``grid``, plus the most the
+   unit may lose). The curve is made monotone (running maximum, from ``V(0) = 0``) and read at every ``k`` by
+   linear interpolation between measured points. The unit's rate at a threshold ``tau`` is the largest ``k`` with
+   ``V_u(k) <= tau``.
+   ``mode='estimated'`` replaces the measured curves with the second-order estimate from the Fisher sums,
+   ``V_u(k) = 0.5 * sum_{first k atoms} F / N`` (``N`` calibration samples): no forward per grid point, every
+   ``k`` exact, but the cross terms between atoms and everything beyond second order are ignored.
+3. **Search.** The remaining ``metric`` ratio (flops / acts / params of the written structure, after the
+   divisor's rounding: :meth:`PruningState.ratios`) falls monotonically as ``tau`` grows. ``tau`` is found by
+   bisection over the sorted breakpoints of the cached curves (the values at which some unit's rate changes), so
+   it converges exactly in ``ceil(log2(breakpoints))`` steps (10-15 for real models), each step costing one
+   numpy cost evaluation and no forward. Ties at the final ``tau`` are split in the order of the units' shares
+   (evenly over the tied units), so the target is met to one atom.
+4. **Prune** every unit at its rate at once (only atoms the written structure really removes are masked, so the
+   masks equal the structure even with a divisor), then measure the combined structure's real calibration loss
+   and report it beside the sum of the units' variations (the method's additivity assumption).
+
+Which mode fits: ``measured`` costs ``units x grid points x batches`` forwards (no backward except the
+Fisher pass) and sees every nonlinearity: use it whenever that fits the time (all tiny and ImageNet/COCO-size
+models on a GPU, small ones on a CPU). ``estimated`` costs one forward + backward per batch (the Fisher pass)
+whatever the model: use it when the measured curves are too slow (a large detector on a CPU, many units); its
+tau is in the estimate's units.
+
+Label-free: the loss is whatever ``loss_fn(batch)`` returns, e.g. a distillation loss against a frozen copy of
+the unpruned model (the label-free distiller's), or a task loss. Distributed: pass ``reduce`` (a sum over ranks);
+every rank then sees the same sums and chooses the same structure. Nothing here imports OpenMMLab.
+"""
+import contextlib
+import math
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .importance import GradientImportance, GroupFisher, Importance
+from .state import METRICS, PruningState
+
+__all__ = ['BalancedPruning', 'BalancedResult', 'UnitCurve', 'TargetUnreachable', 'NonFiniteLoss',
+           'NoCalibrationData', 'DEFAULT_GRID', 'MODES']
+
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MODES = ('measured', 'estimated')
+
+
+class TargetUnreachable(ValueError):
+    """No threshold reaches the target (the message gives the best reachable ratio and the fix)."""
+
+
+class NonFiniteLoss(ValueError):
+    """The calibration loss of the unpruned model is NaN or infinite."""
+
+
+class NoCalibrationData(ValueError):
+    """There are no calibration batches."""
+
+
+def _sum_ranks(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block (BN statistics and dropout frozen), each one's flag restored."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's RNG seeded for the block (a stochastic loss, e.g. an RoI sampler, draws the same for every
+    measurement of a batch) and restored after, so the caller's random stream is untouched."""
+    devices = [device] if device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if devices:
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+def _as_float(loss: Any) -> float:
+    if isinstance(loss, torch.Tensor):
+        return float(loss.detach().float().sum())
+    return float(loss)
+
+
+class UnitCurve:
+    """One unit's loss-variation curve over ``k`` = atoms masked (its ``ranked`` atoms, lowest first).
+
+    ``ks`` / ``variation``: the points (measured, or the estimate at the grid); ``monotone``: their running
+    maximum (NaN and inf stay inf). ``dense`` (optional): the estimate at every ``k = 1..k_max``.
+    """
+
+    def __init__(self, unit: int, name: str, size: int, ranked: np.ndarray, k_max: int) -> None:
+        self.unit, self.name, self.size = unit, name, int(size)
+        self.ranked = np.asarray(ranked, dtype=np.int64)
+        self.k_max = int(k_max)
+        self.ks = np.zeros(0, dtype=np.int64)
+        self.variation = np.zeros(0)
+        self.monotone = np.zeros(0)
+        self.dense: Optional[np.ndarray] = None
+        self.chosen = 0
+
+    def set_points(self, ks: np.ndarray, variation: np.ndarray, dense: Optional[np.ndarray] = None) -> None:
+        self.ks = np.asarray(ks, dtype=np.int64)
+        self.variation = np.asarray(variation, dtype=np.float64)
+        v = np.where(np.isfinite(self.variation), self.variation, np.inf)
+        self.monotone = np.maximum.accumulate(np.maximum(v, 0.0)) if v.size else v
+        self.dense = None if dense is None else np.maximum.accumulate(
+            np.maximum(np.where(np.isfinite(dense), dense, np.inf), 0.0))
+
+    def values(self) -> np.ndarray:
+        """``V(k)`` for ``k = 1..k_max`` (monotone; inf past the last finite point)."""
+        if self.dense is not None:
+            return self.dense
+        k = np.arange(1, self.k_max + 1)
+        out = np.full(k.shape, np.inf)
+        finite = np.isfinite(self.monotone)
+        if not finite.any():
+            return out
+        last = int(np.nonzero(finite)[0].max())
+        xs = np.concatenate([[0], self.ks[:last + 1]])
+        ys = np.concatenate([[0.0], self.monotone[:last + 1]])
+        ok = k <= xs[-1]
+        out[ok] = np.interp(k[ok], xs, ys)
+        return out
+
+    def rate(self, tau: float) -> int:
+        """The largest ``k`` with ``V(k) <= tau``."""
+        v = self.values()
+        return int(np.searchsorted(v, tau, side='right'))
+
+    def at(self, k: int) -> float:
+        return 0.0 if k <= 0 else float(self.values()[k - 1])
+
+    def to_json(self) -> Dict[str, Any]:
+        def num(x: float) -> Optional[float]:
+            return float(x) if math.isfinite(x) else None
+        return {'unit': self.unit, 'name': self.name, 'atoms': self.size, 'max_prunable': self.k_max,
+                'k': self.ks.tolist(), 'share': [round(k / self.size, 6) for k in self.ks.tolist()],
+                'variation': [num(v) for v in self.variation], 'monotone': [num(v) for v in self.monotone],
+                'chosen_k': int(self.chosen), 'chosen_share': self.chosen / self.size,
+                'variation_at_rate': num(self.at(self.chosen))}
+
+
+class BalancedResult:
+    """What :meth:`BalancedPruning.run` found (see :meth:`to_json` for the fields)."""
+
+    def __init__(self) -> None:
+        self.mode = 'measured'
+        self.target_metric = 'flops'
+        self.target = 0.5
+        self.tau = 0.0
+        self.alive: Optional[np.ndarray] = None
+        self.pruned: List[int] = []
+        self.ratios: Dict[str, float] = {}
+        self.base_loss = float('nan')
+        self.combined_loss = float('nan')
+        self.sum_variations = 0.0
+        self.curves: List[UnitCurve] = []
+        self.search: List[Dict[str, float]] = []
+        self.batches = 0
+        self.samples = 0
+        self.forwards = 0
+        self.wall: Dict[str, float] = {}
+        self.importance = ''
+        self.grid: Tuple[float, ...] = ()
+        self.warnings: List[str] = []
+
+    @property
+    def combined_variation(self) -> float:
+        return self.combined_loss - self.base_loss
+
+    @property
+    def search_steps(self) -> int:
+        return len(self.search)
+
+    def to_json(self) -> Dict[str, Any]:
+        def num(x: float) -> Optional[float]:
+            return float(x) if math.isfinite(x) else None
+        return {
+            'method': 'balanced one-shot pruning (seed 003)', 'mode': self.mode, 'importance': self.importance,
+            'grid': list(self.grid), 'target': self.target, 'target_metric': self.target_metric,
+            'tau': num(self.tau), 'ratios': dict(self.ratios), 'search_steps': self.search_steps,
+            'search': self.search, 'base_loss': num(self.base_loss), 'combined_loss': num(self.combined_loss),
+            'combined_variation': num(self.combined_variation), 'sum_unit_variations': num(self.sum_variations),
+            'calibration_batches': self.batches, 'calibration_samples': self.samples, 'forwards': self.forwards,
+            'pruned_atoms': len(self.pruned), 'wall_s': dict(self.wall), 'warnings': list(self.warnings),
+            'units': [c.to_json() for c in self.curves]}
+
+
+class BalancedPruning:
+    """Balanced one-shot pruning of a trained model to a global target (see the module docstring).
+
+    Args:
+        target: the remaining ``target_metric`` ratio to reach, in (0, 1).
+        target_metric: ``'flops'``, ``'acts'`` or ``'params'`` (of the written structure, divisor rounding
+            included).
+        mode: ``'measured'`` (real loss variations on a grid) or ``'estimated'`` (second order, from the Fisher
+            sums; no extra forwards).
+        grid: shares ``r`` in (0, 1) of a unit's atoms at which the variation is measured (the most the unit may
+            lose is always added). Defaults to 0.1, 0.2, ..., 0.9.
+        importance: the ranking criterion (an :class:`Importance`); defaults to ``GroupFisher(delta='none')``.
+        tolerance: the achieved ratio may lie at most this far below the target before a warning (the search
+            meets it to one atom; a divisor or a big atom can make steps coarser). Defaults to 0.01.
+        seed: torch's RNG is seeded with ``seed + batch index`` for every loss evaluation (restored after).
+    """
+
+    def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
+                 grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
+                 tolerance: float = 0.01, seed: int = 0) -> None:
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
+            raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
+                             f'{target_metric!r}, e.g. target=0.5 keeps half')
+        if target_metric not in METRICS:
+            raise ValueError(f'target_metric={target_metric!r} is unknown: use one of {METRICS}')
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is unknown: use 'measured' (real loss variations on the calibration "
+                             "batches) or 'estimated' (second-order estimate from the Fisher sums, no extra "
+                             'forwards)')
+        if isinstance(grid, (int, float)) or not isinstance(grid, (list, tuple)) or not grid or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1 for r in grid):
+            raise ValueError(f'grid={grid!r} must be a non-empty sequence of shares in (0, 1), e.g. '
+                             '(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)')
+        if importance is not None and not isinstance(importance, Importance):
+            raise TypeError(f'importance={importance!r} must be an mmfisher.core.importance.Importance')
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+            raise ValueError(f'tolerance={tolerance!r} must be a number in (0, 1), e.g. 0.01')
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f'seed={seed!r} must be an int')
+        self.target = float(target)
+        self.target_metric = target_metric
+        self.mode = mode
+        self.grid = tuple(sorted({float(r) for r in grid}))
+        self.importance = importance if importance is not None else GroupFisher(delta='none')
+        self.tolerance = float(tolerance)
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return (f'BalancedPruning(target={self.target:g}, target_metric={self.target_metric!r}, '
+                f'mode={self.mode!r}, grid={self.grid}, importance={self.importance!r})')
+
+    # ------------------------------------------------------------------ the whole method
+    def run(self, state: PruningState, module: nn.Module, batches: Sequence[Any], loss_fn: Callable[[Any], Any],
+            model: Optional[nn.Module] = None, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            log: Optional[Callable[[str], None]] = None, device: Optional[torch.device] = None) -> BalancedResult:
+        """Rank, measure the curves, search tau, prune ``state`` at once, measure the combined loss.
+
+        Args:
+            state: the pruning state of ``module`` (nothing masked yet, usually); its masks are changed.
+            module: the pruned module (the one ``state`` was traced on; the criterion attaches to it).
+            model: the module switched to eval mode while measuring, whose parameters' gradients the Fisher pass
+                sets and restores: ``module`` (default) or a wrapper holding it (a distiller with a frozen
+                teacher); every submodule's train flag is restored after.
+            batches: this rank's calibration batches, each passed to ``loss_fn`` as it is.
+            loss_fn: ``loss_fn(batch)`` -> a scalar loss (tensor or float) of the model as it is now (masks
+                applied). Gradients flow through it in the Fisher pass.
+            reduce: sums a float64 tensor over ranks (in place or returned); None on one process.
+            log: progress lines (e.g. ``logger.info``).
+            device: where torch's seeded RNG matters (CUDA); defaults to the model's parameters' device.
+
+        Raises:
+            NoCalibrationData: no rank has a batch.
+            NonFiniteLoss: the unpruned model's calibration loss is NaN or infinite.
+            TargetUnreachable: even every unit at its limit (or every finite point of the curves) stays above
+                the target.
+        """
+        reduce = reduce or _sum_ranks
+        log = log or (lambda msg: None)
+        model = module if model is None else model
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device('cpu'))
+        res = BalancedResult()
+        res.mode, res.target, res.target_metric, res.grid = self.mode, self.target, self.target_metric, self.grid
+        res.importance = repr(self.importance)
+        batches = list(batches)
+        counts = reduce(torch.tensor([float(len(batches))], dtype=torch.float64))
+        res.batches = int(round(float(counts[0])))
+        if res.batches == 0:
+            raise NoCalibrationData('calibration_batches: there are no calibration batches (the data gave none). '
+                                    'Fix: set calibration_batches >= 1 and check that the training dataloader '
+                                    'yields data (data_root, ann_file, filter_cfg)')
+        # fail fast, before any forward: can the target be reached at all?
+        limits = self._limits(state)
+        best = self._ratio_with(state, [a for c in limits for a in c.ranked[:c.k_max].tolist()])
+        if best > self.target:
+            raise TargetUnreachable(self._unreachable(best, state, 'with every unit pruned to its limit'))
+
+        t0 = time.perf_counter()
+        fisher = self._gradient_pass(state, module, model, batches, loss_fn, reduce, device, res, log)
+        res.wall['ranking'] = time.perf_counter() - t0
+        curves = self._rank(state, limits)
+        t0 = time.perf_counter()
+        if self.mode == 'measured':
+            self._measure(state, model, curves, batches, loss_fn, reduce, device, res, log)
+        else:
+            self._estimate(curves, fisher, res)
+        res.wall['curves'] = time.perf_counter() - t0
+        res.curves = curves
+
+        t0 = time.perf_counter()
+        atoms, tau = self._search(state, curves, res)
+        res.wall['search'] = time.perf_counter() - t0
+        res.tau = tau
+        # mask only what the written structure removes (after the divisor's rounding): masks == structure
+        order = list(state.order) + atoms
+        dead = np.ones(state.num_atoms, dtype=bool)
+        dead[atoms] = False
+        written = state.export_alive(dead, order)
+        removed = [a for a in atoms if not written[a]]
+        state.prune(removed)
+        res.pruned = removed
+        res.alive = state.alive
+        res.ratios = state.ratios()
+        removed_set = set(removed)
+        for c in curves:
+            c.chosen = int(sum(1 for a in c.ranked[:c.k_max].tolist() if a in removed_set))
+        res.sum_variations = float(sum(c.at(c.chosen) for c in curves))
+        achieved = res.ratios[self.target_metric]
+        if self.target - achieved > self.tolerance:
+            res.warnings.append(f'the structure has {self.target_metric} {achieved:.4f}, more than '
+                                f'{self.tolerance:g} below target={self.target:g} (coarse steps: a large divisor '
+                                'or atoms of very different cost); lower the divisor or give a finer grid')
+        t0 = time.perf_counter()
+        total, _ = self._loss_sum(model, batches, loss_fn, reduce, device)
+        res.combined_loss = total / res.batches
+        res.forwards += len(batches)
+        res.wall['combined'] = time.perf_counter() - t0
+        log(f'balanced: tau={tau:.6g} after {res.search_steps} search steps; {self.target_metric} '
+            f'{achieved:.4f} (target {self.target:g}); calibration loss {res.base_loss:.5g} -> '
+            f'{res.combined_loss:.5g} (combined variation {res.combined_variation:.5g}, sum of the units\' '
+            f'variations {res.sum_variations:.5g})')
+        return res
+
+    # ------------------------------------------------------------------ parts
+    def _limits(self, state: PruningState) -> List[UnitCurve]:
+        """A curve stub per unit that may lose atoms: its candidate atoms in index order and its limit."""
+        cand = state.candidates()
+        alive = state.alive
+        out = []
+        for u, atoms in enumerate(state.unit_atoms):
+            atoms = np.asarray(atoms, dtype=np.int64)
+            mine = atoms[cand[atoms]]
+            k_max = min(mine.size, int(alive[atoms].sum()) - state.min_keep)
+            if k_max >= 1:
+                out.append(UnitCurve(u, state.graph.units[u].name, atoms.size, mine, k_max))
+        return out
+
+    def _ratio_with(self, state: PruningState, masked: Sequence[int]) -> float:
+        alive = state.alive
+        alive[np.asarray(masked, dtype=np.int64)] = False
+        return state.ratios(alive, list(state.order) + list(masked))[self.target_metric]
+
+    def _unreachable(self, best: float, state: PruningState, how: str) -> str:
+        return (f'target={self.target:g} ({self.target_metric}) cannot be reached: the best reachable ratio is '
+                f'{best:.4f} ({how}; units keep at least {state.min_keep} atom(s), divisor={state.divisor}, '
+                f'skip={state.skip}, prune_frozen={state.prune_frozen}). Fix: set target >= {best:.4f}, or relax '
+                'skip / divisor / prune_frozen, or use another target_metric')
+
+    def _loss_sum(self, model: nn.Module, batches: Sequence[Any], loss_fn: Callable, reduce: Callable,
+                  device: torch.device) -> Tuple[float, torch.Tensor]:
+        """(sum over every rank's batches of the loss, this rank's per-batch losses), no gradients, eval mode."""
+        local = torch.zeros(len(batches), dtype=torch.float64)
+        with eval_mode(model), torch.no_grad():
+            for i, batch in enumerate(batches):
+                with _seeded(self.seed + i, device):
+                    local[i] = _as_float(loss_fn(batch))
+        total = reduce(local.sum().reshape(1))
+        return float(total[0]), local
+
+    def _gradient_pass(self, state: PruningState, module: nn.Module, model: nn.Module, batches: Sequence[Any],
+                       loss_fn: Callable, reduce: Callable, device: torch.device, res: BalancedResult,
+                       log: Callable) -> Optional[torch.Tensor]:
+        """The unpruned loss, and (when the criterion or the estimate needs them) the mask gradients.
+
+        Returns the Fisher sums (``sum_n (dL_n/dm)^2``, summed over ranks) when ``mode='estimated'``."""
+        self.importance.attach(module, state.graph, state.masks)
+        crits: List[Importance] = [self.importance] if isinstance(self.importance, GradientImportance) else []
+        fisher_crit: Optional[GroupFisher] = None
+        if self.mode == 'estimated':
+            fisher_crit = self.importance if isinstance(self.importance, GroupFisher) else GroupFisher(delta='none')
+            if fisher_crit is not self.importance:
+                fisher_crit.attach(module, state.graph, state.masks)
+                crits.append(fisher_crit)
+        if not crits:
+            total, local = self._loss_sum(model, batches, loss_fn, reduce, device)
+            self._check_base(total, local, res)
+            res.forwards += len(batches)
+            log(f'balanced: unpruned calibration loss {res.base_loss:.5g} over {res.batches} batches')
+            return None
+        params = [p for p in model.parameters() if p.requires_grad]
+        saved = [p.grad for p in params]
+        local = torch.zeros(len(batches), dtype=torch.float64)
+        try:
+            with eval_mode(model), torch.enable_grad():
+                for i, batch in enumerate(batches):
+                    for p in params:
+                        p.grad = None
+                    with _seeded(self.seed + i, device):
+                        loss = loss_fn(batch)
+                    value = _as_float(loss)
+                    local[i] = value
+                    if not math.isfinite(value):
+                        break  # every rank still joins the sum below, which reports it
+                    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                        raise TypeError(f'loss_fn must return a tensor that requires grad for the '
+                                        f'{self.importance!r} ranking / the estimated mode (got '
+                                        f'{type(loss).__name__}); use importance=L1Norm or BNScale with '
+                                        "mode='measured' for a loss without gradients")
+                    loss.backward()
+                    for c in crits:
+                        c.accumulate()
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+            for c in crits:
+                c.detach()
+        total = float(reduce(local.sum().reshape(1))[0])
+        self._check_base(total, local, res)
+        res.forwards += len(batches)
+        for c in crits:
+            summed = c.collect()
+            c.add(reduce(summed) if summed.numel() else summed)
+        res.samples = int(getattr(crits[0], 'samples', 0))
+        log(f'balanced: unpruned calibration loss {res.base_loss:.5g} over {res.batches} batches '
+            f'({res.samples} samples); gradients for {", ".join(repr(c) for c in crits)}')
+        return fisher_crit.sums.clone() if fisher_crit is not None else None
+
+    def _check_base(self, total: float, local: torch.Tensor, res: BalancedResult) -> None:
+        res.base_loss = total / res.batches
+        if not math.isfinite(res.base_loss):
+            bad = [i for i, v in enumerate(local.tolist()) if not math.isfinite(v)]
+            where = f' (this rank\'s batches {bad[:8]})' if bad else ''
+            raise NonFiniteLoss(f'the calibration loss of the unpruned model is {res.base_loss}{where}: the method '
+                                'measures loss variations from it. Fix: set load_from to the trained checkpoint '
+                                '(a diverged or untrained model gives NaN/inf), check the data pipeline and the '
+                                'loss config (e.g. empty ground truth, a log of 0)')
+
+    def _rank(self, state: PruningState, limits: List[UnitCurve]) -> List[UnitCurve]:
+        """Each unit's candidate atoms re-ordered by the criterion's scores, lowest first (ties by index)."""
+        score = np.asarray(self.importance.scores(state.alive, state.costs), dtype=np.float64)
+        for c in limits:
+            c.ranked = c.ranked[np.lexsort((c.ranked, score[c.ranked]))]
+        return limits
+
+    def _grid_ks(self, c: UnitCurve) -> np.ndarray:
+        ks = {min(c.k_max, max(1, int(math.floor(r * c.size + 1e-9)))) for r in self.grid}
+        ks.add(c.k_max)
+        return np.array(sorted(ks), dtype=np.int64)
+
+    def _measure(self, state: PruningState, model: nn.Module, curves: List[UnitCurve], batches: Sequence[Any],
+                 loss_fn: Callable, reduce: Callable, device: torch.device, res: BalancedResult,
+                 log: Callable) -> None:
+        points = [(ci, k) for ci, c in enumerate(curves) for k in self._grid_ks(c).tolist()]
+        log(f'balanced: measuring {len(points)} points on {len(curves)} units x {len(batches)} batches on this '
+            f'rank ({len(points) * len(batches)} forwards)')
+        local = torch.zeros(len(points), dtype=torch.float64)
+        base_alive = state.alive
+        t0 = time.perf_counter()
+        with eval_mode(model), torch.no_grad():
+            for p, (ci, k) in enumerate(points):
+                alive = base_alive.copy()
+                alive[curves[ci].ranked[:k]] = False
+                with state.masks.trial(alive):
+                    s = 0.0
+                    for i, batch in enumerate(batches):
+                        with _seeded(self.seed + i, device):
+                            s += _as_float(loss_fn(batch))
+                local[p] = s
+                if p + 1 == len(points) or (p + 1) % max(1, len(points) // 5) == 0:
+                    log(f'balanced: {p + 1}/{len(points)} points measured ({time.perf_counter() - t0:.1f} s)')
+        res.forwards += len(points) * len(batches)
+        summed = reduce(local)
+        mean = (summed / res.batches).numpy()
+        start = 0
+        for ci, c in enumerate(curves):
+            ks = self._grid_ks(c)
+            c.set_points(ks, mean[start:start + ks.size] - res.base_loss)
+            start += ks.size
+
+    def _estimate(self, curves: List[UnitCurve], fisher: torch.Tensor, res: BalancedResult) -> None:
+        f = fisher.numpy()
+        n = max(res.samples, 1)
+        for c in curves:
+            dense = 0.5 * np.cumsum(f[c.ranked[:c.k_max]]) / n
+            ks = self._grid_ks(c)
+            c.set_points(ks, dense[ks - 1], dense=dense)
+
+    def _search(self, state: PruningState, curves: List[UnitCurve], res: BalancedResult
+                ) -> Tuple[List[int], float]:
+        """Bisection over the sorted breakpoints: (atoms to mask, in rate order; tau)."""
+        rows = []
+        for ci, c in enumerate(curves):
+            v = c.values()
+            for k in range(1, c.k_max + 1):
+                if math.isfinite(v[k - 1]):
+                    rows.append((v[k - 1], k / c.size, ci, k))
+        rows.sort()
+        atoms = [int(curves[ci].ranked[k - 1]) for _, _, ci, k in rows]
+        taus = [r[0] for r in rows]
+        if not rows:
+            best = self._ratio_with(state, [])
+            raise TargetUnreachable(self._unreachable(best, state, 'every measured point had a NaN/inf loss'))
+        full = self._ratio_with(state, atoms)
+        if full > self.target:
+            raise TargetUnreachable(self._unreachable(
+                full, state, 'with every unit pruned as far as its loss stayed finite'))
+        lo, hi = 0, len(rows)  # ratio(prefix lo) > target (lo = 0: the unpruned model), ratio(prefix hi) <= target
+        res.search = []
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            r = self._ratio_with(state, atoms[:mid])
+            res.search.append({'step': len(res.search) + 1, 'tau': float(taus[mid - 1]), 'ratio': float(r),
+                               'atoms': mid})
+            if r <= self.target:
+                hi = mid
+            else:
+                lo = mid
+        return atoms[:hi], float(taus[hi - 1])

@@ -1,0 +1,357 @@
+"""Balanced one-shot pruning (seed 003) through the mm tools: the mm glue over :mod:`mmfisher.core.balanced`.
+
+``tools/train.py CONFIG`` (or ``tools/dist_train.sh CONFIG N``) with this hook and ``load_from`` = the trained
+model: in ``before_train`` the hook takes ``calibration_batches`` batches of the training dataloader (split over
+the ranks), ranks every unit's atoms, measures the per-unit loss-variation curves, searches the threshold that
+meets the target, prunes every unit at once, writes ``channels.json`` + ``pruned.pth`` (the same verified pair
+FisherPruningHook writes: fine-tune it with ``type='mmfisher.Pruned'``), ``balanced_curves.json``,
+``balanced_curves.png`` and ``kept_channels.png``, and stops: the run ends without a training iteration.
+"""
+import io
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.dist import all_reduce, broadcast, get_rank, get_world_size, is_main_process
+from mmengine.hooks import Hook
+
+from ..core import analyze_fast
+from ..core.balanced import DEFAULT_GRID, BalancedPruning, BalancedResult
+from ..core.export import export_pruned, plain
+from ..core.files import atomic_write_all
+from ..core.importance import GroupFisher, Importance
+from ..core.state import PruningState
+from ..models.target import pruned_module
+from ..models.tracing import check_input_shape, make_trace_forward
+from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS
+from .fisher_pruning_hook import _build_part, _is_int, _patterns, _ratio_text, _short
+
+CURVES_FILE = 'balanced_curves.json'
+CURVES_PLOT = 'balanced_curves.png'
+KEPT_PLOT = 'kept_channels.png'
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The runner's model without DDP-style wrappers (a distiller stays whole: its loss is the loss)."""
+    from mmengine.model import is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
+
+
+def _total_loss(model: torch.nn.Module, losses: Any) -> torch.Tensor:
+    """The scalar the model trains on: ``parse_losses`` of an mmengine model, else the sum of the loss terms."""
+    if isinstance(losses, torch.Tensor):
+        return losses.sum()
+    if hasattr(model, 'parse_losses') and isinstance(losses, dict):
+        return model.parse_losses(losses)[0]
+    if isinstance(losses, dict):
+        terms = [v for k, v in losses.items() if 'loss' in k]
+        flat = [t for v in terms for t in (v if isinstance(v, (list, tuple)) else [v])]
+        if flat:
+            return sum(t.sum() for t in flat)
+    raise TypeError(f"the model's loss (mode='loss') gave {type(losses).__name__}; expected a dict of loss terms "
+                    'or a tensor')
+
+
+@HOOKS.register_module()
+class BalancedPruningHook(Hook):
+    """Prune a trained model in one shot to a global target, then stop (seed 003; Li et al., ACCV 2020).
+
+    Every unit (coupled channels: residual streams, FPN levels with the shared head) ranks its atoms by
+    ``importance``; the loss variation of masking a unit's lowest share ``r`` alone is measured on the
+    calibration batches for ``r`` on ``grid`` (``mode='measured'``) or estimated from the Fisher sums
+    (``mode='estimated'``); the threshold ``tau`` that meets ``target`` is found by bisection over the cached
+    curves; every unit is pruned at its rate at ``tau`` at once. See :mod:`mmfisher.core.balanced`.
+
+    The loss is the runner model's own ``mode='loss'`` loss on the calibration batches (eval mode, so BN
+    statistics do not move): the task loss, or the distillation loss when the model is a label-free distiller
+    (its student is pruned: :func:`mmfisher.models.pruned_module`).
+
+    Args:
+        target (float): the remaining ``target_metric`` ratio, in (0, 1). Defaults to 0.5.
+        target_metric (str): ``'flops'``, ``'acts'`` or ``'params'`` at ``input_shape`` (after ``divisor``
+            rounding). Defaults to ``'flops'``.
+        mode (str): ``'measured'`` (real forwards: units x grid points x batches) or ``'estimated'``
+            (second order from the Fisher sums: one forward + backward per batch). Defaults to ``'measured'``.
+        calibration_batches (int): batches of the training dataloader, in total over all ranks (each rank takes
+            its share); losses and gradients are summed over ranks, so every rank picks the same structure.
+            Defaults to 8.
+        grid (Sequence[float]): shares of a unit's atoms at which the curve is measured (the unit's limit is
+            always added). Defaults to 0.1, ..., 0.9.
+        importance (dict, optional): the ranking criterion from ``IMPORTANCE`` (``dict(type='L1Norm')``,
+            ``dict(type='BNScale')``, ...). Defaults to ``GroupFisher(delta='none')`` on the calibration batches.
+        input_shape (Sequence[int]): ``(C, H, W)`` of the trace and of the cost counts. Defaults to (3, 800, 1333).
+        skip, skip_unmatched, divisor, prune_frozen, verify_export: as :class:`FisherPruningHook`.
+        allow_random_init (bool): prune without ``load_from`` (a randomly initialised model). Defaults to False:
+            refused, since the curves of an untrained model mean nothing.
+        seed (int): torch's RNG is seeded per calibration batch while measuring (restored after). Defaults to 0.
+        tolerance (float): warn when the structure lies more than this below the target. Defaults to 0.01.
+        plot (bool): write ``balanced_curves.png`` and ``kept_channels.png`` (matplotlib). Defaults to True.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 target: float = 0.5,
+                 target_metric: str = 'flops',
+                 mode: str = 'measured',
+                 calibration_batches: int = 8,
+                 grid: Sequence[float] = DEFAULT_GRID,
+                 importance: Optional[Union[dict, Importance]] = None,
+                 input_shape: Sequence[int] = (3, 800, 1333),
+                 skip: Sequence[str] = (),
+                 skip_unmatched: str = 'warn',
+                 divisor: int = 1,
+                 prune_frozen: bool = False,
+                 verify_export: bool = True,
+                 allow_random_init: bool = False,
+                 seed: int = 0,
+                 tolerance: float = 0.01,
+                 plot: bool = True) -> None:
+        if not _is_int(calibration_batches) or calibration_batches < 1:
+            raise ValueError(f'calibration_batches={calibration_batches!r} must be an int >= 1: the batches of the '
+                             'training dataloader the curves are measured on (in total over all ranks), e.g. '
+                             'calibration_batches=8')
+        if not _is_int(divisor) or divisor < 1:
+            raise ValueError(f'divisor={divisor!r} must be an int >= 1 (e.g. 8 to keep channel counts multiples '
+                             'of 8)')
+        for name, value in (('prune_frozen', prune_frozen), ('verify_export', verify_export),
+                            ('allow_random_init', allow_random_init), ('plot', plot)):
+            if not isinstance(value, bool):
+                raise TypeError(f'{name}={value!r} must be True or False')
+        if skip_unmatched not in ('warn', 'error'):
+            raise ValueError(f"skip_unmatched={skip_unmatched!r} must be 'warn' or 'error'")
+        crit = (GroupFisher(delta='none') if importance is None
+                else _build_part(IMPORTANCE, importance, 'importance criterion', Importance, 'importance'))
+        if isinstance(grid, list):
+            grid = tuple(grid)
+        # the method checks target, target_metric, mode, grid, tolerance, seed with messages naming them
+        self.method = BalancedPruning(target=target, target_metric=target_metric, mode=mode, grid=grid,
+                                      importance=crit, tolerance=tolerance, seed=seed)
+        self.target, self.target_metric, self.mode = float(target), target_metric, mode
+        self.calibration_batches = int(calibration_batches)
+        self.input_shape = check_input_shape(input_shape)
+        self.skip = _patterns(skip)
+        self.skip_unmatched = skip_unmatched
+        self.divisor = int(divisor)
+        self.prune_frozen = prune_frozen
+        self.verify_export = verify_export
+        self.allow_random_init = allow_random_init
+        self.plot = plot
+        self.state: Optional[PruningState] = None
+        self.result: Optional[BalancedResult] = None
+        self.outputs: Dict[str, str] = {}
+        self.wall: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ checks before anything is computed
+    def before_run(self, runner) -> None:
+        if getattr(runner, '_load_from', None) is None and not getattr(runner, '_resume', False) \
+                and not self.allow_random_init:
+            raise ValueError('BalancedPruningHook: load_from is not set: the method prunes a trained model (its '
+                             'loss-variation curves of a randomly initialised model mean nothing). Fix: set '
+                             'load_from to the trained, unpruned checkpoint (--cfg-options load_from=PATH), or '
+                             'set allow_random_init=True in the hook to prune a random model on purpose')
+
+    # ------------------------------------------------------------------ the method
+    def before_train(self, runner) -> None:
+        t_start = time.perf_counter()
+        model = pruned_module(runner.model)
+        full = _unwrap(runner.model)
+        t0 = time.perf_counter()
+        graph = analyze_fast(model, lambda m: make_trace_forward(m, self.input_shape))
+        self.wall['trace'] = time.perf_counter() - t0
+        self.state = state = PruningState(model, graph, skip=self.skip, prune_frozen=self.prune_frozen,
+                                          divisor=self.divisor, input_shape=self.input_shape,
+                                          owner='BalancedPruningHook')
+        if state.unmatched_skip:
+            text = '; '.join(f'{p!r} (closest: {", ".join(c) if c else "none"})'
+                             for p, c in state.unmatched_skip.items())
+            msg = (f'BalancedPruningHook: skip patterns that match no layer or unit of {type(model).__name__}: '
+                   f'{text}. Those layers are not protected. Fix: correct the pattern')
+            if self.skip_unmatched == 'error':
+                raise ValueError(msg + ", or set skip_unmatched='warn'")
+            runner.logger.warning(msg + ", or set skip_unmatched='error' to make this an error")
+        s = graph.summary()
+        runner.logger.info('\n'.join(
+            [f'BalancedPruningHook: traced {type(model).__name__} at input_shape {self.input_shape} in '
+             f'{self.wall["trace"]:.2f} s: {s["units"]} units, {s["atoms"]} atoms, {int(state.eligible.sum())} '
+             f'eligible; {self.method!r}, {self.calibration_batches} calibration batches over '
+             f'{get_world_size()} rank(s)'] + state.describe()))
+
+        t0 = time.perf_counter()
+        batches = self._calibration(runner, full)
+        self.wall['data'] = time.perf_counter() - t0
+        world = get_world_size()
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            if world > 1:
+                all_reduce(t, op='sum')
+            return t
+
+        def loss_fn(data: Dict[str, Any]) -> torch.Tensor:
+            return _total_loss(full, full(**data, mode='loss'))
+
+        device = next((p.device for p in model.parameters()), torch.device('cpu'))
+        self.result = res = self.method.run(state, model, batches, loss_fn, model=full, reduce=reduce,
+                                            log=runner.logger.info, device=device)
+        self._same_on_every_rank(state, world)
+        self.wall['prune'] = time.perf_counter() - t_start
+        for w in res.warnings:
+            runner.logger.warning(f'BalancedPruningHook: {w}')
+        self._write(runner, model, res)
+        self.wall['total'] = time.perf_counter() - t_start
+        runner.logger.info(self.summary())
+        runner.train_loop.stop_training = True
+
+    def _calibration(self, runner, full: torch.nn.Module) -> List[Dict[str, Any]]:
+        """This rank's share of ``calibration_batches`` training batches, preprocessed once (training=True:
+        the training pipeline's padding / batch augments) and cached, so every measurement sees the same data."""
+        world, rank = get_world_size(), get_rank()
+        mine = self.calibration_batches // world + (1 if rank < self.calibration_batches % world else 0)
+        out: List[Dict[str, Any]] = []
+        if mine == 0:
+            return out
+        loader = runner.train_dataloader
+        preprocess = getattr(full, 'data_preprocessor', None)
+        with torch.no_grad():
+            for batch in loader:
+                data = preprocess(batch, True) if preprocess is not None else batch
+                if isinstance(data, (list, tuple)):
+                    data = dict(inputs=data[0], data_samples=data[1] if len(data) > 1 else None)
+                out.append(data)
+                if len(out) >= mine:
+                    break
+        return out
+
+    def _same_on_every_rank(self, state: PruningState, world: int) -> None:
+        """Every rank computed the structure from the same sums; refuse to go on if one differs from rank 0's."""
+        if world <= 1:
+            return
+        mine = state.masks.alive.to(torch.uint8)
+        theirs = mine.clone()
+        broadcast(theirs, src=0)
+        if not torch.equal(mine, theirs):
+            raise RuntimeError(f'BalancedPruningHook: rank {get_rank()} chose another structure than rank 0 '
+                               f'({int((mine != theirs).sum())} atoms differ): the calibration sums were not '
+                               'identical on every rank. Please report this (model config, world size)')
+
+    # ------------------------------------------------------------------ outputs
+    def _write(self, runner, model: torch.nn.Module, res: BalancedResult) -> None:
+        wd = runner.work_dir
+        self.outputs = {'channels': os.path.join(wd, 'channels.json'), 'weights': os.path.join(wd, 'pruned.pth'),
+                        'curves': os.path.join(wd, CURVES_FILE)}
+        if self.plot:
+            self.outputs.update(curves_plot=os.path.join(wd, CURVES_PLOT), kept_plot=os.path.join(wd, KEPT_PLOT))
+        if not is_main_process():
+            return
+        state = self.state
+        alive = state.export_alive()
+        meta = {'mmfisher': 'BalancedPruningHook', 'iter': 0, 'epoch': runner.epoch,
+                'flops_ratio': res.ratios['flops'], 'acts_ratio': res.ratios['acts'],
+                'params_ratio': res.ratios['params'], 'flops': state.costs.totals(alive)['flops'],
+                'flops_unpruned': state.full['flops'], 'pruned_atoms': int((~alive).sum()),
+                'num_atoms': state.num_atoms, 'input_shape': list(self.input_shape), 'target': self.target,
+                'target_metric': self.target_metric, 'divisor': self.divisor, 'mode': self.mode,
+                'tau': res.tau, 'importance': res.importance, 'calibration_batches': res.batches,
+                'base_loss': res.base_loss, 'combined_loss': res.combined_loss, 'reached': True}
+        dataset = getattr(getattr(runner, 'train_dataloader', None), 'dataset', None)
+        if isinstance(getattr(dataset, 'metainfo', None), dict):
+            meta['dataset_meta'] = dataset.metainfo
+        # everything besides the pair is rendered in memory first: a failing plot writes nothing
+        report = res.to_json()
+        report.update(wall_s=dict(report['wall_s'], **self.wall), world_size=get_world_size(),
+                      input_shape=list(self.input_shape), divisor=self.divisor,
+                      full={k: float(v) for k, v in state.full.items()})
+        files = [(self.outputs['curves'], json.dumps(plain(report), indent=1).encode())]
+        if self.plot:
+            files.append((self.outputs['curves_plot'], _curves_png(res)))
+            files.append((self.outputs['kept_plot'], _kept_png(state, alive)))
+        make = (lambda m: make_trace_forward(m, self.input_shape)) if self.verify_export else None
+        export_pruned(model, state.graph, alive, wd, '', meta, forward=make(model) if make else None,
+                      make_forward=make)
+        atomic_write_all([(path, (lambda data: lambda f: f.write(data))(data)) for path, data in files])
+
+    def summary(self) -> str:
+        res = self.result
+        n = len(res.curves)
+        pruned_units = sorted(res.curves, key=lambda c: -c.chosen / c.size)
+        lines = [f'BalancedPruningHook: pruned in one shot ({self.mode}) to {_ratio_text(res.ratios)} '
+                 f'(target {self.target_metric} <= {self.target:g}); tau={res.tau:.6g} after {res.search_steps} '
+                 f'search steps',
+                 f'  calibration: {res.batches} batches, {res.forwards} forwards on rank 0; loss {res.base_loss:.5g} '
+                 f'-> {res.combined_loss:.5g} (combined variation {res.combined_variation:.5g}, sum of the units\' '
+                 f'variations {res.sum_variations:.5g})',
+                 f'  {n} units measured; most pruned: ' + _short(
+                     [f'{c.name} {c.chosen}/{c.size}' for c in pruned_units], 6),
+                 f'  wall: ' + ', '.join(f'{k} {v:.1f} s' for k, v in {**res.wall, **self.wall}.items()),
+                 f'  wrote ' + ', '.join(self.outputs.values())]
+        return '\n'.join(lines)
+
+
+def _group_color(name: str) -> str:
+    return ('tab:blue' if name.startswith('backbone') else 'tab:orange' if name.startswith('neck') else
+            'tab:green' if 'head' in name else 'tab:gray')
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _curves_png(res: BalancedResult) -> bytes:
+    """Per-unit loss variation against the share masked (monotone curves), tau and every unit's rate."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for c in res.curves:
+        share = np.concatenate([[0.0], c.ks / c.size])
+        mono = np.concatenate([[0.0], np.where(np.isfinite(c.monotone), c.monotone, np.nan)])
+        color = _group_color(c.name)
+        ax.plot(share, mono, '-', color=color, lw=0.8, alpha=0.7)
+        ax.plot([c.chosen / c.size], [c.at(c.chosen)], 'o', color=color, ms=3)
+    ax.axhline(res.tau, color='k', ls='--', lw=0.8, label=f'tau = {res.tau:.4g}')
+    ax.set_yscale('symlog', linthresh=max(abs(res.tau) / 10, 1e-6))
+    ax.set_xlabel("share of the unit's atoms masked (lowest-ranked first)")
+    ax.set_ylabel('calibration loss variation' + (' (estimated)' if res.mode == 'estimated' else ''))
+    ax.set_xlim(0, 1)
+    ax.set_title(f'balanced pruning: {len(res.curves)} units (blue backbone, orange neck, green head); dots: '
+                 f'chosen rates; {res.target_metric} {res.ratios.get(res.target_metric, float("nan")):.3f}',
+                 fontsize=9)
+    ax.legend(loc='upper left', fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _kept_png(state: PruningState, alive: np.ndarray) -> bytes:
+    """Kept output channels per conv/linear layer (share)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    g = state.graph
+    names, kept = [], []
+    for name, atoms in g.out_atoms.items():
+        if not g.rules[name].is_weighted or atoms.size == 0:
+            continue
+        names.append(name)
+        kept.append(float(((atoms < 0) | alive[np.clip(atoms, 0, None)]).sum()) / atoms.size)
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.22), 4.5))
+    ax.bar(range(len(names)), kept, color=[_group_color(n) for n in names])
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylabel('kept output channels (share)')
+    ax.set_ylim(0, 1.05)
+    ax.set_title('balanced one-shot pruning: kept channels per conv/linear layer (blue backbone, orange neck, '
+                 'green head)', fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+MMENGINE_HOOKS.register_module(module=BalancedPruningHook)
