@@ -1,6 +1,8 @@
-"""Rule 17: real architectures from torchvision: exact slimming and most channels prunable."""
-import time
+"""Rule 17: real architectures from torchvision: exact slimming and most channels prunable.
 
+How long each takes is measured by benchmarks/trace_torchvision.py (benchmarks/results/trace_torchvision.json),
+not asserted here: a wall-time limit depends on the machine and its load, not on the code under test.
+"""
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,6 @@ def _randomize_norms(model, seed):
 
 @pytest.mark.parametrize('arch', MODELS)
 def test_torchvision_exact_and_prunable(arch):
-    t0 = time.perf_counter()
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None, num_classes=10).eval()
     _randomize_norms(model, 0)
@@ -46,4 +47,3 @@ def test_torchvision_exact_and_prunable(arch):
     n_full = sum(p.numel() for p in model.parameters())
     n_slim = sum(p.numel() for p in slim.parameters())
     assert n_slim < 0.9 * n_full, (arch, n_slim, n_full)
-    assert time.perf_counter() - t0 < 30, f'{arch} took {time.perf_counter() - t0:.1f}s'
