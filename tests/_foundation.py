@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ def ensure_data() -> None:
 def env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Subprocess environment: repo root and tests/ importable, one intra-op thread unless set."""
     e = dict(os.environ)
+    e.pop('PORT', None)  # a PORT of the caller's shell would pin tools/dist_*.sh to it: parallel runs would collide
     e['PYTHONPATH'] = os.pathsep.join([ROOT, osp.join(ROOT, 'tests')] +
                                       ([e['PYTHONPATH']] if e.get('PYTHONPATH') else []))
     e.setdefault('OMP_NUM_THREADS', '1')  # tiny models: 1 thread is ~5x faster than 2 on a busy 2-core CPU
@@ -47,9 +47,10 @@ def run(cmd: Sequence[str], timeout: float = 300, extra_env: Optional[Dict[str, 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    """The PORT for tools/dist_train.sh / dist_test.sh: 0, so torchrun binds a free port itself (its c10d rendezvous
+    on port 0, chosen by the OS at bind time). A port found here by bind-and-close could be taken by a parallel run
+    before torchrun bound it; leaving PORT unset does the same as 0."""
+    return 0
 
 
 def pickle_globals(checkpoint: str) -> set:

@@ -2,19 +2,12 @@
 from the Fisher information summed over ranks, and rank 0 writes the results."""
 import os
 import os.path as osp
-import socket
 import subprocess
 import textwrap
 
 import torch
 
 from _hook_helpers import DET_CFG, ROOT, ensure_det_data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_ranks_prune_identically(tmp_path):
@@ -40,8 +33,9 @@ def test_ddp_ranks_prune_identically(tmp_path):
             val_evaluator = None
             """))
     work = str(tmp_path / 'work')
-    env = dict(os.environ, PORT=str(_free_port()), OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([ROOT, osp.join(ROOT, 'tests')]))
+    # no PORT: dist_train.sh then lets torchrun bind a free port itself (no race with parallel runs for one port)
+    env = {k: v for k, v in os.environ.items() if k != 'PORT'}
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([ROOT, osp.join(ROOT, 'tests')]))
     proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:]
