@@ -319,8 +319,9 @@ class LabelFreeDistiller(BaseModel):
         try:
             ckpt = _load_checkpoint(path, map_location='cpu')
         except Exception as exc:  # noqa: BLE001  any read failure: say which file and why
+            why = (str(exc).strip().splitlines() or [''])[0][:160]
             raise TeacherCheckpointError(f'LabelFreeDistiller: teacher_checkpoint "{path}" cannot be read '
-                                         f'({type(exc).__name__}: {exc}). Fix: point it at an intact checkpoint '
+                                         f'({type(exc).__name__}: {why}). Fix: point it at an intact checkpoint '
                                          'of the unpruned model') from exc
         sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
