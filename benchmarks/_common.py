@@ -84,13 +84,9 @@ class Result:
     def save(self, final: bool = True) -> str:
         self.data['finished' if final else 'updated'] = now()
         self.data['wall_s'] = round(time.perf_counter() - self.t0, 2)
-        os.makedirs(osp.dirname(osp.abspath(self.path)), exist_ok=True)
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(self.data, f, indent=1, default=_plain)
-            f.write('\n')
-        os.replace(tmp, self.path)
-        return self.path
+        from mmfisher.core.files import atomic_write
+        text = json.dumps(self.data, indent=1, default=_plain) + '\n'
+        return atomic_write(self.path, lambda f: f.write(text.encode()))
 
 
 def _plain(obj: Any) -> Any:

@@ -149,14 +149,9 @@ def det_cfg(work_dir: str, hook: Optional[Dict[str, Any]] = None, max_iters: int
 
 
 def tensors(obj: Any) -> List[torch.Tensor]:
-    """Every tensor in a nested tuple/list/dict, in order."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in tensors(v)]
-    return []
+    """Every tensor in a model output, in order (the library's one walk over outputs)."""
+    from mmfisher.core.outputs import output_tensors
+    return output_tensors(obj)
 
 
 def assert_same_outputs(a: nn.Module, b: nn.Module, forward) -> None:

@@ -55,23 +55,11 @@ def complexity(model, forward_inputs):
         return None, int(params)
 
 
-class _TensorMode(torch.nn.Module):
-    """Wraps an mm model so jit-based analysis sees ``forward(inputs)``."""
-
-    def __init__(self, model, samples):
-        super().__init__()
-        self.model, self.samples = model, samples
-
-    def forward(self, x):
-        if self.samples is not None:
-            return self.model(x, self.samples, mode='tensor')
-        return self.model(x, mode='tensor')
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mmfisher.core import analyze_fast, compare_masked_slimmed, random_alive
     from mmfisher.core.trace import TraceForwardError
+    from mmfisher.models import TensorMode
     from mmfisher.models.tracing import det_data_samples, is_detector
     from mmfisher.zoo import build_model, load_config, tensor_forward
     torch.manual_seed(args.seed)
@@ -92,11 +80,11 @@ def main(argv=None) -> int:
     alive = random_alive(graph, args.ratio, args.seed)
     x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(args.seed))
     samples = det_data_samples(tuple(shape[1:])) if is_detector(model) else None
-    flops_before, params_before = complexity(_TensorMode(model, samples), (x,))
+    flops_before, params_before = complexity(TensorMode(model, samples), (x,))
     result = compare_masked_slimmed(model, graph, forward, alive, rtol=args.tol,
                                     make_forward=lambda m: tensor_forward(m, shape, seed=args.seed))
     slim = result['slim']
-    flops_after, params_after = complexity(_TensorMode(slim, samples), (x,))
+    flops_after, params_after = complexity(TensorMode(slim, samples), (x,))
     summary = graph.summary()
     ok = bool(result['ok'])
     report = {
