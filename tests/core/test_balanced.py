@@ -1,0 +1,304 @@
+"""Balanced one-shot pruning, the plain-PyTorch method (``mmfisher.core.balanced``): curves, tau search, one-shot
+prune, estimated mode, criteria, rank split, and the refusals (unreachable target, no batches, NaN loss)."""
+import copy
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfisher.core import ChannelMasks, PruningState, analyze, input_forward
+from mmfisher.core.balanced import (BalancedPruning, NoCalibrationData, NonFiniteLoss, TargetUnreachable,
+                                    UnitCurve)
+from mmfisher.core.importance import BNScale, GroupFisher, L1Norm
+
+
+class Net(nn.Module):
+    """stem -> residual block (coupled stream) -> strided conv -> linear head."""
+
+    def __init__(self, w: int = 32) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w)
+        self.a, self.bna = nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w)
+        self.b, self.bnb = nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w)
+        self.c, self.bnc = nn.Conv2d(w, 2 * w, 3, padding=1, stride=2), nn.BatchNorm2d(2 * w)
+        self.head = nn.Linear(2 * w, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = x + self.bnb(self.b(F.relu(self.bna(self.a(x)))))
+        x = F.relu(self.bnc(self.c(F.relu(x))))
+        return self.head(x.mean((2, 3)))
+
+
+SHAPE = (3, 12, 12)
+
+
+@pytest.fixture(scope='module')
+def trained():
+    """A briefly trained Net and 4 calibration batches of a fixed regression task (about a second)."""
+    torch.manual_seed(0)
+    net = Net()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, *SHAPE, generator=g)
+    y = x.flatten(1) @ (torch.randn(x[0].numel(), 4, generator=g) / 20)
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for it in range(60):
+        i = torch.arange(16) + 16 * (it % 4)
+        loss = F.mse_loss(net(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in net.parameters():
+        p.grad = None
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    return net, batches
+
+
+def setup(trained, **state_kw):
+    net, batches = trained
+    net = copy.deepcopy(net)
+    graph = analyze(net, input_forward(torch.randn(1, *SHAPE)))
+    state = PruningState(net, graph, input_shape=SHAPE, **state_kw)
+    calls = []
+
+    def loss_fn(batch):
+        calls.append(1)
+        return F.mse_loss(net(batch[0]), batch[1])
+    return net, graph, state, batches, loss_fn, calls
+
+
+def assert_met(state, res, target, metric='flops'):
+    """The target is met to one atom: the structure is at or below it, and above it without its last atom."""
+    assert res.ratios[metric] <= target
+    back = state.alive.copy()
+    back[res.pruned[-1]] = True
+    assert state.ratios(back)[metric] > target
+
+
+def mean_loss(net, batches):
+    net.eval()
+    with torch.no_grad():
+        return float(np.mean([float(F.mse_loss(net(x), y)) for x, y in batches]))
+
+
+def test_measured_curves_search_and_one_shot_prune(trained):
+    net, graph, state, batches, loss_fn, calls = setup(trained)
+    original = copy.deepcopy(net)
+    net.train()
+    res = BalancedPruning(target=0.5).run(state, net, batches, loss_fn)
+    # the target is met within 1% and to one atom, in log2(breakpoints) search steps
+    assert 0.49 <= res.ratios['flops'] <= 0.5
+    assert_met(state, res, 0.5)
+    assert res.search_steps <= math.ceil(math.log2(sum(c.k_max for c in res.curves))) + 1
+    alive = state.alive
+    # every unit is at its rate at tau (ties at tau split): V(chosen) <= tau < or = V(chosen + 1)
+    for c in res.curves:
+        assert np.all(np.diff(c.ks) > 0) and np.all(np.diff(c.monotone) >= 0)
+        assert c.at(c.chosen) <= res.tau + 1e-12
+        assert c.chosen == c.k_max or c.at(c.chosen + 1) >= res.tau
+        assert c.rate(res.tau) >= c.chosen
+    assert res.alive is not None and int((~alive).sum()) == len(res.pruned)
+    # the trials were undone exactly: the model is the original with only the chosen atoms masked, BN statistics
+    # included, and every module's train flag restored
+    expect = copy.deepcopy(original)
+    ChannelMasks(expect, graph).set_alive(alive)
+    for (k, v), (k2, v2) in zip(net.state_dict().items(), expect.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert all(m.training for m in net.modules())
+    # a measured point is the real loss variation of masking that unit alone
+    c = max(res.curves, key=lambda c: c.size)
+    k = int(c.ks[len(c.ks) // 2])
+    probe = copy.deepcopy(original)
+    one = np.ones(graph.num_atoms, dtype=bool)
+    one[c.ranked[:k]] = False
+    ChannelMasks(probe, graph).set_alive(one)
+    assert c.variation[len(c.ks) // 2] == pytest.approx(mean_loss(probe, batches) - res.base_loss, rel=1e-6,
+                                                        abs=1e-9)
+    # the combined loss is the pruned model's real loss; the sum of the units' variations is reported beside it
+    assert res.base_loss == pytest.approx(mean_loss(original, batches), rel=1e-6)
+    assert res.combined_loss == pytest.approx(mean_loss(net, batches), rel=1e-6)
+    assert res.sum_variations == pytest.approx(sum(c.at(c.chosen) for c in res.curves))
+    # forwards: the Fisher pass, units x grid points x batches, the combined loss
+    points = sum(len(c.ks) for c in res.curves)
+    assert res.forwards == len(calls) == len(batches) * (points + 2)
+    js = res.to_json()
+    assert js['tau'] == res.tau and js['search_steps'] == res.search_steps and len(js['units']) == len(res.curves)
+    assert js['units'][0]['k'] and js['combined_loss'] == res.combined_loss
+
+
+def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
+    net, graph, state, batches, loss_fn, calls = setup(trained)
+    crit = GroupFisher(delta='none')
+    res = BalancedPruning(target=0.5, mode='estimated', importance=crit).run(state, net, batches, loss_fn)
+    assert res.forwards == len(calls) == 2 * len(batches)  # the Fisher pass and the combined loss only
+    assert res.samples == 64 and crit.samples == 64
+    f = crit.sums.numpy()
+    for c in res.curves:
+        dense = 0.5 * np.cumsum(f[c.ranked[:c.k_max]]) / 64
+        np.testing.assert_allclose(c.values(), np.maximum.accumulate(dense), rtol=1e-12)
+        # ranked by Group Fisher, lowest first
+        assert np.all(np.diff(f[c.ranked]) >= 0)
+    assert_met(state, res, 0.5)
+
+
+def test_acts_and_params_targets_count_divisor_rounding(trained):
+    for metric in ('acts', 'params'):
+        net, graph, state, batches, loss_fn, _ = setup(trained, divisor=4)
+        res = BalancedPruning(target=0.6, target_metric=metric, grid=(0.25, 0.5, 0.75)).run(
+            state, net, batches, loss_fn)
+        assert res.ratios[metric] <= 0.6
+        # only atoms the written structure removes are masked: masks == the structure, counts multiples of 4
+        assert np.array_equal(state.export_alive(), state.alive)
+        for atoms in state.unit_atoms:
+            kept = int(state.alive[atoms].sum())
+            assert kept % 4 == 0 or kept == atoms.size
+
+
+@pytest.mark.parametrize('crit', [L1Norm(), BNScale()], ids=['l1', 'bn_scale'])
+def test_l1_and_bn_scale_rankings_need_no_gradients(trained, crit):
+    net, graph, state, batches, loss_fn, calls = setup(trained)
+    ref = type(crit)()
+    ref.attach(copy.deepcopy(net), graph)
+    raw = ref.raw_scores()  # of the unpruned model (pruning changes the readers' filters)
+    res = BalancedPruning(target=0.5, importance=crit, grid=(0.25, 0.5, 0.75)).run(state, net, batches, loss_fn)
+    assert res.samples == 0 and all(p.grad is None for p in net.parameters())
+    assert res.forwards == len(calls) == len(batches) * (sum(len(c.ks) for c in res.curves) + 2)
+    for c in res.curves:
+        assert np.all(np.diff(raw[c.ranked]) >= 0)
+    assert_met(state, res, 0.5)
+
+
+def test_a_loss_callable_against_a_frozen_teacher(trained):
+    """Label-free: the loss is any callable, e.g. distillation from a frozen copy of the unpruned model."""
+    net, graph, state, batches, _, _ = setup(trained)
+    wrapper = nn.ModuleDict({'student': net, 'teacher': copy.deepcopy(net)})
+    wrapper['teacher'].requires_grad_(False)
+    wrapper.train()
+
+    def distill(batch):
+        with torch.no_grad():
+            target = wrapper['teacher'](batch[0])
+        return F.mse_loss(wrapper['student'](batch[0]), target)
+    res = BalancedPruning(target=0.6, grid=(0.25, 0.5, 0.75)).run(state, net, batches, distill, model=wrapper)
+    assert res.base_loss == 0.0 and res.combined_loss > 0
+    assert res.ratios['flops'] <= 0.6 and all(m.training for m in wrapper.modules())
+    assert all(torch.equal(a, b) for a, b in zip(wrapper['teacher'].state_dict().values(),
+                                                 trained[0].state_dict().values()))
+
+
+def test_points_with_a_non_finite_loss_are_never_chosen(trained):
+    net, graph, state, batches, loss_fn, _ = setup(trained)
+    unit = max(range(len(state.unit_atoms)), key=lambda u: state.unit_atoms[u].size)
+
+    def fragile(batch):  # masking more than a quarter of the widest unit "diverges"
+        dead = int((~state.masks.alive[state.unit_atoms[unit]]).sum())
+        return loss_fn(batch) * (float('nan') if dead > state.unit_atoms[unit].size // 4 else 1.0)
+    res = BalancedPruning(target=0.7).run(state, net, batches, fragile)
+    c = next(c for c in res.curves if c.unit == unit)
+    assert np.isinf(c.monotone[c.ks > c.size // 4]).all() and c.chosen <= c.size // 4
+    assert math.isfinite(res.combined_loss) and res.ratios['flops'] <= 0.7
+
+
+def test_unit_curve_is_monotone_and_interpolated():
+    c = UnitCurve(0, 'u', 10, np.arange(10), 9)
+    c.set_points(np.array([2, 4, 6, 9]), np.array([0.2, 0.1, float('nan'), 1.0]))
+    assert c.monotone[:2].tolist() == [0.2, 0.2] and np.isinf(c.monotone[2:]).all()
+    np.testing.assert_allclose(c.values()[:4], [0.1, 0.2, 0.2, 0.2])
+    assert np.isinf(c.values()[4:]).all()
+    assert c.rate(0.15) == 1 and c.rate(0.2) == 4 and c.rate(1e9) == 4 and c.rate(-1) == 0
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def _unchanged(net, original, state):
+    assert state.alive.all()
+    for (k, v), v2 in zip(net.state_dict().items(), original.state_dict().values()):
+        assert torch.equal(v, v2), k
+
+
+def test_unreachable_target_says_the_best_ratio_before_any_forward(trained):
+    net, graph, state, batches, loss_fn, calls = setup(trained, skip=('stem',))
+    original = copy.deepcopy(net)
+    with pytest.raises(TargetUnreachable, match=r'target=0\.05 \(flops\) cannot be reached: the best reachable '
+                                                r'ratio is 0\.\d+ .*Fix: set target >= 0\.\d+'):
+        BalancedPruning(target=0.05).run(state, net, batches, loss_fn)
+    assert not calls
+    _unchanged(net, original, state)
+
+
+def test_no_calibration_batches(trained):
+    net, graph, state, _, loss_fn, calls = setup(trained)
+    with pytest.raises(NoCalibrationData, match='calibration_batches.*Fix: set calibration_batches >= 1'):
+        BalancedPruning().run(state, net, [], loss_fn)
+    assert not calls
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+@pytest.mark.parametrize('mode', ['measured', 'estimated'])
+def test_non_finite_loss_of_the_unpruned_model(trained, bad, mode):
+    net, graph, state, batches, loss_fn, _ = setup(trained)
+    original = copy.deepcopy(net)
+    crit = L1Norm() if bad == float('inf') and mode == 'measured' else None  # the no-gradient pass as well
+    with pytest.raises(NonFiniteLoss, match=r'calibration loss of the unpruned model is (nan|inf).*Fix: set '
+                                            'load_from to the trained checkpoint'):
+        BalancedPruning(mode=mode, importance=crit).run(state, net, batches, lambda b: loss_fn(b) * bad)
+    _unchanged(net, original, state)
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize('kwargs, field', [
+    (dict(target=1.2), 'target'), (dict(target=0), 'target'), (dict(target_metric='latency'), 'target_metric'),
+    (dict(mode='exact'), 'mode'), (dict(grid=(0.5, 1.5)), 'grid'), (dict(grid=()), 'grid'),
+    (dict(tolerance=0), 'tolerance')])
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f'^{field}='):
+        BalancedPruning(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- rank split
+def _rank_worker(rank, world, port, out):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        net = Net(w=16)
+        x = torch.randn(24, *SHAPE, generator=torch.Generator().manual_seed(1))
+        batches = [(x[i:i + 4], x[i:i + 4, :, ::3, ::3].mean((1, 2, 3))[:, None].expand(-1, 4))
+                   for i in range(0, 24, 4)]
+        graph = analyze(net, input_forward(torch.randn(1, *SHAPE)))
+        state = PruningState(net, graph, input_shape=SHAPE)
+        mine = batches[rank::world] if world > 1 else batches
+
+        def reduce(t):
+            if world > 1:
+                dist.all_reduce(t)
+            return t
+        res = BalancedPruning(target=0.5, grid=(0.25, 0.5, 0.75)).run(
+            state, net, mine, lambda b: F.mse_loss(net(b[0]), b[1]), reduce=reduce)
+        torch.save({'alive': torch.from_numpy(state.alive), 'tau': res.tau, 'base': res.base_loss,
+                    'combined': res.combined_loss, 'batches': res.batches, 'samples': res.samples},
+                   f'{out}_{world}_{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batches_split_over_ranks_give_every_rank_the_one_process_structure(tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    results = {}
+    for world in (1, 2):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        mp.spawn(_rank_worker, args=(world, port, str(tmp_path / 'r')), nprocs=world, join=True)
+        results[world] = [torch.load(f'{tmp_path}/r_{world}_{r}.pt', weights_only=True) for r in range(world)]
+    one, (r0, r1) = results[1][0], results[2]
+    assert r0['batches'] == r1['batches'] == one['batches'] == 6 and r0['samples'] == one['samples'] == 24
+    assert torch.equal(r0['alive'], r1['alive']) and torch.equal(r0['alive'], one['alive'])
+    assert r0['tau'] == r1['tau'] == pytest.approx(one['tau'], rel=1e-9)
+    assert r0['combined'] == pytest.approx(one['combined'], rel=1e-9)
