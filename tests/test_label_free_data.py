@@ -60,7 +60,7 @@ def test_list_file_and_aspect_ratio_sampler(tmp_path):
     from mmdet.registry import DATASETS
     from mmengine.dataset import DefaultSampler
     lst = tmp_path / 'images.txt'
-    lst.write_text('# a comment\ndet/00003.png\n\n' + osp.join(UNLABELED, 'cls', '00001.png') + '\ndet/00007.png\n')
+    lst.write_text('# a comment\ndet/00003.png\n\n' + osp.join(UNLABELED, 'cls', '00001.png') + '\ndet/00007.png 2\n')  # noqa: E501
     ds = DATASETS.build(dict(type='UnlabeledImages', data_root=UNLABELED, ann_file=str(lst),
                              pipeline=DET_PIPELINE[:1] + DET_PIPELINE[2:]))
     assert [osp.basename(ds.get_data_info(i)['img_path']) for i in range(3)] == ['00003.png', '00001.png',

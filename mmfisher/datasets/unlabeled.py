@@ -7,7 +7,7 @@ sample has empty ``gt_instances`` and a classification sample no ``gt_label``. A
 
 Images come from a folder (``data_prefix=dict(img_path=...)``, searched recursively, sorted) or from a list file
 (``ann_file``: one image path per line, relative to ``data_prefix['img_path']``; blank lines and ``#`` comments
-skipped)::
+skipped; a trailing class index, as in mmpretrain's ``meta/train.txt``, is dropped)::
 
     train_dataloader = dict(dataset=dict(
         _delete_=True, type='mmfisher.UnlabeledImages', data_root='data/generated/shapes_unlabeled/',
@@ -96,7 +96,18 @@ class UnlabeledImages(BaseDataset):
                                         'Fix: point ann_file at a text file of image paths (one per line), or '
                                         'leave it empty to scan data_prefix["img_path"]')
             lines = get_text(self.ann_file, backend_args=self.backend_args).splitlines()
-            paths = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith('#')]
+            paths, labelled = [], 0
+            for ln in lines:
+                ln = ln.strip()
+                if not ln or ln.startswith('#'):
+                    continue
+                parts = ln.rsplit(None, 1)
+                if len(parts) == 2 and parts[1].lstrip('-').isdigit():  # "path label" (mmpretrain's lists)
+                    ln, labelled = parts[0], labelled + 1
+                paths.append(ln)
+            if labelled:
+                print_log(f'UnlabeledImages: {labelled} lines of {self.ann_file} end in a class index; it is '
+                          'ignored (the images are read without labels)', logger='current')
             paths = [p if osp.isabs(p) or not root else join_path(root, p) for p in paths]
         else:
             folder = root or '.'
