@@ -99,7 +99,7 @@ def test_label_free_finetune_of_the_slimmed_student(tmp_path):
     cfg.train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=1)
     cfg.param_scheduler = None
     cfg.optim_wrapper = dict(optimizer=dict(type='AdamW', lr=0.0))  # no step: check what was loaded
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100, by_epoch=True)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=True)
     cfg.default_hooks.logger.interval = 1
     ft = run(cfg)
     model = ft.model
@@ -116,6 +116,15 @@ def test_label_free_finetune_of_the_slimmed_student(tmp_path):
     with torch.no_grad():
         out = model(cls_batch()[0], None, mode='tensor')
     assert out.shape == (4, 3)
+    # the fine-tuned student as a plain checkpoint, for the mmfisher.Pruned config of the same channels.json
+    from mmfisher.models.distiller import extract_student
+    plain = extract_student(osp.join(cfg.work_dir, 'epoch_1.pth'), str(tmp_path / 'student.pth'))
+    slim_model = _pruned(cls_arch(), osp.join(prune_dir, 'channels.json'), 'mmpretrain')
+    slim_model.load_state_dict(torch.load(plain, weights_only=True)['state_dict'], strict=True)
+    slim_model.eval()
+    inputs = cls_batch()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(slim_model(inputs, mode='tensor'), model.student(inputs, mode='tensor'))
 
 
 def test_a_labeled_data_set_is_allowed_and_its_labels_ignored(tmp_path, monkeypatch):

@@ -16,7 +16,9 @@
 # loss is off); with an Adam-type optimizer a global scale changes nothing, with SGD it acts as a 10x smaller
 # learning rate. Targets are soft here (sample_targets=False): no Fisher is measured, and the teacher's full
 # distribution is the less noisy training signal. The trained student is a plain, smaller model of the
-# architecture's class inside the wrapper's checkpoint (keys student.*); tools/test.py runs the wrapper's student.
+# architecture's class inside the wrapper's checkpoint (keys student.*): tools/test.py with this config runs the
+# student; for a plain checkpoint (the mmfisher.Pruned config of fisher_finetune.py, deployment) write it out with
+#   python -c "from mmfisher.models.distiller import extract_student; extract_student('epoch_12.pth', 'slim.pth')"
 #
 # Like label_free_pruning.py this file sets one helper key, `label_free_finetune`, because mmengine refuses a key
 # set by two _base_ files. If your fine-tune config inherits the pruning config instead of the model config, also

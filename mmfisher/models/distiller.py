@@ -96,7 +96,7 @@ from ..registry import MMENGINE_MODELS, MODELS
 from .target import pruned_module
 from .tracing import check_input_shape, is_classifier, is_detector, make_trace_forward
 
-__all__ = ['LabelFreeDistiller', 'LabelFreeError', 'TeacherCheckpointError', 'PairingError']
+__all__ = ['LabelFreeDistiller', 'LabelFreeError', 'TeacherCheckpointError', 'PairingError', 'extract_student']
 
 
 class LabelFreeError(ValueError):
@@ -819,6 +819,31 @@ class LabelFreeDistiller(BaseModel):
             xi = torch.randn(diff.shape, generator=gen, device=gen.device).to(diff.device)
             box_noise = -torch.sqrt(2.0 / (max(batch, 1) * z)) * (coef.sqrt() * xi * diff).sum()
         return {'roi_cls': (cls_exact, cls_noise), 'roi_bbox': (box_exact, box_noise)}
+
+
+def extract_student(src: str, dst: str) -> str:
+    """Write the student of a ``LabelFreeDistiller`` checkpoint (keys ``student.*``, e.g. a label-free fine-tune's
+    ``epoch_12.pth``) as a plain model checkpoint ``{'meta', 'state_dict'}`` for ``load_from`` / ``tools/test.py``
+    with the ``mmfisher.Pruned`` config of the same channels.json (written atomically). Returns ``dst``.
+
+    Raises:
+        LabelFreeError: ``src`` is not a checkpoint with ``student.*`` keys.
+    """
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from ..core.files import atomic_write
+    if not os.path.isfile(src):
+        raise LabelFreeError(f'extract_student: "{src}" does not exist; give a checkpoint of a label-free run')
+    ckpt = _load_checkpoint(src, map_location='cpu')
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+    sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
+    student = {k[len('student.'):]: v for k, v in sd.items() if k.startswith('student.')}
+    if not student:
+        raise LabelFreeError(f'extract_student: "{src}" has no student.* weights: it is not a LabelFreeDistiller '
+                             'checkpoint (a plain model checkpoint can be used as it is)')
+    meta = dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
+    meta['extracted_from'] = os.path.abspath(src)
+    return atomic_write(dst, lambda f: torch.save({'meta': meta, 'state_dict': student}, f))
 
 
 MODELS.register_module(name='LabelFreeDistiller', module=LabelFreeDistiller)
