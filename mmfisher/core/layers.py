@@ -6,10 +6,12 @@ table, so supporting a new layer type is one :class:`LayerRule` subclass plus :f
 Vocabulary: a *position* is an index into a layer's input or output channel axis; an *element* is a channel
 identity in the union-find (see ``unionfind.py``); elements coupled by the graph end up in one set, an *atom*.
 """
-from typing import List, Optional, Tuple
+import contextlib
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .dims import normalize_dim
@@ -69,6 +71,15 @@ class LayerRule:
     #: the traced output keeps the input's channel layout as it came in and the layer's own positions are never
     #: pruned (LayerNorm: its statistics run over :meth:`normalized_dims`, which may hold no channels at all)
     keeps_input_layout = False
+    #: a norm whose statistics run over its channels (LayerNorm over C, RMSNorm, an L2 norm across channels, GRN)
+    #: and that can compute them over the alive channels only (:meth:`masked_forward`): while some of its channels
+    #: are masked, ``ChannelMasks`` makes it do so, which is exactly what the slimmed layer computes, so its
+    #: channels are prunable like a per-channel norm's. A rule that mixes channels without it keeps them.
+    renormalizes = False
+    #: per-channel parameters and buffers (sliced along dim 0 with the channels) of a renormalizing norm
+    channel_params: Tuple[str, ...] = ('weight', 'bias')
+    #: int attributes holding the channel count (set to the kept count when sliced)
+    count_attrs: Tuple[str, ...] = ()
 
     @property
     def is_weighted(self) -> bool:
@@ -116,6 +127,11 @@ class LayerRule:
         except IndexError:
             return None
 
+    def call_dim(self, module: nn.Module, x: torch.Tensor, args: tuple, kwargs: Dict[str, Any]) -> Optional[int]:
+        """The channel dim of input ``x`` in the call ``module(*args, **kwargs)`` (a layer whose layout is a
+        forward argument, such as mmpretrain's ``LayerNorm2d(x, data_format=...)``, overrides it)."""
+        return self.channel_dim(x.dim())
+
     def normalized_dims(self, module: nn.Module, ndim: int) -> Tuple[int, ...]:
         """Input dims (of an ``ndim``-dim input) whose positions the layer's statistics mix: channels there are
         unprunable. ``()`` for layers that treat each channel (or group) on its own."""
@@ -141,6 +157,54 @@ class LayerRule:
 
     def slice(self, module: nn.Module, in_keep: Keep, out_keep: Keep) -> None:
         raise NotImplementedError
+
+    # -- renormalizing norms (``renormalizes = True``) ------------------------------------------------------
+    @contextlib.contextmanager
+    def resized(self, module: nn.Module, count: int) -> Iterator[None]:
+        """Make ``module``'s non-parameter channel counts read ``count`` for the duration of the block (e.g.
+        ``normalized_shape``), restoring them afterwards; parameters are handled by :meth:`masked_forward`."""
+        yield
+
+    def masked_forward(self, module: nn.Module, alive: torch.Tensor, args: tuple, kwargs: Dict[str, Any]) -> Any:
+        """The module's own forward on its alive channels only (``alive``: sorted long positions), its
+        per-channel parameters sliced to them: what the slimmed module computes. Masked positions of the output
+        are zero (only masked readers or other masked positions ever see them)."""
+        x = args[0]
+        dim = self.call_dim(module, x, args, kwargs)
+        idx = alive.to(x.device)
+        xs = x.index_select(dim, idx)
+        saved = {}
+        try:
+            for name in self.channel_params:
+                t = module._parameters.get(name, module._buffers.get(name))
+                if t is None:
+                    continue
+                store = module._parameters if name in module._parameters else module._buffers
+                saved[name] = (store, t)
+                store[name] = t.index_select(0, idx.to(t.device))
+            with self.resized(module, int(idx.numel())):
+                ys = type(module).forward(module, xs, *args[1:], **kwargs)
+        finally:
+            for name, (store, t) in saved.items():
+                store[name] = t
+        out = torch.zeros(x.shape, dtype=ys.dtype, device=ys.device)
+        return out.index_copy(dim, idx, ys)
+
+    def slice_renormalizing(self, module: nn.Module, keep: Keep) -> None:
+        """Slice a renormalizing norm's per-channel parameters and counts to ``keep`` (and drop a mask)."""
+        module.__dict__.pop(ALIVE_ATTR, None)
+        if keep is None:
+            return
+        for name in self.channel_params:
+            _take(module, name, 0, keep)
+        for attr in self.count_attrs:
+            if hasattr(module, attr):
+                set_count(module, attr, int(keep.numel()))
+
+
+#: the attribute ``ChannelMasks`` sets on a renormalizing norm while some of its channels are masked: the sorted
+#: long positions of its alive channels (a plain attribute, so a deep copy of a masked model stays masked)
+ALIVE_ATTR = '_mmfisher_alive_channels'
 
 
 class ConvRule(LayerRule):
@@ -334,16 +398,16 @@ class GroupNormRule(LayerRule):
         set_count(module, 'num_channels', int(keep.numel()))
 
 
-class LayerNormRule(LayerRule):
-    """``nn.LayerNorm``: its statistics mix the normalised dims; channels there are unprunable (the tracer flags
-    them), other channels pass through."""
+class _ShapeNormRule(LayerRule):
+    """Norms with a ``normalized_shape`` over the last dims (LayerNorm, RMSNorm). With one normalised dim holding
+    the channels, masking makes the statistics run over the alive channels (:attr:`LayerRule.renormalizes`), so
+    the channels are prunable and the weight (and bias) are sliced; channels in other normalised dims are
+    unprunable (the tracer flags them), and channels on dims it does not normalise pass through."""
 
     role = Role.NORM
     in_dim = -1
     keeps_input_layout = True
-
-    def matches(self, module):
-        return isinstance(module, nn.LayerNorm)
+    renormalizes = True
 
     def normalized_dims(self, module, ndim):
         return tuple(range(ndim - len(module.normalized_shape), ndim))
@@ -353,9 +417,133 @@ class LayerNormRule(LayerRule):
 
     out_channels = in_channels
 
-    def slice(self, module, in_keep, out_keep):  # never sliced: the tracer makes its channels unprunable
-        if in_keep is not None or out_keep is not None:
-            raise ValueError('LayerNorm channels are not prunable; the channel config does not fit the model.')
+    @contextlib.contextmanager
+    def resized(self, module, count):
+        old = module.normalized_shape
+        module.normalized_shape = (int(count),)
+        try:
+            yield
+        finally:
+            module.normalized_shape = old
+
+    def masked_forward(self, module, alive, args, kwargs):
+        if len(module.normalized_shape) != 1:  # the tracer never makes such channels prunable
+            return None
+        return super().masked_forward(module, alive, args, kwargs)
+
+    def slice(self, module, in_keep, out_keep):
+        keep = in_keep if in_keep is not None else out_keep
+        module.__dict__.pop(ALIVE_ATTR, None)
+        if keep is None:
+            return
+        if len(module.normalized_shape) != 1:
+            raise ValueError(f'{self.label} over {len(module.normalized_shape)} dims cannot lose channels; the '
+                             'channel config does not fit the model.')
+        self.slice_renormalizing(module, keep)
+        module.normalized_shape = (int(keep.numel()),)
+
+
+class LayerNormRule(_ShapeNormRule):
+    """``nn.LayerNorm`` (and subclasses that normalise the last dims of their input as given)."""
+
+    def matches(self, module):
+        return isinstance(module, nn.LayerNorm)
+
+
+class RMSNormRule(_ShapeNormRule):
+    """``nn.RMSNorm`` (torch >= 2.4): statistics over the last dims, a weight and no bias."""
+
+    channel_params = ('weight',)
+
+    def matches(self, module):
+        cls = getattr(nn, 'RMSNorm', None)
+        return cls is not None and isinstance(module, cls)
+
+
+def _channel_last(args: tuple, kwargs: Dict[str, Any]) -> bool:
+    fmt = kwargs.get('data_format', args[1] if len(args) > 1 and isinstance(args[1], str) else 'channel_first')
+    return str(fmt).startswith('channel_last') or str(fmt).startswith('channels_last')
+
+
+class LayerNorm2dRule(LayerRule):
+    """LayerNorm over the channels of an image tensor: ``LayerNorm2d`` of mmpretrain (``data_format`` argument:
+    ``channel_first`` (N, C, H, W) by default, ``channel_last`` (N, H, W, C)), timm and torchvision (channels
+    first). Statistics run over the channels: under masks over the alive ones (:attr:`LayerRule.renormalizes`)."""
+
+    role = Role.NORM
+    renormalizes = True
+    count_attrs = ('num_channels',)
+
+    def matches(self, module):
+        return isinstance(module, nn.LayerNorm) and type(module).__name__ == 'LayerNorm2d' and \
+            len(module.normalized_shape) == 1
+
+    def call_dim(self, module, x, args, kwargs):
+        if 'data_format' in kwargs or (len(args) > 1 and isinstance(args[1], str)):
+            return x.dim() - 1 if _channel_last(args, kwargs) else 1
+        return 1
+
+    def in_channels(self, module):
+        return int(module.normalized_shape[0])
+
+    out_channels = in_channels
+
+    resized = _ShapeNormRule.resized
+
+    def slice(self, module, in_keep, out_keep):
+        keep = in_keep if in_keep is not None else out_keep
+        self.slice_renormalizing(module, keep)
+        if keep is not None:
+            module.normalized_shape = (int(keep.numel()),)
+
+
+class L2NormRule(LayerRule):
+    """mmdet's ``L2Norm`` (SSD's conv4_3 scaling): ``weight * x / ||x||_2`` over the channels (dim 1). Under masks
+    the norm runs over the alive channels (:attr:`LayerRule.renormalizes`)."""
+
+    role = Role.NORM
+    renormalizes = True
+    channel_params = ('weight',)
+    count_attrs = ('n_dims',)
+
+    def matches(self, module):
+        w = getattr(module, 'weight', None)
+        return type(module).__name__ == 'L2Norm' and 'mmdet' in type(module).__module__ and \
+            isinstance(w, torch.Tensor) and w.dim() == 1
+
+    def in_channels(self, module):
+        return int(module.weight.numel())
+
+    out_channels = in_channels
+
+    def slice(self, module, in_keep, out_keep):
+        self.slice_renormalizing(module, in_keep if in_keep is not None else out_keep)
+
+
+class GRNRule(LayerRule):
+    """mmpretrain's ``GRN`` (ConvNeXt-V2's global response norm): a per-channel spatial L2 norm divided by its mean
+    over the channels, ``gamma``/``beta`` per channel; ``data_format`` as ``LayerNorm2d``. Under masks the mean runs
+    over the alive channels (:attr:`LayerRule.renormalizes`)."""
+
+    role = Role.NORM
+    renormalizes = True
+    channel_params = ('gamma', 'beta')
+    count_attrs = ('in_channels',)
+
+    def matches(self, module):
+        g = getattr(module, 'gamma', None)
+        return type(module).__name__ == 'GRN' and 'mmpretrain' in type(module).__module__ and \
+            isinstance(g, torch.Tensor) and g.dim() == 1
+
+    call_dim = LayerNorm2dRule.call_dim
+
+    def in_channels(self, module):
+        return int(module.gamma.numel())
+
+    out_channels = in_channels
+
+    def slice(self, module, in_keep, out_keep):
+        self.slice_renormalizing(module, in_keep if in_keep is not None else out_keep)
 
 
 class PassthroughRule(LayerRule):
@@ -373,7 +561,8 @@ class PassthroughRule(LayerRule):
 
 
 _RULES: List[LayerRule] = [ConvRule(), ConvTransposeRule(), LinearRule(), GroupNormRule(), NormRule(),
-                           LayerNormRule(), PassthroughRule()]
+                           LayerNorm2dRule(), LayerNormRule(), RMSNormRule(), L2NormRule(), GRNRule(),
+                           PassthroughRule()]
 
 
 def register_rule(rule: LayerRule, first: bool = True) -> None:

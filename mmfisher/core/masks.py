@@ -5,6 +5,11 @@ masked channel are zeroed in place (``apply()``), which costs no activation memo
 the channel does, because every path from a channel to the loss passes through some reader. Call ``apply()``
 again after each optimizer step so momentum or weight decay cannot bring masked weights back.
 
+A norm whose statistics run over the channels (LayerNorm over C, RMSNorm, an L2 norm, GRN: a rule with
+``renormalizes``) would still see masked channels in its statistics; while some of its channels are masked, a
+forward hook makes it compute its output from the alive channels only (``LayerRule.masked_forward``: the slimmed
+norm's computation), and removes itself when they are all alive again.
+
 ``FisherTaps`` wraps each reader's input in an identity autograd function that shares the input's storage and, in
 backward, computes ``g[n, c] = sum_spatial a[n, c] * dL/da[n, c]`` per sample and channel position, then
 scatters it onto atoms, summing over every reader and every call of a shared reader *before* squaring:
@@ -19,7 +24,21 @@ import torch
 from torch import nn
 
 from .dims import normalize_dim
+from .layers import ALIVE_ATTR, find_rule
 from .units import ChannelGraph
+
+
+def _renormalize_hook(module: nn.Module, args: tuple, kwargs: dict, output):
+    """Forward hook of a renormalizing norm with masked channels: recompute the output over the alive ones.
+    Reads the alive positions from the module (a deep copy of a masked model stays masked; slimming drops them)."""
+    alive = module.__dict__.get(ALIVE_ATTR)
+    if alive is None or not args or not isinstance(args[0], torch.Tensor):
+        return None
+    rule = find_rule(module)
+    if rule is None or not rule.renormalizes:
+        return None
+    out = rule.masked_forward(module, alive, args, kwargs)
+    return output if out is None else out
 
 
 class ChannelMasks:
@@ -34,6 +53,13 @@ class ChannelMasks:
         for name, atoms in graph.in_atoms.items():
             if (atoms >= 0).any():
                 self.readers.append((name, modules[name], torch.from_numpy(atoms)))
+        # norms whose statistics run over their channels: recomputed over the alive ones while some are masked
+        self.norms: List[Tuple[str, nn.Module, torch.Tensor]] = []
+        for name, atoms in graph.out_atoms.items():
+            rule = graph.rules[name]
+            if rule.is_norm and rule.renormalizes and (atoms >= 0).any() and name in modules:
+                self.norms.append((name, modules[name], torch.from_numpy(atoms)))
+        self._norm_hooks: Dict[str, torch.utils.hooks.RemovableHandle] = {}
 
     def prune(self, atoms) -> None:
         """Mask ``atoms`` (indices) and apply."""
@@ -82,6 +108,7 @@ class ChannelMasks:
                     weight.copy_(value)
             self.alive = before
             self._cache = cache
+            self._sync_norms()
 
     def _weight_masks(self) -> List[Tuple[nn.Module, torch.Tensor]]:
         """(reader, 0/1 weight mask) for every reader with a masked input; rebuilt only when the masks change."""
@@ -97,7 +124,25 @@ class ChannelMasks:
                 if mask is not None:
                     cache.append((module, mask.to(module.weight.device, module.weight.dtype)))
             self._cache = cache
+            self._sync_norms()
         return self._cache
+
+    def _sync_norms(self) -> None:
+        """Give every renormalizing norm with masked channels its alive positions and the hook that uses them;
+        take both away from norms whose channels are all alive."""
+        for name, module, atoms in self.norms:
+            keep = torch.ones(atoms.numel(), dtype=torch.bool)
+            valid = atoms >= 0
+            keep[valid] = self.alive[atoms[valid]]
+            if bool(keep.all()):
+                module.__dict__.pop(ALIVE_ATTR, None)
+                handle = self._norm_hooks.pop(name, None)
+                if handle is not None:
+                    handle.remove()
+                continue
+            module.__dict__[ALIVE_ATTR] = torch.nonzero(keep).flatten()
+            if name not in self._norm_hooks:
+                self._norm_hooks[name] = module.register_forward_hook(_renormalize_hook, with_kwargs=True)
 
     @torch.no_grad()
     def apply(self) -> None:

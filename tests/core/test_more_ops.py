@@ -78,18 +78,22 @@ def test_channels_last_linear_block(check_exact):
     assert out['slim'].pw1.out_features < 32 and out['slim'].gamma.numel() == out['slim'].stem.out_channels < 8
 
 
-def test_layernorm_over_channels_unprunable(check_exact):
+def test_layernorm_over_channels_prunable(check_exact):
+    """Issue 11: a LayerNorm over the channels computes its statistics over the alive channels while some are
+    masked, so the stream it normalises is one prunable unit (it made them unprunable before)."""
     g = analyze(ChannelsLastMLP('ln'), input_forward(torch.randn(1, 3, 8, 8)))
-    assert 'stem' in g.unprunable and 'LayerNorm' in g.unprunable['stem'], g.unprunable
+    assert 'stem' not in g.unprunable, g.unprunable
     assert (g.out_atoms['pw1'] >= 0).all(), 'the MLP hidden channels are still prunable'
-    check_exact(ChannelsLastMLP('ln'), torch.randn(1, 3, 8, 8))
+    np.testing.assert_array_equal(g.out_atoms['norm'], g.out_atoms['stem'])
+    out = check_exact(ChannelsLastMLP('ln'), torch.randn(1, 3, 8, 8))
+    assert out['slim'].norm.normalized_shape[0] == out['slim'].stem.out_channels < 8
 
 
 def test_layernorm_positions_documented():
     """ChannelGraph documents ``out_atoms`` as norm layer -> (C_out,): one entry per channel position."""
     g = analyze(ChannelsLastMLP('ln'), input_forward(torch.randn(1, 3, 8, 8)))
     assert g.out_atoms['norm'].shape == (8,), g.out_atoms['norm']
-    assert (g.out_atoms['norm'] == -1).all()
+    assert (g.out_atoms['norm'] >= 0).all()
 
 
 class Decoder(nn.Module):

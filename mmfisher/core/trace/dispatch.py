@@ -14,6 +14,7 @@ from .channels import Mixed, elems_of
 from .errors import MetaTraceUnsupported, Unmappable, is_meta_limitation
 from .movement import op_move
 from .optable import (ALONG, FILL, FIRST_ONLY, MOVE, NARY, NEW, REDUCE, SPATIAL, UNARY, OpCall, op_name)
+from .params import param_op
 from .pointwise import is_zero_scalar, op_pointwise, propagate_mixed
 from .setitem import op_setitem
 from .spatial import op_reduce, op_spatial
@@ -70,6 +71,7 @@ def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, 
         flat_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
     in_infos = [state.get(t) for t in flat_in]
     if all(i is None for i in in_infos):
+        param_op(state, name, func, args, kwargs, flat_in, out)  # parameter-derived tensors (params.py)
         return  # nothing traced flows in: constants stay constants
     outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
     if not outs:  # values leave tensor land (item, tolist, numpy, bool): a read the tracer cannot follow

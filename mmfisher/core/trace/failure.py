@@ -46,7 +46,7 @@ class TraceForwardError(RuntimeError):
 def attach_failure(state: TraceState, exc: BaseException) -> None:
     """Attach to ``exc`` (raised by the forward) a :class:`ForwardFailure` read off the trace's module stack."""
     failure = ForwardFailure(first=not state.module_order)
-    for name, rule, inputs in reversed(state.stack):
+    for name, rule, inputs, *_ in reversed(state.stack):
         if rule is None:
             continue
         module = state.module_objs.get(name)

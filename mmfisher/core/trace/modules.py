@@ -32,7 +32,7 @@ def pre_hook(state: TraceState, name: str, rule: Optional[LayerRule]) -> Callabl
     """A ``register_forward_pre_hook(..., with_kwargs=True)`` hook: note the call and its inputs' infos."""
     def hook(module, args, kwargs):
         inputs = [(t, state.get(t)) for t in _tensors((args, kwargs))]
-        state.stack.append((name, rule, inputs))
+        state.stack.append((name, rule, inputs, (args, kwargs)))
         if rule is not None:
             state.suppress += 1
     return hook
@@ -42,11 +42,11 @@ def post_hook(state: TraceState, name: str, rule: Optional[LayerRule]) -> Callab
     """A ``register_forward_hook(..., with_kwargs=True)`` hook: record a ruled module's outermost call, or check
     an unruled module for hidden computation."""
     def hook(module, args, kwargs, output):
-        _, _, inputs = state.stack.pop()
+        _, _, inputs, call = state.stack.pop()
         if rule is not None:
             state.suppress -= 1
             if state.suppress == 0:
-                _record_safely(state, name, module, rule, inputs, output)
+                _record_safely(state, name, module, rule, inputs, output, call)
             return None
         if state.suppress:
             return None
@@ -67,13 +67,13 @@ def post_hook(state: TraceState, name: str, rule: Optional[LayerRule]) -> Callab
 
 
 def _record_safely(state: TraceState, name: str, module: nn.Module, rule: LayerRule, inputs: Inputs,
-                   output: Any) -> None:
+                   output: Any, call: Tuple[tuple, dict] = ((), {})) -> None:
     """:func:`record_module`; a failure of the tracer itself leaves this call unrecorded and keeps the channels
     the module read, with the reason (its outputs carry them as a :class:`Mixed`)."""
     rec = state.modules.get(name)
     calls = len(rec.calls) if rec is not None else 0
     try:
-        record_module(state, name, module, rule, inputs, output)
+        record_module(state, name, module, rule, inputs, output, call)
     except MetaTraceUnsupported:
         raise
     except Exception as exc:  # noqa: BLE001  a defect here must degrade, not crash the user's forward
@@ -94,7 +94,7 @@ def _record_safely(state: TraceState, name: str, module: nn.Module, rule: LayerR
 
 
 def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRule, inputs: Inputs,
-                  output: Any) -> None:
+                  output: Any, call: Tuple[tuple, dict] = ((), {})) -> None:
     """Record one call of a ruled module: its positions' elements (coupled across calls), and the output's map."""
     rec = state.modules.get(name)
     if rec is None:
@@ -113,7 +113,7 @@ def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRu
     if rule.is_passthrough:
         _record_passthrough(state, name, rule, x, info, out)
         return
-    dim = rule.channel_dim(x.dim())
+    dim = rule.call_dim(module, x, *call) if call[0] or call[1] else rule.channel_dim(x.dim())
     c_in = rule.in_channels(module)
     rec.calls.append(ModuleCall(tuple(x.shape), tuple(out.shape), bool(x.requires_grad)))
     vec = state.channel_vector(info, dim, c_in) if dim is not None and x.shape[dim] == c_in else None
@@ -122,7 +122,7 @@ def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRu
             state.flag_info(info, f'{name} ({type(module).__name__}) reads channels the tracer cannot map')
         vec = np.full(c_in, -1, dtype=np.int64)
     if rule.keeps_input_layout:
-        _record_layout_keeping(state, name, module, rule, rec, x, info, vec, out)
+        _record_layout_keeping(state, name, module, rule, rec, x, info, vec, out, dim)
     elif rule.is_norm:
         _record_norm(state, name, module, rule, rec, dim, vec, out)
     else:
@@ -153,11 +153,18 @@ def _merge_inputs(state: TraceState, rec: ModuleRecord, vec: np.ndarray, fill: b
 
 
 def _record_layout_keeping(state: TraceState, name: str, module: nn.Module, rule: LayerRule, rec: ModuleRecord,
-                           x: torch.Tensor, info: Any, vec: np.ndarray, out: torch.Tensor) -> None:
-    """A norm whose statistics run over :meth:`LayerRule.normalized_dims` (LayerNorm): channels there are mixed
-    and unprunable; the output keeps the input's channel layout."""
+                           x: torch.Tensor, info: Any, vec: np.ndarray, out: torch.Tensor,
+                           dim: Optional[int] = None) -> None:
+    """A norm whose statistics run over :meth:`LayerRule.normalized_dims` (LayerNorm). Channels on the one
+    normalised dim of a renormalizing rule (:attr:`LayerRule.renormalizes`) are prunable positions like a
+    per-channel norm's; channels on other normalised dims are mixed and unprunable; otherwise the output keeps
+    the input's channel layout."""
     norm_dims = set(rule.normalized_dims(module, x.dim()))
     if isinstance(info, ChannelInfo) and norm_dims & set(info.dims):
+        if rule.renormalizes and dim is not None and norm_dims == {dim} and (vec >= 0).any() and \
+                (rec.in_elems is None or rec.out_elems is not None):
+            _record_norm(state, name, module, rule, rec, dim, vec, out)
+            return
         state.uf.flag(info.cmap, f'{name} ({rule.label}) normalises over channels')
     _merge_inputs(state, rec, vec, fill=False)
     rec.out_elems = rec.in_elems

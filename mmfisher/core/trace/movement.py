@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_flatten
 from .channels import ChannelInfo, ids_tensor, info_from_ids
 from .errors import Unmappable, no_meta
 from .optable import LIST_DATA, LITERAL, OpCall
+from .params import attribute, record_param_use
 from .state import TraceState
 
 __all__ = ['op_move', 'constrain_move']
@@ -33,6 +34,9 @@ def op_move(state: TraceState, call: OpCall) -> None:
         pkw = dict(kwargs)
         if not args:
             pkw['tensors'] = new_seq
+        refs = [(k, state.param_ref(t)) for k, t in enumerate(seq) if state.get(t) is None]
+        if any(r is not None for _, r in refs):
+            _cat_params(state, func, pargs, pkw, seq, new_seq, [(k, r) for k, r in refs if r is not None])
     else:
         x = args[0] if args else next(iter(kwargs.values()))
         info = state.get(x)
@@ -64,6 +68,39 @@ def op_move(state: TraceState, call: OpCall) -> None:
     constrain_move(state, name, pargs, infos)
     for t, info in zip(outs, infos):
         state.set(t, info)
+
+
+def _cat_params(state: TraceState, func, pargs: tuple, pkw: dict, seq: list, new_seq: list, refs: list) -> None:
+    """``cat([cls_token.expand(...), x], 1)``: a parameter-derived input along a non-channel dim holds the
+    channels of the others at the same positions of the channel dims; the parameter is sliced with them and its
+    positions take their identities (``new_seq`` is updated in place). One it cannot be attributed to keeps them."""
+    no_meta(pargs, pkw)
+    with torch.no_grad():
+        first = func(*pargs, **pkw)
+    info = info_from_ids(first)
+    if info is None or not info.dims:
+        return
+    cat_dim = pkw.get('dim', pargs[1] if len(pargs) > 1 else 0)
+    for k, ref in refs:
+        t = seq[k]
+        if t.dim() != first.dim():
+            continue
+        cd = cat_dim % t.dim() if isinstance(cat_dim, int) else None
+        dims = [d for d in info.dims if d != cd and t.shape[d] > 1]
+        if len(dims) != 1:
+            if dims:
+                state.uf.flag(info.cmap, 'op cat joins channels with a per-channel tensor the tracer cannot '
+                              'attribute')
+            continue
+        d = dims[0]
+        vec = state.channel_vector(info, d, first.shape[d])
+        p = attribute(ref, d)
+        if vec is None or p is None or t.shape[d] != first.shape[d] or not record_param_use(state, ref, p, vec):
+            state.uf.flag(info.cmap, 'op cat joins channels with a per-channel tensor the tracer cannot attribute')
+            continue
+        view = [1] * t.dim()
+        view[d] = vec.size
+        new_seq[k].copy_(torch.from_numpy(vec.copy()).view(view).expand(t.shape))
 
 
 def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[ChannelInfo]) -> None:

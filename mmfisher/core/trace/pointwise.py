@@ -9,6 +9,7 @@ import torch
 from .channels import ChannelInfo, Mixed, broadcast_cmap, elems_of
 from .errors import MetaTraceUnsupported
 from .optable import NARY, OpCall
+from .params import attribute, record_param_use
 from .records import ParamUse
 from .state import TraceState
 
@@ -66,6 +67,7 @@ def op_pointwise(state: TraceState, call: OpCall) -> None:
             m = np.full(m.shape, -1, dtype=np.int64)
         maps.append(m)
     # constants (incl. parameters) with per-channel extent along a channel dim
+    merged_info = None
     for t, i in zip(flat_in, in_infos):
         if i is not None or t.dim() == 0:
             continue
@@ -81,6 +83,19 @@ def op_pointwise(state: TraceState, call: OpCall) -> None:
             else:
                 state.uf.union_arrays(use.elems, vec)
             continue
+        ref = state.param_ref(t)
+        if ref is not None and len(cdims) == 1 and maps:
+            p = attribute(ref, cdims[0])
+            d_out = shift(t, cdims[0])
+            if p is not None and t.shape[cdims[0]] == shape[d_out]:
+                if merged_info is None:
+                    merged = maps[0].copy()
+                    for m in maps[1:]:
+                        merged = np.where(merged < 0, m, merged)
+                    merged_info = ChannelInfo(tuple(dims), np.ascontiguousarray(merged))
+                vec = state.channel_vector(merged_info, d_out, shape[d_out])
+                if vec is not None and record_param_use(state, ref, p, vec):
+                    continue
         reason = f'op {name} combines channels with a per-channel tensor the tracer cannot attribute'
         for m in maps:
             state.uf.flag(m, reason)

@@ -17,7 +17,8 @@ from .records import AttrUse, ModuleRecord, ParamUse
 __all__ = ['TraceState']
 
 # (module name, its rule or None, [(input tensor, its info)]) of a module whose forward is running
-StackEntry = Tuple[str, Optional[LayerRule], List[Tuple[torch.Tensor, Any]]]
+# and the call's (args, kwargs)
+StackEntry = Tuple[str, Optional[LayerRule], List[Tuple[torch.Tensor, Any]], Tuple[tuple, dict]]
 
 
 class TraceState:
@@ -37,6 +38,7 @@ class TraceState:
         self.unknown_ops: Dict[str, int] = {}
         self.suppress = 0  # > 0 inside a ruled module: its internals are not looked at
         self.stack: List[StackEntry] = []
+        self.prefs: Dict[int, Tuple[torch.Tensor, Any]] = {}  # id(tensor) -> (tensor, ParamRef): see params.py
 
     # ---- tensor bookkeeping -------------------------------------------------------------------------------
     def get(self, t: Any) -> Any:
@@ -54,6 +56,25 @@ class TraceState:
             self.infos.pop(id(t), None)
         else:
             self.infos[id(t)] = (t, info)
+
+    def param_ref(self, t: Any) -> Any:
+        """The :class:`~mmfisher.core.trace.params.ParamRef` of a parameter-derived tensor (made on first use for
+        a parameter or buffer itself), or None."""
+        if not isinstance(t, torch.Tensor) or self.get(t) is not None:
+            return None
+        entry = self.prefs.get(id(t))
+        if entry is not None and entry[0] is t:
+            return entry[1]
+        name = self.param_names.get(id(t))
+        if name is None or t.dim() == 0:
+            return None
+        from .params import ParamRef
+        ref = ParamRef(name, tuple(t.shape), torch.arange(t.numel(), dtype=torch.int64).view(t.shape))
+        self.prefs[id(t)] = (t, ref)
+        return ref
+
+    def set_param_ref(self, t: torch.Tensor, ref: Any) -> None:
+        self.prefs[id(t)] = (t, ref)
 
     def new_mixed(self, elems: List[Optional[np.ndarray]], reason: str) -> Optional[Mixed]:
         """A :class:`Mixed` over the union of ``elems`` (None when there are none), registered for the final
@@ -106,7 +127,7 @@ class TraceState:
     # ---- int attributes that size channel buffers ---------------------------------------------------------
     def size_attribute(self, size: int, words: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
         """(running module's name, its int attributes equal to ``size`` whose names contain one of ``words``)."""
-        owner = next((n for n, rule, _ in reversed(self.stack) if rule is None), None)
+        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), None)
         module = self.module_objs.get(owner) if owner is not None else None
         names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool) and v == size
                  and any(w in k for w in words)] if module is not None else []
