@@ -178,6 +178,48 @@ def plot(before: Dict[str, int], after: Dict[str, int], path: str) -> str:
     return osp.relpath(path, ROOT)
 
 
+BALANCED_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_balanced_prune.py')
+
+
+def balanced(ckpt: str, target: float, wd: str, quick: bool) -> Dict[str, Any]:
+    """Balanced one-shot pruning (seed 003, BalancedPruningHook) of the same trained model to the same FLOPs with
+    tools/train.py (a few calibration batches, no training), a test right after, one short fine-tune
+    (mmfisher.Pruned, cosine over ``epochs``) and a test: the ``balanced`` object of summary.json."""
+    out = osp.join(wd, 'balanced')
+    batches, epochs = (2, 1) if quick else (4, 2)
+    grid = '[0.25,0.5,0.75]' if quick else '[0.2,0.4,0.6,0.8]'
+    t_prune = run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), BALANCED_CFG, '--work-dir',
+                   osp.join(out, 'prune'), '--cfg-options', f'load_from={ckpt}', f'custom_hooks.0.target={target}',
+                   f'custom_hooks.0.calibration_batches={batches}', f'custom_hooks.0.grid={grid}'],
+                  osp.join(out, 'prune.log'))
+    channels, pruned = osp.join(out, 'prune', 'channels.json'), osp.join(out, 'prune', 'pruned.pth')
+    with open(osp.join(out, 'prune', 'balanced_curves.json')) as f:
+        curves = json.load(f)
+    print(f'    balanced: tau={curves["tau"]:.4g} after {curves["search_steps"]} search steps, flops '
+          f'{curves["ratios"]["flops"]:.4f}; calibration loss {curves["base_loss"]:.4f} -> '
+          f'{curves["combined_loss"]:.4f} (sum of the units\' variations {curves["sum_unit_variations"]:.4f})',
+          flush=True)
+    opts = [f'model.channels={channels}']
+    m_pruned = test(FINETUNE_CFG, pruned, osp.join(out, 'test_pruned'), opts)
+    t_ft = run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), FINETUNE_CFG, '--work-dir',
+                osp.join(out, 'finetune'), '--cfg-options'] + opts + [
+                f'load_from={pruned}', f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
+                f'param_scheduler.0.end={epochs}', f'param_scheduler.0.T_max={epochs}'],
+               osp.join(out, 'finetune.log'))
+    ft_ckpt = last_checkpoint(osp.join(out, 'finetune'))
+    m_after = test(FINETUNE_CFG, ft_ckpt, osp.join(out, 'test_finetuned'), opts)
+    key = 'coco/bbox_mAP'
+    return {'flops_ratio': curves['ratios']['flops'], 'acts_ratio': curves['ratios']['acts'],
+            'params_ratio': curves['ratios']['params'], 'target': target,
+            'metric_after_prune': m_pruned.get(key), 'metric_after_finetune': m_after.get(key),
+            'prune_wall_s': t_prune, 'method_wall_s': curves['wall_s'].get('prune'),
+            'finetune_wall_s': t_ft, 'finetune_epochs': epochs, 'calibration_batches': curves['calibration_batches'],
+            'tau': curves['tau'], 'search_steps': curves['search_steps'], 'mode': curves['mode'],
+            'base_loss': curves['base_loss'], 'combined_loss': curves['combined_loss'],
+            'sum_unit_variations': curves['sum_unit_variations'], 'channels': osp.relpath(channels, ROOT),
+            'curves_plot': osp.relpath(osp.join(out, 'prune', 'balanced_curves.png'), ROOT)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'demo'))
@@ -224,6 +266,10 @@ def main() -> None:
     ft_ckpt = last_checkpoint(osp.join(wd, 'finetune'))
     m_after = test(FINETUNE_CFG, ft_ckpt, osp.join(wd, 'test_finetuned'), ft_opts)
 
+    step(f'4b/6 balanced one-shot pruning (seed 003) of the same model to the same FLOPs '
+         f'({meta["flops_ratio"]:.4f}), one short fine-tune')
+    bal = balanced(ckpt, round(float(meta['flops_ratio']), 4), wd, args.quick)
+
     step('5/6 FLOPs, activations, params, CPU latency, ONNX export (onnxruntime check)')
     fig = analyse(ckpt, ft_ckpt, channels, wd)
 
@@ -246,6 +292,7 @@ def main() -> None:
         'seconds': {'train': t_train, 'prune': t_prune, 'finetune': t_ft, 'total': time.time() - T0},
         'channels': osp.relpath(channels, ROOT), 'pruned_weights': osp.relpath(pruned, ROOT),
         'finetuned_checkpoint': osp.relpath(ft_ckpt, ROOT),
+        'balanced': bal,
     }
     with open(osp.join(wd, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
@@ -263,6 +310,17 @@ def main() -> None:
         ratio = f'{y / x:.3f}' if x else '-'
         print(f'{name:40s}{x:>12{fmt}}{y:>12{fmt}}{ratio:>10s}')
     print(f'{"bbox mAP right after pruning (no fine-tune)":40s}{"":>12s}{m_pruned.get(key, float("nan")):>12.3f}')
+    print(f'\n{"pruned to the same FLOPs (mmfisher cost model)":48s}{"flops":>7s}{"mAP pruned":>12s}'
+          f'{"mAP tuned":>11s}{"prune s":>9s}')
+    for name, row in ((f'iterative Group Fisher ({args.gpus} proc., {1 if args.quick else 8} ep. tune)',
+                       dict(flops_ratio=meta.get('flops_ratio'), metric_after_prune=m_pruned.get(key),
+                            metric_after_finetune=m_after.get(key), prune_wall_s=t_prune)),
+                      (f'balanced one-shot ({bal["calibration_batches"]} batches, {bal["finetune_epochs"]} ep. tune)',
+                       bal)):
+        v = {k: float('nan') if row[k] is None else float(row[k]) for k in
+             ('flops_ratio', 'metric_after_prune', 'metric_after_finetune', 'prune_wall_s')}
+        print(f'{name:48s}{v["flops_ratio"]:>7.3f}{v["metric_after_prune"]:>12.3f}'
+              f'{v["metric_after_finetune"]:>11.3f}{v["prune_wall_s"]:>9.0f}')
     print(f'ONNX: {fig["onnx"]["after"]["path"]} (max abs diff vs torch '
           f'{fig["onnx"]["after"]["max_abs_diff_vs_torch"]:.2e})')
     print(f'plot: {fig["plot"]}; summary: {osp.relpath(osp.join(wd, "summary.json"), ROOT)}; '
