@@ -322,6 +322,7 @@ def _curves_png(res: BalancedResult) -> bytes:
     ax.set_xlabel("share of the unit's atoms masked (lowest-ranked first)")
     ax.set_ylabel('calibration loss variation' + (' (estimated)' if res.mode == 'estimated' else ''))
     ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)  # the curves are monotone from V(0) = 0
     ax.set_title(f'balanced pruning: {len(res.curves)} units (blue backbone, orange neck, green head); dots: '
                  f'chosen rates; {res.target_metric} {res.ratios.get(res.target_metric, float("nan")):.3f}',
                  fontsize=9)

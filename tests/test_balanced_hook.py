@@ -1,0 +1,230 @@
+"""BalancedPruningHook (seed 003) through an mmengine Runner and the mm tools: it prunes before the first
+iteration, writes channels.json + pruned.pth (+ the curves and plots) and stops; bad input is refused with the field
+and the fix, a non-zero exit and no result files."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.runner import Runner
+
+from _hook_helpers import ROOT, ToyData, ToyNet, assert_same_outputs
+
+OUTPUTS = ('channels.json', 'pruned.pth', 'balanced_curves.json', 'balanced_curves.png', 'kept_channels.png')
+WIDTH = 16
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """A briefly trained ToyNet(16) (30 SGD steps) as an mmengine-style checkpoint."""
+    torch.manual_seed(0)
+    net = ToyNet(width=WIDTH)
+    data = ToyData()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for i in range(30):
+        x = torch.stack([data[j]['inputs'] for j in range(4 * i % 256, 4 * i % 256 + 4)])
+        y = torch.stack([data[j]['data_samples'] for j in range(4 * i % 256, 4 * i % 256 + 4)])
+        loss = net(x, y, mode='loss')['loss']
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = str(tmp_path_factory.mktemp('ckpt') / 'trained.pth')
+    torch.save({'state_dict': net.state_dict()}, path)
+    return path
+
+
+def toy_runner(work_dir, load_from=None, **hook):
+    import mmfisher  # noqa: F401  registers the hook
+    torch.manual_seed(0)
+    return Runner(
+        model=ToyNet(width=WIDTH), work_dir=work_dir,
+        train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=True), batch_size=4,
+                              num_workers=0, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)), train_cfg=dict(by_epoch=False, max_iters=20),
+        custom_hooks=[dict(type='mmfisher.BalancedPruningHook', input_shape=(3, 12, 12),
+                           **dict(dict(target=0.5, calibration_batches=3), **hook))],
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1000, by_epoch=False)),
+        load_from=load_from, default_scope=None, randomness=dict(seed=0))
+
+
+def get_hook(runner):
+    from mmfisher.hooks import BalancedPruningHook
+    return next(h for h in runner.hooks if isinstance(h, BalancedPruningHook))
+
+
+def no_outputs(work_dir):
+    left = [f for f in OUTPUTS if osp.exists(osp.join(work_dir, f))]
+    temps = [f for f in os.listdir(work_dir) if f.endswith('.tmp')] if osp.isdir(work_dir) else []
+    assert not left and not temps, (left, temps)
+
+
+def test_hook_prunes_before_training_writes_the_pair_and_stops(tmp_path, checkpoint):
+    from mmfisher.core import apply_channel_config, load_channel_config
+    from mmfisher.core.export import DIGEST_KEY
+    work = str(tmp_path / 'w')
+    runner = toy_runner(work, load_from=checkpoint)
+    runner.train()
+    assert runner.iter == 0  # no training iteration ran
+    hook = get_hook(runner)
+    res = hook.result
+    for f in OUTPUTS:
+        assert osp.getsize(osp.join(work, f)) > 0, f
+    assert res.ratios['flops'] <= 0.5 and res.batches == 3 and res.samples == 12
+    with open(osp.join(work, 'balanced_curves.json')) as f:
+        curves = json.load(f)
+    assert curves['tau'] == pytest.approx(res.tau) and curves['search_steps'] == res.search_steps >= 1
+    assert curves['calibration_batches'] == 3 and curves['mode'] == 'measured'
+    assert curves['combined_loss'] == pytest.approx(res.combined_loss)
+    assert curves['sum_unit_variations'] == pytest.approx(res.sum_variations)
+    assert {u['name'] for u in curves['units']} and all(u['k'] and u['variation'] for u in curves['units'])
+    assert 'trace' in curves['wall_s'] and 'curves' in curves['wall_s']
+    cfg = load_channel_config(osp.join(work, 'channels.json'))
+    meta = cfg['meta']
+    assert meta['mmfisher'] == 'BalancedPruningHook' and meta['flops_ratio'] == pytest.approx(res.ratios['flops'])
+    assert meta['tau'] == pytest.approx(res.tau) and meta['calibration_batches'] == 3
+    # the slimmed model (a real smaller ToyNet) computes what the masked model computes
+    slim = apply_channel_config(ToyNet(width=WIDTH), cfg)
+    state = torch.load(osp.join(work, 'pruned.pth'), weights_only=True)['state_dict']
+    state.pop(DIGEST_KEY, None)
+    slim.load_state_dict(state, strict=True)
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in runner.model.parameters())
+    x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    assert_same_outputs(runner.model, slim, lambda m: m(x))
+
+
+def test_estimated_mode_with_l1_ranking_from_a_config_dict(tmp_path, checkpoint):
+    work = str(tmp_path / 'w')
+    runner = toy_runner(work, load_from=checkpoint, mode='estimated', importance=dict(type='L1Norm'), target=0.6)
+    runner.train()
+    res = get_hook(runner).result
+    assert res.mode == 'estimated' and res.forwards == 2 * 3 and res.ratios['flops'] <= 0.6
+    assert osp.isfile(osp.join(work, 'channels.json'))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_no_load_from_is_refused_unless_allowed(tmp_path):
+    work = str(tmp_path / 'w')
+    with pytest.raises(ValueError, match='load_from is not set.*Fix: set load_from to the trained.*'
+                                         'allow_random_init=True'):
+        toy_runner(work).train()
+    no_outputs(work)
+    work2 = str(tmp_path / 'w2')
+    toy_runner(work2, allow_random_init=True, calibration_batches=1, grid=(0.5,)).train()
+    assert osp.isfile(osp.join(work2, 'channels.json'))
+
+
+@pytest.mark.parametrize('value', [0, -1, 2.5, True])
+def test_calibration_batches_must_be_a_positive_int(value):
+    from mmfisher.registry import HOOKS
+    with pytest.raises(ValueError, match=rf'^calibration_batches={value!r} must be an int >= 1'):
+        HOOKS.build(dict(type='mmfisher.BalancedPruningHook', calibration_batches=value))
+
+
+@pytest.mark.parametrize('kwargs, field', [(dict(target=1.5), 'target'), (dict(mode='fast'), 'mode'),
+                                           (dict(grid=[0.5, 2]), 'grid'), (dict(input_shape=(3, 12)), 'input_shape'),
+                                           (dict(importance=dict(type='Nope')), 'importance')])
+def test_bad_hook_arguments_name_the_field(kwargs, field):
+    from mmfisher.registry import HOOKS
+    with pytest.raises(ValueError, match=f'^{field}'):
+        HOOKS.build(dict(type='mmfisher.BalancedPruningHook', **kwargs))
+
+
+def test_unreachable_target_is_refused_with_the_best_ratio_and_nothing_written(tmp_path, checkpoint):
+    from mmfisher.core.balanced import TargetUnreachable
+    work = str(tmp_path / 'w')
+    with pytest.raises(TargetUnreachable, match=r'target=0\.05 \(flops\) cannot be reached: the best reachable '
+                                                r'ratio is 0\.\d{4}.*Fix: set target >= '):
+        toy_runner(work, load_from=checkpoint, target=0.05, skip=('stem',)).train()
+    no_outputs(work)
+
+
+def test_nan_loss_of_the_unpruned_model_is_refused_and_nothing_written(tmp_path, checkpoint):
+    from mmfisher.core.balanced import NonFiniteLoss
+    state = torch.load(checkpoint, weights_only=True)['state_dict']
+    state['head.bias'] = torch.full_like(state['head.bias'], float('nan'))
+    bad = str(tmp_path / 'nan.pth')
+    torch.save({'state_dict': state}, bad)
+    work = str(tmp_path / 'w')
+    with pytest.raises(NonFiniteLoss, match='calibration loss of the unpruned model is nan.*Fix: set load_from'):
+        toy_runner(work, load_from=bad).train()
+    no_outputs(work)
+
+
+# ---------------------------------------------------------------------------------------------- the mm tools
+CLS_PRUNE = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_cls_balanced_prune.py')
+CLS_FINETUNE = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_cls_balanced_finetune.py')
+SMALL_DATA = ['train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+              'train_dataloader.batch_size=8', 'val_dataloader.num_workers=0',
+              'val_dataloader.persistent_workers=False']
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != 'PORT'}
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    return env
+
+
+def _cls_checkpoint(path: str) -> str:
+    """The tiny classifier's initial weights as a checkpoint (the mechanics need no trained model)."""
+    from mmengine.config import Config
+    from mmfisher.data_gen import make_all
+    from mmfisher.zoo import build_model
+    make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_cls'])
+    torch.manual_seed(0)
+    model = build_model(Config.fromfile(CLS_PRUNE), init_weights=True)
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path
+
+
+def _train(args, timeout=300):
+    return subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py')] + args, cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def test_tiny_classifier_config_prunes_with_train_py_and_fine_tunes_as_pruned(tmp_path):
+    ckpt = _cls_checkpoint(str(tmp_path / 'init.pth'))
+    work = str(tmp_path / 'prune')
+    proc = _train([CLS_PRUNE, '--work-dir', work, '--cfg-options', f'load_from={ckpt}',
+                   'custom_hooks.0.calibration_batches=2', 'custom_hooks.0.grid=[0.25,0.5,0.75]'] + SMALL_DATA)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert 'BalancedPruningHook: pruned in one shot (measured)' in proc.stdout
+    assert 'Epoch(train)' not in proc.stdout  # no training iteration
+    for f in OUTPUTS:
+        assert osp.isfile(osp.join(work, f)), f
+    with open(osp.join(work, 'channels.json')) as f:
+        meta = json.load(f)['meta']
+    assert meta['flops_ratio'] <= 0.5 and meta['mmfisher'] == 'BalancedPruningHook'
+    # the result fine-tunes with the mmfisher.Pruned pattern (16 images: 2 iterations, then validation)
+    ft = str(tmp_path / 'ft')
+    proc = _train([CLS_FINETUNE, '--work-dir', ft, '--cfg-options', f'model.channels={work}/channels.json',
+                   f'load_from={work}/pruned.pth', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                   'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=16'] + SMALL_DATA)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert 'Pruned: built ImageClassifier' in proc.stdout and 'accuracy/top1' in proc.stdout
+    assert osp.isfile(osp.join(ft, 'epoch_1.pth'))
+
+
+def test_train_py_without_load_from_exits_non_zero_naming_the_field(tmp_path):
+    work = str(tmp_path / 'prune')
+    proc = _train([CLS_PRUNE, '--work-dir', work, '--cfg-options', 'load_from=None'] + SMALL_DATA)
+    assert proc.returncode != 0
+    assert 'BalancedPruningHook: load_from is not set' in proc.stdout and 'allow_random_init=True' in proc.stdout
+    no_outputs(work)
+
+
+def test_dist_train_splits_the_batches_and_every_rank_picks_rank_0s_structure(tmp_path):
+    ckpt = _cls_checkpoint(str(tmp_path / 'init.pth'))
+    work = str(tmp_path / 'prune')
+    proc = subprocess.run(
+        ['bash', 'tools/dist_train.sh', CLS_PRUNE, '2', '--work-dir', work, '--cfg-options', f'load_from={ckpt}',
+         'custom_hooks.0.calibration_batches=3', 'custom_hooks.0.grid=[0.5]'] + SMALL_DATA,
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    with open(osp.join(work, 'balanced_curves.json')) as f:
+        curves = json.load(f)
+    # 3 batches of 8 in total over the 2 ranks (2 + 1); rank 1 checked its structure against rank 0's
+    assert curves['world_size'] == 2 and curves['calibration_batches'] == 3 and curves['calibration_samples'] == 24
+    assert osp.isfile(osp.join(work, 'pruned.pth'))
