@@ -82,7 +82,6 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
@@ -90,10 +89,8 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from ..core import anchors as A
-from ..core import load_channel_config
-from ..core.units import analyze_fast
+from ..core import analyze_fast, load_channel_config
 from ..registry import MMENGINE_MODELS, MODELS
-from .target import pruned_module
 from .tracing import check_input_shape, is_classifier, is_detector, make_trace_forward
 
 __all__ = ['LabelFreeDistiller', 'LabelFreeError', 'TeacherCheckpointError', 'PairingError', 'extract_student']
