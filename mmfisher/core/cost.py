@@ -28,7 +28,9 @@ class CostModel:
                 spatial += float(np.prod(shape)) / max(shape[d], 1) / max(graph.batch, 1)
             module_in = graph.in_atoms[name]
             module_out = graph.out_atoms[name]
-            self.layers.append((name, module_in, module_out, rec.groups, rec.kernel, spatial))
+            column = rec.groups > 1 and getattr(rec, 'group_mode', 'whole') == 'column'
+            self.layers.append((name, module_in, module_out, -rec.groups if column else rec.groups, rec.kernel,
+                                spatial))
 
     def _counts(self, atoms: np.ndarray, alive: np.ndarray) -> int:
         if atoms.size == 0:
@@ -43,7 +45,9 @@ class CostModel:
         flops = acts = params = 0.0
         for name, a_in, a_out, groups, k, spatial in self.layers:
             c_in, c_out = self._counts(a_in, alive), self._counts(a_out, alive)
-            if groups > 1:
+            if groups < 0:  # column mode: every group keeps the same positions, each output reads its group's
+                per_out = c_in // -groups
+            elif groups > 1:
                 per_out = a_in.size // groups  # whole groups are removed, so each output reads a full group
             else:
                 per_out = c_in
@@ -60,11 +64,11 @@ class CostModel:
         d_acts = np.zeros(n)
         for name, a_in, a_out, groups, k, spatial in self.layers:
             c_in, c_out = self._counts(a_in, alive), self._counts(a_out, alive)
-            per_out = a_in.size // groups if groups > 1 else c_in
+            per_out = c_in // -groups if groups < 0 else a_in.size // groups if groups > 1 else c_in
             v_out = a_out[a_out >= 0]
             np.add.at(d_flops, v_out, per_out * k * spatial)
             np.add.at(d_acts, v_out, spatial)
-            if groups == 1:
+            if groups == 1 or groups < 0:  # an input position feeds every output of its group
                 v_in = a_in[a_in >= 0]
-                np.add.at(d_flops, v_in, c_out * k * spatial)
+                np.add.at(d_flops, v_in, (c_out if groups == 1 else c_out // -groups) * k * spatial)
         return {'flops': d_flops, 'acts': d_acts}

@@ -242,6 +242,16 @@ class ConvRule(LayerRule):
     def kernel_numel(self, module):
         return int(np.prod(module.kernel_size))
 
+    @staticmethod
+    def _same_in_every_group(keep: torch.Tensor, g: int, size: int) -> Optional[torch.Tensor]:
+        """The local positions ``keep`` holds in each of ``g`` groups of ``size``, if they are the same in all."""
+        if keep.numel() == 0 or keep.numel() % g:
+            return None
+        parts = keep.view(g, -1) - (torch.arange(g) * size)[:, None]
+        if not bool((parts == parts[:1]).all()) or bool((parts < 0).any()) or bool((parts >= size).any()):
+            return None
+        return parts[0].clone()
+
     def weight_in_mask(self, module, keep):
         g = module.groups
         ig, og = module.in_channels // g, module.out_channels // g
@@ -271,8 +281,21 @@ class ConvRule(LayerRule):
         expect_in = (kept_groups[:, None] * ig + torch.arange(ig)[None]).reshape(-1)
         expect_out = (kept_groups[:, None] * og + torch.arange(og)[None]).reshape(-1)
         if not torch.equal(expect_in, in_keep) or (out_keep is not None and not torch.equal(expect_out, out_keep)):
-            raise ValueError(f'grouped conv ({type(module).__name__}, groups={g}) can only lose whole groups; '
-                             'this channel selection splits a group. The channel config does not fit the model.')
+            local_in = self._same_in_every_group(in_keep, g, ig)
+            local_out = self._same_in_every_group(torch.arange(module.out_channels) if out_keep is None
+                                                  else out_keep, g, og)
+            if local_in is None or local_out is None:
+                raise ValueError(f'grouped conv ({type(module).__name__}, groups={g}) can only lose whole groups '
+                                 'or the same positions of every group; this channel selection does neither. The '
+                                 'channel config does not fit the model.')
+            # the same positions of every group (ResNeSt's radix groups): groups stay, each gets smaller
+            rows = (torch.arange(g)[:, None] * og + local_out[None]).reshape(-1)
+            _take(module, 'weight', 0, rows)
+            _take(module, 'weight', 1, local_in)
+            _take(module, 'bias', 0, rows)
+            set_count(module, 'in_channels', int(g * local_in.numel()))
+            set_count(module, 'out_channels', int(g * local_out.numel()))
+            return
         _take(module, 'weight', 0, expect_out)
         _take(module, 'bias', 0, expect_out)
         set_count(module, 'groups', int(kept_groups.numel()))

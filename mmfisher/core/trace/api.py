@@ -10,6 +10,7 @@ from ..layers import find_rule
 from ..outputs import output_tensors
 from ..unionfind import UnionFind
 from .channels import ChannelInfo, Mixed
+from .constraints import resolve
 from .dispatch import Tracer
 from .errors import MetaTraceUnsupported
 from .failure import attach_failure
@@ -74,6 +75,7 @@ def trace_channels(model: nn.Module, forward: Callable[[nn.Module], Any], batch:
         except Exception as exc:
             attach_failure(state, exc)
             raise
+        resolve(state)
         for t in output_tensors(outputs):
             info = state.get(t)
             if isinstance(info, ChannelInfo):

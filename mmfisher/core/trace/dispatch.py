@@ -10,7 +10,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .channels import Mixed, elems_of
+from .channels import ChannelInfo, Mixed, elems_of
 from .errors import MetaTraceUnsupported, Unmappable, is_meta_limitation
 from .movement import op_move
 from .optable import (ALONG, FILL, FIRST_ONLY, MOVE, NARY, NEW, REDUCE, SPATIAL, UNARY, OpCall, op_name)
@@ -57,6 +57,26 @@ def handler_for(name: str, args: tuple, kwargs: Dict[str, Any]) -> Optional[Hand
     return _TABLE.get(name)
 
 
+def _mixed_is_constant(flat_in: list, in_infos: list, outs: list) -> bool:
+    """A pointwise op combines traced channels with :class:`Mixed` values that either broadcast along every
+    channel dim of the result, or leave some channel dim to the traced inputs alone (the pointwise handler then
+    couples across the others): the mixed values act as constants of fixed shape."""
+    if not outs:
+        return False
+    nd = outs[0].dim()
+    dims = {d + nd - t.dim() for t, i in zip(flat_in, in_infos) if isinstance(i, ChannelInfo) for d in i.dims}
+    if not dims:
+        return False
+    shape = outs[0].shape
+    for t, i in zip(flat_in, in_infos):
+        if not isinstance(i, Mixed):
+            continue
+        ext = {d for d in dims if d - (nd - t.dim()) >= 0 and t.shape[d - (nd - t.dim())] > 1}
+        if ext and not any(shape[d] > 1 for d in dims - ext):
+            return False
+    return True
+
+
 def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, Any], out: Any) -> None:
     """Update the infos of ``out`` (and of an in-place op's input) after ``func(*args, **kwargs)`` ran."""
     name, inplace = op_name(func)
@@ -83,12 +103,17 @@ def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, 
         for t in outs:
             state.set(t, None)
         return
+    handler = handler_for(name, args, kwargs)
     if any(isinstance(i, Mixed) for i in in_infos):
         for i in in_infos:
             state.use(i)
-        propagate_mixed(state, name, in_infos, outs)
-        return
-    handler = handler_for(name, args, kwargs)
+        if handler is op_pointwise and _mixed_is_constant(flat_in, in_infos, outs):
+            # a value computed from kept channels (a softmax over them, a matmul across them), combined with
+            # traced channels: it acts as a constant of fixed shape (its channels are kept), the others pass
+            in_infos = [None if isinstance(i, Mixed) else i for i in in_infos]
+        else:
+            propagate_mixed(state, name, in_infos, outs)
+            return
     if handler is None:
         raise Unmappable('the tracer has no rule for it')
     handler(state, OpCall(func, name, args, kwargs, out, flat_in, in_infos, outs))

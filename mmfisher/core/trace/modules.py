@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..layers import LayerRule
 from .channels import ChannelInfo, elems_of
+from .constraints import GroupGrid
 from .errors import MetaTraceUnsupported, is_meta_limitation
 from .records import ModuleCall, ModuleRecord
 from .state import TraceState
@@ -189,19 +190,14 @@ def _record_norm(state: TraceState, name: str, module: nn.Module, rule: LayerRul
 
 def _record_weighted(state: TraceState, name: str, module: nn.Module, rule: LayerRule, rec: ModuleRecord,
                      vec: np.ndarray, out: torch.Tensor) -> None:
-    """Conv/linear: fresh output elements (made once, shared by every call); a grouped layer couples each
-    group's inputs and outputs into one atom."""
+    """Conv/linear: fresh output elements (made once, shared by every call); a grouped layer's group structure
+    is resolved after the forward (``constraints.GroupGrid``)."""
     c_in, c_out, groups = rule.in_channels(module), rule.out_channels(module), rule.groups(module)
     _merge_inputs(state, rec, vec)
     if rec.out_elems is None:
         rec.out_elems = state.uf.make(c_out)
-    if groups > 1:
-        ig, og = c_in // groups, c_out // groups
-        for g in range(groups):
-            group = np.concatenate([rec.in_elems[g * ig:(g + 1) * ig], rec.out_elems[g * og:(g + 1) * og]])
-            state.uf.union_all(group)
-            if (rec.in_elems[g * ig:(g + 1) * ig] < 0).any():
-                state.uf.flag(group, f'{name} (grouped conv) reads untracked channels')
+        if groups > 1:  # whole groups or the same positions of every group: decided after the forward
+            state.constraints.append(GroupGrid(name, groups))
     out_dim = rule.channel_dim(out.dim())
     if out_dim is not None and out.shape[out_dim] == c_out:
         state.set(out, ChannelInfo((out_dim,), rec.out_elems.copy()))

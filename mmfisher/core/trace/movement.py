@@ -10,8 +10,13 @@ from torch.utils._pytree import tree_flatten
 from .channels import ChannelInfo, ids_tensor, info_from_ids
 from .errors import Unmappable, no_meta
 from .optable import LIST_DATA, LITERAL, OpCall
+from .constraints import SplitGrid, couple_across
 from .params import attribute, record_param_use
 from .state import TraceState
+
+# names of the int attributes a reshape may read a split dim's size from (``num_heads``, ``groups``, ``radix``)
+# or a merged dim's (``embed_dims``, ``out_channels``)
+SPLIT_WORDS = ('head', 'group', 'radix', 'channels', 'dim', 'width', 'mid', 'split')
 
 __all__ = ['op_move', 'constrain_move']
 
@@ -65,7 +70,7 @@ def op_move(state: TraceState, call: OpCall) -> None:
         if info is None:
             raise Unmappable('the result mixes channel identities along non-channel dims')
         infos.append(info)
-    constrain_move(state, name, pargs, infos)
+    constrain_move(state, name, pargs, infos, func, pkw, outs)
     for t, info in zip(outs, infos):
         state.set(t, info)
 
@@ -103,13 +108,18 @@ def _cat_params(state: TraceState, func, pargs: tuple, pkw: dict, seq: list, new
         new_seq[k].copy_(torch.from_numpy(vec.copy()).view(view).expand(t.shape))
 
 
-def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[ChannelInfo]) -> None:
+def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[ChannelInfo], func=None,
+                   pkw: Optional[dict] = None, outs: Optional[list] = None) -> None:
     """Keep the slimmed model's count-dependent data movement equal to the masked model's.
 
-    * equal parts (chunk, split into equal sizes, unbind): position i of every part is one atom, so parts
-      stay equal and aligned;
-    * a reshape that splits a channel dim (channel shuffle's ``view(n, g, c/g, h, w)``): positions are
-      coupled across the outer axes;
+    * equal parts (chunk, split into equal sizes): position i of every part is one atom, so parts stay equal and
+      aligned;
+    * a reshape that splits a channel dim (channel shuffle's ``view(n, g, c/g, h, w)``, attention's
+      ``(3, heads, head_dim)``): a :class:`~mmfisher.core.trace.constraints.SplitGrid`, resolved after the
+      forward; a reshape that merges channel dims to a size an attribute holds (``reshape(B, N, embed_dims)``)
+      binds that attribute;
+    * picking by position along a dim that splits channels while other dims hold them (``qkv[0]``,
+      ``qkv.unbind(0)``): positions are coupled across that dim, so it never shrinks;
     * picking channels by position (``x[:, :k]``, narrow, index_select, unequal splits): the bounds are
       literals that would not follow pruning, so those channels are unprunable.
     """
@@ -130,6 +140,8 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
             return
         elif name in ('getitem', 'narrow') and len(infos) == 1 and half_slice(state, src, infos[0]):
             return
+        elif func is not None and src is not None and _pick_along_split(state, func, pargs, pkw or {}, src):
+            return
         else:
             state.uf.flag(in_elems, f'op {name} picks channels at literal positions')
             return
@@ -142,11 +154,83 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
             state.uf.flag(in_elems, 'op chunk splits channels into unequal parts')
         return
     info = infos[0]
+    sizes = _size_args(name, pargs, pkw or {}, outs[0].dim() if outs else None)
     if len(info.dims) > in_dims and info.cmap.ndim > 1:
-        # a reshape that splits a channel dim (channel shuffle): couple positions across the outer axes
-        cm = info.cmap.reshape(-1, info.cmap.shape[-1])
-        for j in range(1, cm.shape[0]):
-            state.uf.union_arrays(cm[0], cm[j])
+        # a reshape that splits a channel dim: decided after the forward (constraints.SplitGrid)
+        attrs = []
+        for d in info.dims:
+            size = sizes[d] if sizes is not None else -1
+            attrs.append(state.size_attribute(size, SPLIT_WORDS) if size not in (-1, 1) else (None, []))
+        state.constraints.append(SplitGrid(info.cmap.copy(), attrs))
+    elif in_dims > 1 and len(info.dims) < in_dims and sizes is not None:
+        for d in info.dims:  # channel dims merged to a size read from an attribute: the attribute follows
+            size = sizes[d]
+            if size in (-1, 1):
+                continue
+            owner, names = state.size_attribute(size, SPLIT_WORDS)
+            vec = state.channel_vector(info, d, size) if names else None
+            for attr in names if vec is not None else ():
+                state.bind_attribute(owner, attr, vec)
+
+
+def _size_args(name: str, pargs: tuple, pkw: dict, ndim: Optional[int]) -> Optional[List[int]]:
+    """The result's size per dim as the op was given it (-1: inferred), for view/reshape/unflatten."""
+    if ndim is None:
+        return None
+    if name in ('view', 'reshape'):
+        rest = list(pargs[1:]) or list(pkw.get('shape', pkw.get('size', ())) or ())
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+            rest = list(rest[0])
+        if len(rest) == ndim and all(isinstance(v, int) for v in rest):
+            return [int(v) for v in rest]
+        return None
+    if name == 'unflatten' and len(pargs) > 2 and isinstance(pargs[1], int):
+        x = pargs[0]
+        d = pargs[1] % x.dim()
+        new = [int(v) for v in pargs[2]]
+        return list(x.shape[:d]) + new + list(x.shape[d + 1:]) if len(new) + x.dim() - 1 == ndim else None
+    return None
+
+
+def _pick_along_split(state: TraceState, func, pargs: tuple, pkw: dict, src: ChannelInfo) -> bool:
+    """An op that picks positions along some channel dims of ``src`` while others pass whole (``qkv[0]`` of a
+    ``(3, B, heads, N, head_dim)`` tensor): couple the picked dims' positions, so they never shrink and the
+    literal indices stay valid. False (nothing coupled) when every channel dim is picked."""
+    x = pargs[0]
+    if not isinstance(x, torch.Tensor) or len(src.dims) < 2:
+        return False
+    picked = []
+    for axis, d in enumerate(src.dims):
+        n = x.shape[d]
+        view = [1] * x.dim()
+        view[d] = n
+        coord = torch.arange(n, dtype=torch.int64).view(view).expand(x.shape).contiguous()
+        try:
+            with torch.no_grad():
+                probe = func(coord, *pargs[1:], **pkw)
+        except Exception:  # noqa: BLE001
+            return False
+        probes = [t for t in tree_flatten(probe)[0] if isinstance(t, torch.Tensor)]
+        if not probes or not all(_whole_range(p, n) for p in probes):
+            picked.append(axis)
+    whole = [a for a in range(len(src.dims)) if a not in picked and src.cmap.shape[a] > 1]
+    if not picked or not whole:
+        return False
+    for axis in picked:
+        couple_across(state, src.cmap, axis)
+    return True
+
+
+def _whole_range(p: torch.Tensor, n: int) -> bool:
+    """``p`` (coordinates along one source dim) holds 0..n-1 in order along one of its dims, everywhere."""
+    for e in range(p.dim()):
+        if p.shape[e] != n:
+            continue
+        view = [1] * p.dim()
+        view[e] = n
+        if torch.equal(p, torch.arange(n, dtype=p.dtype).view(view).expand(p.shape)):
+            return True
+    return n == 1
 
 
 def half_slice(state: TraceState, src: Optional[ChannelInfo], out: ChannelInfo) -> bool:

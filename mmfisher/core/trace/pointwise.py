@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .channels import ChannelInfo, Mixed, broadcast_cmap, elems_of
+from .constraints import couple_across
 from .errors import MetaTraceUnsupported
 from .optable import NARY, OpCall
 from .params import attribute, record_param_use
@@ -96,6 +97,14 @@ def op_pointwise(state: TraceState, call: OpCall) -> None:
                 vec = state.channel_vector(merged_info, d_out, shape[d_out])
                 if vec is not None and record_param_use(state, ref, p, vec):
                     continue
+        out_cdims = {shift(t, d) for d in cdims}
+        rest = [k for k, d in enumerate(dims) if d not in out_cdims and shape[d] > 1]
+        if rest:  # other dims still hold channels: the fixed-size ones must keep their size (coupled across)
+            for m in maps:
+                for k, d in enumerate(dims):
+                    if d in out_cdims:
+                        couple_across(state, m, k)
+            continue
         reason = f'op {name} combines channels with a per-channel tensor the tracer cannot attribute'
         for m in maps:
             state.uf.flag(m, reason)

@@ -29,6 +29,8 @@ class ModuleRecord:
     out_elems: Optional[np.ndarray] = None  # (C_out,) element per output position
     groups: int = 1                          # channel groups (grouped convs, GroupNorm)
     kernel: int = 1                          # weights per (input, output) channel pair: prod(kernel_size)
+    #: grouped layers: 'whole' (whole groups are atoms) or 'column' (position j of every group is one atom)
+    group_mode: str = 'whole'
     calls: List[ModuleCall] = dataclasses.field(default_factory=list)
 
 

@@ -4,6 +4,7 @@ import torch
 
 from ..dims import normalize_dim
 from .channels import ChannelInfo
+from .constraints import couple_across
 from .errors import Unmappable
 from .optable import ALONG, OpCall
 from .state import TraceState
@@ -30,7 +31,10 @@ def op_spatial(state: TraceState, call: OpCall) -> None:
 
 def op_reduce(state: TraceState, call: OpCall) -> None:
     """Reductions (sum, mean, max, ...) and ops along one dim (softmax, sort, topk, normalize, ...): channels
-    pass when the reduced dims hold none; reducing over all dims or across channels is unmappable."""
+    pass when the reduced dims hold none. A reduction over a dim that splits channels while other dims still
+    hold them (ResNeSt's sum and softmax over its radix splits, a softmax within each attention head) couples
+    the positions along it like an add, so it never shrinks; reducing over all dims or across the channels
+    themselves is unmappable."""
     name, args, kwargs, in_infos, outs = call.name, call.args, call.kwargs, call.in_infos, call.outs
     info = in_infos[0]
     if not isinstance(info, ChannelInfo) or not outs:
@@ -49,12 +53,24 @@ def op_reduce(state: TraceState, call: OpCall) -> None:
         raise Unmappable('it reduces over all dims, channels included')
     red = [dim] if isinstance(dim, int) else list(dim)
     red = sorted(normalize_dim(d, x.dim()) for d in red)
-    if set(red) & set(info.dims):
-        raise Unmappable('it reduces or normalises across channels')
+    across = [d for d in red if d in info.dims]
+    cmap, dims = info.cmap, info.dims
+    if across:
+        rest = [a for a, d in enumerate(info.dims) if d not in across and info.cmap.shape[a] > 1]
+        if not rest:
+            raise Unmappable('it reduces or normalises across channels')
+        for d in across:  # a split of channels: couple its positions like an add
+            couple_across(state, info.cmap, info.dims.index(d))
+        if name not in ALONG:  # the reduced dims leave the map (index 0 stands for the coupled positions)
+            keep_axes = [a for a, d in enumerate(info.dims) if d not in across]
+            cmap = info.cmap[tuple(slice(None) if a in keep_axes else 0 for a in range(info.cmap.ndim))]
+            dims = tuple(info.dims[a] for a in keep_axes)
     for t in outs:
         keep = t.dim() == x.dim()
-        if name in ALONG or keep:
+        if name in ALONG:
             state.set(t, ChannelInfo(info.dims, info.cmap.copy()))
+        elif keep:
+            state.set(t, ChannelInfo(dims, cmap.copy()))
         else:
-            new_dims = tuple(d - sum(r < d for r in red) for d in info.dims)
-            state.set(t, ChannelInfo(new_dims, info.cmap.copy()))  # value and index outputs alike
+            new_dims = tuple(d - sum(r < d for r in red) for d in dims)
+            state.set(t, ChannelInfo(new_dims, cmap.copy()))  # value and index outputs alike

@@ -39,6 +39,7 @@ class TraceState:
         self.suppress = 0  # > 0 inside a ruled module: its internals are not looked at
         self.stack: List[StackEntry] = []
         self.prefs: Dict[int, Tuple[torch.Tensor, Any]] = {}  # id(tensor) -> (tensor, ParamRef): see params.py
+        self.constraints: List[Any] = []  # SplitGrid / GroupGrid, resolved after the forward (constraints.py)
 
     # ---- tensor bookkeeping -------------------------------------------------------------------------------
     def get(self, t: Any) -> Any:

@@ -1,0 +1,130 @@
+"""Constraints resolved once the whole forward is traced: how a channel dim that a reshape split into several dims
+(channel shuffle's ``(g, c/g)``, attention's ``(3, heads, head_dim)``, ResNeSt's ``(radix, c)``), or a grouped
+conv's ``(groups, channels per group)`` grid, may lose channels.
+
+Pruning must leave such a grid a product of kept indices (every group loses the same positions, or whole groups
+go), or the slimmed model's reshape would regroup the channels differently from the masked model's. Which of the
+two the model allows depends on ops that may come later in the forward (an attention product over a head's
+channels makes a head one atom; a sum over ResNeSt's radix couples position c of every split), so the union-find
+is complete before the grids are looked at:
+
+* :class:`SplitGrid` (a reshape that split a channel dim): if, along some grid dim, every slab (all positions with
+  one index along it) is already a single atom, pruning removes whole slabs along that dim and nothing needs to be
+  added; that dim's size then changes with pruning, and the int attribute of the running module that the reshape
+  read it from (``num_heads``) is bound to it (slimming sets it to the kept count). Otherwise the positions along
+  the grid's last dim are coupled across the other dims (the same channel of every group), as channel shuffle
+  needs.
+* :class:`GroupGrid` (a grouped conv): whole groups are atoms (inputs and outputs of a group together, the
+  default), unless the trace already coupled different groups' channels (ResNeSt's split attention sums its
+  radix groups position by position): then position j of every group is coupled instead, the conv keeps its
+  group count and loses the same positions in every group.
+
+Unions only ever merge atoms, so a grid once satisfied stays satisfied: one pass in trace order suffices.
+"""
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+__all__ = ['SplitGrid', 'GroupGrid', 'resolve', 'couple_across']
+
+
+@dataclasses.dataclass
+class SplitGrid:
+    """``cmap`` (the result's channel map, one axis per channel dim) of a reshape that split a channel dim;
+    ``attrs[k]``: the (module, attribute names) the reshape's size for axis ``k`` may have come from."""
+
+    cmap: np.ndarray
+    attrs: List[Tuple[Optional[str], List[str]]]
+
+
+@dataclasses.dataclass
+class GroupGrid:
+    """A grouped conv (``name``) whose group structure is decided at the end of the trace."""
+
+    name: str
+    groups: int
+
+
+def couple_across(state, cmap: np.ndarray, axis: int) -> None:
+    """Union the elements of ``cmap`` position by position across ``axis``: the dim can then never shrink."""
+    n = cmap.shape[axis]
+    if n <= 1:
+        return
+    rows = np.moveaxis(cmap, axis, -1).reshape(-1, n)
+    for row in np.unique(rows, axis=0):
+        state.uf.union_all(row)
+
+
+def _roots(state, arr: np.ndarray) -> np.ndarray:
+    out = np.full(arr.shape, -1, dtype=np.int64)
+    flat, res = arr.reshape(-1), out.reshape(-1)
+    for k, e in enumerate(flat.tolist()):
+        if e >= 0:
+            res[k] = state.uf.find(e)
+    return out
+
+
+def _slab_atomic(roots: np.ndarray, axis: int) -> bool:
+    """Every slab across ``axis`` (one index along it) holds a single atom (no untracked position)."""
+    moved = np.moveaxis(roots, axis, 0).reshape(roots.shape[axis], -1)
+    return bool((moved >= 0).all() and (moved == moved[:, :1]).all())
+
+
+def _resolve_split(state, grid: SplitGrid) -> None:
+    cmap = grid.cmap
+    if cmap.ndim < 2 or not (cmap >= 0).any():
+        return
+    roots = _roots(state, cmap)
+    for axis in range(cmap.ndim):
+        if cmap.shape[axis] > 1 and _slab_atomic(roots, axis):
+            owner, names = grid.attrs[axis] if axis < len(grid.attrs) else (None, [])
+            if owner is not None and names:
+                reps = np.moveaxis(cmap, axis, 0).reshape(cmap.shape[axis], -1)[:, 0]
+                for attr in names:
+                    state.bind_attribute(owner, attr, reps)
+            return
+    last = cmap.ndim - 1
+    rows = cmap.reshape(-1, cmap.shape[last])
+    for j in range(1, rows.shape[0]):
+        state.uf.union_arrays(rows[0], rows[j])
+
+
+def _resolve_group(state, grid: GroupGrid) -> None:
+    rec = state.modules.get(grid.name)
+    if rec is None or rec.in_elems is None or rec.out_elems is None:
+        return
+    g = grid.groups
+    ins = rec.in_elems.reshape(g, -1)
+    outs = rec.out_elems.reshape(g, -1)
+    column = False
+    for part in (outs, ins):
+        roots = _roots(state, part)
+        seen: Dict[int, int] = {}
+        for row in range(g):
+            for r in np.unique(roots[row][roots[row] >= 0]).tolist():
+                if seen.setdefault(r, row) != row:
+                    column = True
+    rec.group_mode = 'column' if column else 'whole'
+    if column:
+        for part in (outs, ins):
+            for j in range(part.shape[1]):
+                state.uf.union_all(part[:, j])
+        bad = (ins < 0).any(axis=0) & (ins >= 0).any(axis=0)
+        if bad.any():
+            state.uf.flag(ins[:, bad], f'{grid.name} (grouped conv) reads untracked channels')
+        return
+    for k in range(g):
+        state.uf.union_all(np.concatenate([ins[k], outs[k]]))
+        if (ins[k] < 0).any():
+            state.uf.flag(np.concatenate([ins[k], outs[k]]), f'{grid.name} (grouped conv) reads untracked '
+                          'channels')
+
+
+def resolve(state) -> None:
+    """Resolve every recorded grid in trace order (see the module docstring)."""
+    for grid in state.constraints:
+        if isinstance(grid, SplitGrid):
+            _resolve_split(state, grid)
+        else:
+            _resolve_group(state, grid)
