@@ -233,3 +233,15 @@ def test_tools_refuse_a_channel_config_with_weights_that_do_not_belong_to_it(tmp
     assert not glob.glob(osp.join(str(tmp_path / 'ft'), '*.pth'))  # nothing trained from random layers
     proc = run('tools/test.py', cfg_path, pth_a, '--work-dir', str(tmp_path / 'ok'))
     assert proc.returncode == 0, proc.stdout[-2000:]  # the right pair still tests
+
+
+def test_a_checkpoint_with_no_key_of_the_model_is_refused_not_ignored(tmp_path):
+    json_a, pth_a = _pair(tmp_path, 0.5, seed=0)
+    model = Pruned(TOY, channels=json_a)
+    weights = torch.load(pth_a, weights_only=True)['state_dict']
+    wrapped = {f'student.{k}': v for k, v in weights.items()}
+    wrapped.update({f'teacher.{k}': v for k, v in weights.items()})
+    with pytest.raises(WeightsMismatch, match='nothing would load.*extract_student'):
+        model.load_state_dict(wrapped, strict=False)  # mmengine's non-strict load would load nothing, silently
+    with pytest.raises(WeightsMismatch, match='nothing would load.*checkpoint key'):
+        model.load_state_dict({'other.weight': torch.zeros(1)}, strict=False)

@@ -148,6 +148,16 @@ def guard_state_dict_loading(model: nn.Module, cfg: Dict[str, Any], where: str =
     def check(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         theirs = state_dict.pop(prefix + DIGEST_KEY, None)
         own = model.state_dict(keep_vars=True)
+        incoming = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+        params = [k for k in own if k != DIGEST_KEY]
+        if incoming and params and not set(incoming) & set(params):
+            student = [k for k in incoming if k.startswith('student.')]
+            hint = ('it is a distillation checkpoint (keys student.* / teacher.*): write its student as a plain '
+                    'checkpoint with mmfisher.models.distiller.extract_student and load that'
+                    if student else f'e.g. checkpoint key {incoming[0]!r}, model key {params[0]!r}')
+            raise WeightsMismatch(
+                f'none of the checkpoint\'s {len(incoming)} keys names a tensor of the pruned model of the channel '
+                f'config{where}, so nothing would load; {hint}')
         bad = [(k[len(prefix):], tuple(v.shape), tuple(own[k[len(prefix):]].shape))
                for k, v in state_dict.items() if k.startswith(prefix) and isinstance(v, torch.Tensor)
                and k[len(prefix):] in own and isinstance(own[k[len(prefix):]], torch.Tensor)
