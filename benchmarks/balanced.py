@@ -1,0 +1,275 @@
+"""Balanced one-shot pruning (seed 003) against iterative Group Fisher, uniform L1 and Torch-Pruning one-shot, at
+equal FLOPs, the same baseline and the same fine-tune; and the calibration cost of RetinaNet R50-FPN at 800x1333.
+
+Tasks (``--tasks``): ``cls`` (the tiny ResNet on the bundled 3-class shapes set, top-1) and ``det`` (the tiny
+RetinaNet on the bundled detection set, bbox mAP). Per task, identical for every method except the choice of
+channels:
+
+1. one baseline trained from scratch, shared with benchmarks/quality.py (the same cached ``base.pth``);
+2. pruning to ``--target`` (0.5) of the baseline's conv/linear FLOPs (mmfisher's cost model at the data's size):
+
+   * ``balanced``: BalancedPruningHook, ``mode='measured'`` (``--calibration-batches`` training batches, the
+     default grid), through an mmengine Runner (no training iteration);
+   * ``balanced_estimated``: the same with ``mode='estimated'`` (the Fisher pass only);
+   * ``fisher_k1``: FisherPruningHook, one atom every ``--fisher-interval`` iterations (the paper's k=1), the
+     model training meanwhile;
+   * ``fisher_adaptive``: FisherPruningHook with the AdaptiveK schedule (``--adaptive-share`` of the eligible
+     atoms per step);
+   * ``l1``: Li et al.'s uniform L1 (the same share of every unit, bisected to the target);
+   * ``tp_magnitude`` / ``tp_taylor``: Torch-Pruning's one-shot global magnitude (L2) / Taylor pruning
+     (``benchmarks/quality.py``'s implementations, mapped onto mmfisher's atoms);
+
+3. the slimmed model evaluated as it is (``before_finetune``), then fine-tuned ``--ft-iters`` (the same for
+   every method: the iterative runs' pruning iterations are not added) and evaluated; ``metric_mean`` /
+   ``metric_std`` over ``--seeds``. ``prune_wall_s``: the pruning run's wall time (Runner set-up excluded for the
+   hook runs' model building; the iterative runs include their training iterations, the method's cost).
+
+Goals checked into ``goals``: at least 20x less pruning wall time than Group Fisher k=1 with the metric after
+fine-tuning within its noise (the two seed spreads), better than uniform L1 and Torch-Pruning one-shot, and the
+tau search within 1% of the FLOPs target.
+
+``--r50`` also times the calibration of RetinaNet R50-FPN (mmdet's config, no pretrained weights) at 800x1333
+with 8 calibration images on this CPU: the trace, the Fisher pass (one forward + backward per image), the
+estimated mode end to end, and a few measured curve points, from which the measured mode's cost is extrapolated
+(units x grid points x batches forwards).
+
+    nice .venv/bin/python benchmarks/balanced.py                       # cls + det, 7 methods x 3 seeds, R50 timing
+    nice .venv/bin/python benchmarks/balanced.py --tasks cls --no-r50
+    nice .venv/bin/python benchmarks/balanced.py --quick --out /tmp/balanced.json
+"""
+import argparse
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import (ROOT, Result, build_runner, finetune_eval, pruning_hook, run_hook_pruning,  # noqa: E402
+                     tiny_runner_cfg, train_baseline)
+from quality import TASKS, prune_core  # noqa: E402
+
+METHODS = ['balanced', 'balanced_estimated', 'fisher_k1', 'fisher_adaptive', 'l1', 'tp_magnitude', 'tp_taylor']
+
+
+def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None):
+    """BalancedPruningHook through a Runner on the baseline: (result dict, the hook)."""
+    from mmfisher.hooks import BalancedPruningHook
+    cfg = tiny_runner_cfg(config, work, 1, seed=seed)
+    cfg.load_from = base
+    runner = build_runner(cfg)
+    kw = dict(grid=tuple(grid)) if grid else {}
+    hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
+    runner.register_hook(hook, priority='NORMAL')
+    t0 = time.perf_counter()
+    runner.train()
+    wall = time.perf_counter() - t0
+    res = hook.result
+    return dict(pruning_iters=int(runner.iter), pruning_wall_s=wall, method_wall_s=hook.wall.get('prune'),
+                ratios=res.ratios, atoms_masked=len(res.pruned), tau=res.tau, search_steps=res.search_steps,
+                forwards=res.forwards, base_loss=res.base_loss, combined_loss=res.combined_loss,
+                sum_unit_variations=res.sum_variations, units=len(res.curves),
+                calibration_batches=res.batches, channels=hook.outputs['channels'],
+                weights=hook.outputs['weights'])
+
+
+def prune(method, task, base, work, args, seed):
+    t = TASKS[task]
+    if method.startswith('balanced'):
+        return run_balanced(t['config'], base, work, args.target, t['shape'], seed,
+                            'estimated' if method == 'balanced_estimated' else 'measured',
+                            args.calibration_batches, args.grid)
+    if method.startswith('fisher'):
+        hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
+                if method == 'fisher_k1' else
+                pruning_hook(frac=args.adaptive_share, interval=args.fisher_interval, target=args.target,
+                             input_shape=t['shape']))
+        r = run_hook_pruning(t['config'], base, work, hook, seed)
+        return dict(pruning_iters=r['iters'], pruning_wall_s=r['wall_s'], ratios=r['ratios'], steps=r['steps'],
+                    atoms_masked=r['atoms_masked'], channels=r['channels'], weights=r['weights'], done=r['done'])
+    return prune_core(method, t['config'], base, work, args.target, t['shape'], seed, args.taylor_batches)
+
+
+def summarise(runs, target):
+    out = {}
+    for method, rs in runs.items():
+        vals = [r['value'] for r in rs]
+        out[method] = dict(
+            n=len(vals), metric_mean=statistics.fmean(vals), metric_std=statistics.stdev(vals) if len(vals) > 1
+            else 0.0, values=vals, before_finetune_mean=statistics.fmean(r['value_before_finetune'] for r in rs),
+            prune_wall_s=statistics.fmean(r['pruning_wall_s'] for r in rs),
+            flops_ratio=statistics.fmean(r['ratios']['flops'] for r in rs),
+            flops_ratio_max_error=max(abs(r['ratios']['flops'] - target) for r in rs),
+            pruning_iters_mean=statistics.fmean(r['pruning_iters'] for r in rs))
+        for key in ('tau', 'search_steps', 'forwards'):
+            if all(key in r for r in rs):
+                out[method][key + ('_mean' if key != 'tau' else 's')] = (
+                    [r[key] for r in rs] if key == 'tau' else statistics.fmean(r[key] for r in rs))
+    return out
+
+
+def goals(summary, target):
+    """The issue's goals, each with the figures it compares."""
+    g = {}
+    bal, fk1 = summary.get('balanced'), summary.get('fisher_k1')
+    if bal and fk1:
+        speed = fk1['prune_wall_s'] / bal['prune_wall_s']
+        noise = max(fk1['metric_std'], bal['metric_std'])
+        g['wall_20x_less_than_fisher_k1'] = dict(ok=speed >= 20, ratio=speed)
+        g['metric_within_fisher_k1_noise'] = dict(ok=abs(bal['metric_mean'] - fk1['metric_mean']) <= 2 * noise,
+                                                  diff=bal['metric_mean'] - fk1['metric_mean'], noise_2std=2 * noise)
+    if bal:
+        for other in ('l1', 'tp_magnitude', 'tp_taylor'):
+            if other in summary:
+                g[f'better_than_{other}'] = dict(ok=bal['metric_mean'] > summary[other]['metric_mean'],
+                                                 diff=bal['metric_mean'] - summary[other]['metric_mean'])
+    for m in ('balanced', 'balanced_estimated'):
+        if m in summary:
+            g[f'{m}_tau_search_within_1pct'] = dict(ok=summary[m]['flops_ratio_max_error'] <= 0.01,
+                                                    max_error=summary[m]['flops_ratio_max_error'])
+    return g
+
+
+def time_r50(images, batch, grid_points_timed, threads):
+    """Calibration cost of RetinaNet R50-FPN at 800x1333 on this CPU (random weights: timing only)."""
+    import numpy as np
+    import torch
+    from mmengine.structures import InstanceData
+    from mmfisher.core import PruningState, analyze_fast
+    from mmfisher.core.balanced import DEFAULT_GRID, BalancedPruning
+    from mmfisher.models.tracing import det_data_samples, make_trace_forward
+    from mmfisher.zoo import build_model, load_config
+    torch.set_num_threads(threads)
+    cfg = load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+    cfg.model.backbone.frozen_stages = -1
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    shape = (3, 800, 1333)
+    t0 = time.perf_counter()
+    graph = analyze_fast(model, lambda m: make_trace_forward(m, shape))
+    trace_s = time.perf_counter() - t0
+    state = PruningState(model, graph, input_shape=shape)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for b in range(images // batch):
+        x = torch.randn((batch, *shape), generator=gen)
+        samples = det_data_samples(shape[1:], batch)
+        for s in samples:
+            xy = torch.rand((4, 2), generator=gen) * torch.tensor([1000.0, 600.0])
+            s.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + 150], 1),
+                                          labels=torch.randint(0, 80, (4,), generator=gen))
+        batches.append(dict(inputs=x, data_samples=samples))
+
+    def loss_fn(data):
+        return model.parse_losses(model(**data, mode='loss'))[0]
+
+    method = BalancedPruning(target=0.5, mode='estimated')
+    limits = method._limits(state)
+    ks = [method._grid_ks(c) for c in limits]
+    units, points = len(limits), int(sum(k.size for k in ks))
+    # a few measured curve points on the unpruned model first (each: every calibration batch forward, no grad;
+    # the masks are undone exactly), then the estimated mode end to end, which prunes the model
+    per_point = []
+    with torch.no_grad():
+        model.eval()
+        for c, k in list(zip(limits, ks))[:grid_points_timed]:
+            alive = np.ones(graph.num_atoms, dtype=bool)
+            alive[c.ranked[:int(k[len(k) // 2])]] = False
+            t0 = time.perf_counter()
+            with state.masks.trial(alive):
+                for data in batches:
+                    loss_fn(data)
+            per_point.append(time.perf_counter() - t0)
+    point_s = statistics.fmean(per_point)
+    t0 = time.perf_counter()
+    res = method.run(state, model, batches, loss_fn, log=lambda m: print('   ', m, flush=True))
+    est_s = time.perf_counter() - t0
+    return dict(
+        model='mmdet::retinanet/retinanet_r50_fpn_1x_coco.py (random weights, frozen_stages=-1)',
+        input_shape=list(shape), images=images, batch=batch, threads=threads, trace_s=trace_s,
+        units=units, atoms=int(graph.num_atoms), grid=list(DEFAULT_GRID), grid_points_per_unit_mean=points / units,
+        curve_points=points, estimated_mode_s=est_s, estimated_wall=res.wall, estimated_forwards=res.forwards,
+        measured_point_s=point_s, measured_points_timed=len(per_point),
+        measured_mode_s_extrapolated=res.wall['ranking'] + points * point_s + res.wall['combined'],
+        scaling=('measured: trace + Fisher pass (batches x (forward + backward)) + units x grid points x batches '
+                 f'forwards ({units} x {points / units:.1f} x {len(batches)} = {points * len(batches)} forwards of '
+                 f'{batch} image(s), {point_s / len(batches):.1f} s each here) + one combined pass; estimated: '
+                 'trace + Fisher pass + one combined pass, whatever the grid'))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--tasks', nargs='+', choices=list(TASKS), default=['cls', 'det'])
+    p.add_argument('--methods', nargs='+', choices=METHODS, default=None)
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--target', type=float, default=0.5)
+    p.add_argument('--ft-iters', type=int, default=120)
+    p.add_argument('--calibration-batches', type=int, default=8)
+    p.add_argument('--grid', nargs='+', type=float, default=None, help='default: the hook default (0.1 ... 0.9)')
+    p.add_argument('--fisher-interval', type=int, default=2)
+    p.add_argument('--adaptive-share', type=float, default=0.02)
+    p.add_argument('--taylor-batches', type=int, default=4)
+    p.add_argument('--no-r50', dest='r50', action='store_false')
+    p.add_argument('--r50-images', type=int, default=8)
+    p.add_argument('--r50-points', type=int, default=2, help='measured curve points timed on R50')
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--quick', action='store_true', help='tiny budgets, 1 seed (smoke test)')
+    p.add_argument('--out')
+    args = p.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    methods = args.methods or list(METHODS)
+    if args.quick:
+        args.seeds, args.ft_iters, args.target, args.calibration_batches = [0], 2, 0.8, 2
+        args.grid = args.grid or [0.5]
+        args.fisher_interval, args.adaptive_share, args.taylor_batches = 1, 0.2, 1
+        args.r50_images, args.r50_points = 2, 1
+    res = Result('balanced', args.out, args.quick)
+    res['setup'] = dict(vars(args), methods=methods,
+                        flops='mmfisher CostModel (conv/linear multiply-adds) at the data input size',
+                        finetune='the same --ft-iters for every method (constant lr after a 20-iteration warm-up)')
+    for task in args.tasks:
+        t = TASKS[task]
+        work = osp.join(ROOT, 'work_dirs', 'bench', f'balanced_{task}' + ('_quick' if args.quick else ''))
+        # the baseline benchmarks/quality.py trains (same path, iterations and seed: reused when cached)
+        base_work = osp.join(ROOT, 'work_dirs', 'bench', f'quality_{task}' + ('_quick' if args.quick else ''))
+        base = osp.join(base_work, 'base.pth')
+        info = train_baseline(t['config'], base, 4 if args.quick else t['base_iters'], 0)
+        entry = res.data.setdefault('tasks', {}).setdefault(task, {})
+        entry['baseline'] = info
+        print(task, 'baseline', info, flush=True)
+        runs = {}
+        for method in methods:
+            for seed in args.seeds:
+                mwork = osp.join(work, f'{method}_s{seed}')
+                t0 = time.perf_counter()
+                r = prune(method, task, base, mwork, args, seed)
+                before = finetune_eval(t['config'], r['channels'], r['weights'], osp.join(mwork, 'no_ft'), 0, seed)
+                r['value_before_finetune'] = before['value']
+                r.update(finetune_eval(t['config'], r['channels'], r['weights'], osp.join(mwork, 'ft'),
+                                       args.ft_iters, seed))
+                r['seed'] = seed
+                r['total_wall_s'] = time.perf_counter() - t0
+                runs.setdefault(method, []).append({k: v for k, v in r.items() if k not in ('channels', 'weights')})
+                print(task, method, seed, {k: v for k, v in runs[method][-1].items() if k != 'ratios'},
+                      r['ratios'], flush=True)
+                entry['runs'] = runs
+                res.save(final=False)
+        entry['methods'] = summarise(runs, args.target)
+        entry['goals'] = goals(entry['methods'], args.target)
+        for m, s in entry['methods'].items():
+            print(f'{task} {m:20s} {s["metric_mean"]:.4f} +- {s["metric_std"]:.4f}  before ft '
+                  f'{s["before_finetune_mean"]:.4f}  flops {s["flops_ratio"]:.4f}  prune {s["prune_wall_s"]:.1f} s',
+                  flush=True)
+        print(task, 'goals', entry['goals'], flush=True)
+        res.save(final=False)
+    if args.r50:
+        print('RetinaNet R50-FPN calibration timing at 800x1333', flush=True)
+        res['retinanet_r50_calibration'] = time_r50(args.r50_images, 1, args.r50_points, max(args.threads, 1))
+        print(res['retinanet_r50_calibration'], flush=True)
+    print('wrote', res.save())
+
+
+if __name__ == '__main__':
+    main()
