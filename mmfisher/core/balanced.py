@@ -321,9 +321,9 @@ class BalancedPruning:
         res.tau = tau
         # mask only what the written structure removes (after the divisor's rounding): masks == structure
         order = list(state.order) + atoms
-        dead = np.ones(state.num_atoms, dtype=bool)
-        dead[atoms] = False
-        written = state.export_alive(dead, order)
+        after = state.alive
+        after[atoms] = False
+        written = state.export_alive(after, order)
         removed = [a for a in atoms if not written[a]]
         state.prune(removed)
         res.pruned = removed
