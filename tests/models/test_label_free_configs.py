@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 
 import mmfisher  # noqa: F401  registers mmfisher:: configs and the label-free components
-from test_label_free_common import ROOT
+from _label_free_helpers import ROOT
 
 CONFIGS = osp.join(ROOT, 'configs')
 ZOO = [

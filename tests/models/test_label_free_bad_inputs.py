@@ -11,7 +11,7 @@ import torch
 
 from mmfisher.core.anchors import AnchorError
 from mmfisher.models.distiller import LabelFreeError, PairingError, TeacherCheckpointError
-from test_label_free_common import DET_PRUNE, ROOT, build, cls_arch, det_arch, frcnn_arch
+from _label_free_helpers import DET_PRUNE, ROOT, build, cls_arch, det_arch, frcnn_arch
 
 
 @pytest.fixture(scope='module')
@@ -126,7 +126,7 @@ def test_unknown_dense_output_cannot_be_paired():
 def test_unpairable_shapes_at_run_time_name_the_output():
     """A student whose class output does not have the teacher's shape (another teacher config)."""
     m = build(det_arch(), anchors=None)
-    from test_label_free_common import det_batch
+    from _label_free_helpers import det_batch
     import types
 
     def bad_forward(self, x):

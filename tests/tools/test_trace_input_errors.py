@@ -14,7 +14,7 @@ from mmfisher.core import analyze_fast, input_forward
 from mmfisher.core.trace import TraceForwardError
 from mmfisher.models.tracing import make_trace_forward
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 spec = importlib.util.spec_from_file_location('verify_slimming', os.path.join(ROOT, 'tools', 'verify_slimming.py'))
 verify_slimming = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(verify_slimming)

@@ -7,7 +7,7 @@ import torch
 from mmengine.registry import init_default_scope
 
 import mmfisher  # noqa: F401  registers UnlabeledImages
-from test_label_free_common import UNLABELED, ensure_data
+from _label_free_helpers import UNLABELED, ensure_data
 
 DET_PIPELINE = [
     dict(type='LoadImageFromFile'),

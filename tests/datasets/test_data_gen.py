@@ -195,7 +195,7 @@ def test_make_all_and_make_data_know_the_unlabeled_set(tmp_path):
     import sys
     from mmfisher.data_gen import MAKERS
     assert set(MAKERS) == {'shapes_det', 'shapes_cls', 'shapes_unlabeled'}
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
     out = subprocess.run([sys.executable, osp.join(root, 'tools', 'make_data.py'), '--help'], capture_output=True,
                          text=True, cwd=root)
     assert out.returncode == 0 and 'shapes_unlabeled' in out.stdout

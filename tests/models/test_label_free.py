@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_label_free_common import (build, cls_arch, cls_batch, det_arch, det_batch, frcnn_arch, set_iter,
+from _label_free_helpers import (build, cls_arch, cls_batch, det_arch, det_batch, frcnn_arch, set_iter,
                                     tensors)
 
 

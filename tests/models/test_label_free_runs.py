@@ -8,7 +8,7 @@ import os.path as osp
 import pytest
 import torch
 
-from test_label_free_common import (cls_arch, cls_batch, det_arch, det_batch, fisher_hook, prune_cfg, run,
+from _label_free_helpers import (cls_arch, cls_batch, det_arch, det_batch, fisher_hook, prune_cfg, run,
                                     tensors)
 
 
@@ -80,7 +80,7 @@ def test_label_free_finetune_of_the_slimmed_student(tmp_path):
     """Prune, then fine-tune the Pruned student against the unpruned teacher (its own checkpoint)."""
     from mmengine.config import Config
 
-    from test_label_free_common import CLS_FINETUNE, UNLABELED
+    from _label_free_helpers import CLS_FINETUNE, UNLABELED
     prune_dir = str(tmp_path / 'prune')
     runner = run(prune_cfg('cls', prune_dir, max_iters=30, interval=2, k=64, images=16))
     assert fisher_hook(runner).done
@@ -131,7 +131,7 @@ def test_a_labeled_data_set_is_allowed_and_its_labels_ignored(tmp_path, monkeypa
     """The tiny detector's labeled COCO set under the label-free config: it runs, and the log says once that the
     labels are ignored."""
     import mmfisher.models.distiller as D
-    from test_label_free_common import DATA, ensure_data
+    from _label_free_helpers import DATA, ensure_data
     ensure_data('shapes_det')
     said = []
     real = D.print_log
