@@ -588,6 +588,83 @@ _RULES: List[LayerRule] = [ConvRule(), ConvTransposeRule(), LinearRule(), GroupN
                            PassthroughRule()]
 
 
+# -- forwards for slimmed modules ------------------------------------------------------------------------------
+class ForwardAdapter:
+    """A module class whose forward reads a size from its input's width that pruning makes different: the
+    attention of Swin (``qkv.reshape(B, N, 3, heads, C // heads)``, ``reshape(B, N, C)`` with ``C`` the residual
+    stream's width), where pruned heads and a pruned stream no longer have one width. The adapter's forward is
+    the same computation with the sizes read from the layers (``qkv.out_features``) and attributes
+    (``num_heads``); :func:`adapt_forwards` gives slimmed modules of the class a subclass with it (the unpruned
+    model computes the same either way, so masked and slimmed models still agree)."""
+
+    #: ``(module path, class name)`` pairs whose forward :meth:`forward` reproduces
+    classes: Tuple[Tuple[str, str], ...] = ()
+
+    def matches(self, module: nn.Module) -> bool:
+        cls = type(module)
+        return any(cls.__module__ == mod and cls.__name__ == name for mod, name in self.classes)
+
+    def forward(self, module: nn.Module, *args, **kwargs):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class WindowMSAAdapter(ForwardAdapter):
+    """Swin's window attention in mmpretrain and mmdet (identical forwards)."""
+
+    classes = (('mmpretrain.models.utils.attention', 'WindowMSA'), ('mmdet.models.backbones.swin', 'WindowMSA'))
+
+    def forward(self, module, x, mask=None):
+        b, n, _ = x.shape
+        heads = module.num_heads
+        qkv = module.qkv(x)
+        head_dim = qkv.shape[-1] // (3 * heads)
+        qkv = qkv.reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * module.scale
+        attn = q @ k.transpose(-2, -1)
+        wh, ww = module.window_size
+        bias = module.relative_position_bias_table[module.relative_position_index.view(-1)].view(
+            wh * ww, wh * ww, -1)
+        attn = attn + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(b // nw, nw, heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, heads, n, n)
+        attn = module.attn_drop(module.softmax(attn))
+        x = (attn @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
+        return module.proj_drop(module.proj(x))
+
+
+_ADAPTERS: List[ForwardAdapter] = [WindowMSAAdapter()]
+_ADAPTED: Dict[Tuple[type, int], type] = {}
+
+
+def _adapted_class(cls: type, adapter: ForwardAdapter) -> type:
+    key = (cls, id(adapter))
+    if key not in _ADAPTED:
+        def forward(self, *args, **kwargs):
+            return adapter.forward(self, *args, **kwargs)
+        forward.__doc__ = adapter.forward.__doc__
+        _ADAPTED[key] = type(cls.__name__, (cls,), {'forward': forward, '__module__': cls.__module__,
+                                                    '__qualname__': cls.__qualname__, '_mmfisher_adapter': adapter})
+    return _ADAPTED[key]
+
+
+def adapt_forwards(model: nn.Module) -> int:
+    """Give every module of ``model`` that a :class:`ForwardAdapter` matches its adapted forward (a subclass of
+    its class, same name); returns how many were adapted. Idempotent."""
+    n = 0
+    for module in model.modules():
+        if getattr(type(module), '_mmfisher_adapter', None) is not None:
+            continue
+        for adapter in _ADAPTERS:
+            if adapter.matches(module):
+                module.__class__ = _adapted_class(type(module), adapter)
+                n += 1
+                break
+    return n
+
+
 def register_rule(rule: LayerRule, first: bool = True) -> None:
     """Add a rule for a new layer type; ``first`` gives it priority over the built-in rules."""
     if not isinstance(rule, LayerRule):

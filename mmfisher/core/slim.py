@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write
-from .layers import find_rule
+from .layers import adapt_forwards, find_rule
 from .units import ChannelGraph
 
 FORMAT = 'mmfisher-channels/1'
@@ -205,11 +205,30 @@ def apply_channel_config(model: nn.Module, cfg: Dict[str, Any], check_fingerprin
     for key, value in cfg.get('attrs', {}).items():
         owner_name, attr = key.rsplit('.', 1) if '.' in key else ('', key)
         owner = modules.get(owner_name)
-        if owner is None or not isinstance(getattr(owner, attr, None), int) or not isinstance(value, int) or \
-                not 0 < value <= getattr(owner, attr):
+        attr, item = _attr_item(attr)
+        current = getattr(owner, attr, None) if owner is not None else None
+        if item is not None and isinstance(current, (list, tuple)) and 0 <= item < len(current):
+            current = current[item]
+        if owner is None or not isinstance(current, int) or not isinstance(value, int) or not 0 < value <= current:
             raise ChannelConfigError(f'channel config sets "{key}" = {value!r}, which does not fit this model')
-        setattr(owner, attr, value)
+        if item is None:
+            setattr(owner, attr, value)
+        else:  # an int inside a list or tuple attribute (``num_features[3]``)
+            seq = list(getattr(owner, attr))
+            seq[item] = value
+            setattr(owner, attr, type(getattr(owner, attr))(seq))
+    if cfg.get('layers') or cfg.get('params') or cfg.get('attrs'):
+        adapt_forwards(model)  # forwards that read a size from a width pruning changed (layers.ForwardAdapter)
     return model
+
+
+def _attr_item(attr: str):
+    """``'num_features[3]'`` -> ``('num_features', 3)``; a plain name -> ``(name, None)``."""
+    if attr.endswith(']') and '[' in attr:
+        name, _, idx = attr[:-1].partition('[')
+        if idx.isdigit():
+            return name, int(idx)
+    return attr, None
 
 
 def slim_model(model: nn.Module, graph: ChannelGraph, alive: np.ndarray) -> Dict[str, Any]:

@@ -14,6 +14,7 @@ from .channels import ChannelInfo, Mixed, elems_of
 from .errors import MetaTraceUnsupported, Unmappable, is_meta_limitation
 from .movement import op_move
 from .optable import (ALONG, FILL, FIRST_ONLY, MOVE, NARY, NEW, REDUCE, SPATIAL, UNARY, OpCall, op_name)
+from .contract import CONTRACT, op_contract
 from .params import param_op
 from .pointwise import is_zero_scalar, op_pointwise, propagate_mixed
 from .setitem import op_setitem
@@ -54,6 +55,8 @@ def handler_for(name: str, args: tuple, kwargs: Dict[str, Any]) -> Optional[Hand
         if name == 'where' and len(args) + len(kwargs) == 1:
             return _op_where_indices
         return op_pointwise
+    if name in CONTRACT:
+        return op_contract
     return _TABLE.get(name)
 
 
@@ -107,7 +110,9 @@ def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, 
     if any(isinstance(i, Mixed) for i in in_infos):
         for i in in_infos:
             state.use(i)
-        if handler is op_pointwise and _mixed_is_constant(flat_in, in_infos, outs):
+        if handler is op_contract and any(isinstance(i, ChannelInfo) for i in in_infos):
+            in_infos = [None if isinstance(i, Mixed) else i for i in in_infos]  # fixed-size operands
+        elif handler is op_pointwise and _mixed_is_constant(flat_in, in_infos, outs):
             # a value computed from kept channels (a softmax over them, a matmul across them), combined with
             # traced channels: it acts as a constant of fixed shape (its channels are kept), the others pass
             in_infos = [None if isinstance(i, Mixed) else i for i in in_infos]

@@ -16,7 +16,7 @@ from .state import TraceState
 
 # names of the int attributes a reshape may read a split dim's size from (``num_heads``, ``groups``, ``radix``)
 # or a merged dim's (``embed_dims``, ``out_channels``)
-SPLIT_WORDS = ('head', 'group', 'radix', 'channels', 'dim', 'width', 'mid', 'split')
+SPLIT_WORDS = ('head', 'group', 'radix', 'channels', 'dim', 'width', 'mid', 'split', 'features')
 
 __all__ = ['op_move', 'constrain_move']
 
@@ -57,7 +57,9 @@ def op_move(state: TraceState, call: OpCall) -> None:
         with torch.no_grad():
             probe = func(*pargs, **pkw)
     except Exception as exc:  # the probe must behave like the real op; if not, refuse to guess
-        raise Unmappable(f'could not replay it on channel ids ({type(exc).__name__})')
+        probe = _replay_float(func, name, pargs, pkw)
+        if probe is None:
+            raise Unmappable(f'could not replay it on channel ids ({type(exc).__name__})')
     outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
     probes = [t for t in tree_flatten(probe)[0] if isinstance(t, torch.Tensor)]
     if len(outs) != len(probes):
@@ -73,6 +75,19 @@ def op_move(state: TraceState, call: OpCall) -> None:
     constrain_move(state, name, pargs, infos, func, pkw, outs)
     for t, info in zip(outs, infos):
         state.set(t, info)
+
+
+def _replay_float(func, name: str, pargs: tuple, pkw: dict):
+    """Replay an op that has no int64 kernel (``F.unfold``, the im2col of Swin's patch merging) on float64 ids
+    shifted by one, so the zeros it pads with read as "no channel" (exact for ids below 2**53)."""
+    if name != 'unfold' or not pargs or not isinstance(pargs[0], torch.Tensor):
+        return None
+    try:
+        with torch.no_grad():
+            probe = func((pargs[0] + 1).double(), *pargs[1:], **pkw)
+    except Exception:  # noqa: BLE001
+        return None
+    return probe.round().long() - 1
 
 
 def _cat_params(state: TraceState, func, pargs: tuple, pkw: dict, seq: list, new_seq: list, refs: list) -> None:
@@ -162,8 +177,8 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
             size = sizes[d] if sizes is not None else -1
             attrs.append(state.size_attribute(size, SPLIT_WORDS) if size not in (-1, 1) else (None, []))
         state.constraints.append(SplitGrid(info.cmap.copy(), attrs))
-    elif in_dims > 1 and len(info.dims) < in_dims and sizes is not None:
-        for d in info.dims:  # channel dims merged to a size read from an attribute: the attribute follows
+    elif sizes is not None:
+        for d in info.dims:  # a channel dim's size read from an attribute (merged heads, Swin's num_features[i])
             size = sizes[d]
             if size in (-1, 1):
                 continue

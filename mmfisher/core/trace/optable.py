@@ -34,7 +34,7 @@ MOVE = {
     'concatenate', 'stack', 'hstack', 'vstack', 'split', 'split_with_sizes', 'chunk', 'tensor_split', 'narrow',
     'unbind', 'getitem', 'index_select', 'select', 'roll', 'flip', 'pixel_shuffle', 'pixel_unshuffle', 'movedim',
     'moveaxis', 'channel_shuffle', 'native_channel_shuffle', 'gather', 'take_along_dim', 'repeat_interleave',
-    'masked_select',
+    'masked_select', 'unfold',
 }
 LIST_DATA = {'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}
 SPATIAL = {

@@ -127,11 +127,21 @@ class TraceState:
 
     # ---- int attributes that size channel buffers ---------------------------------------------------------
     def size_attribute(self, size: int, words: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
-        """(running module's name, its int attributes equal to ``size`` whose names contain one of ``words``)."""
+        """(running module's name, its int attributes equal to ``size`` whose names contain one of ``words``).
+        An int inside a list or tuple attribute (Swin's ``num_features[i]``) is named ``attr[i]`` when it is the
+        only one of that value there."""
         owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), None)
         module = self.module_objs.get(owner) if owner is not None else None
-        names = [k for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool) and v == size
-                 and any(w in k for w in words)] if module is not None else []
+        names: List[str] = []
+        for k, v in (vars(module).items() if module is not None else ()):
+            if not any(w in k for w in words) or k.startswith('_'):
+                continue
+            if isinstance(v, int) and not isinstance(v, bool) and v == size:
+                names.append(k)
+            elif isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                hits = [i for i, x in enumerate(v) if x == size]
+                if len(hits) == 1:
+                    names.append(f'{k}[{hits[0]}]')
         return owner, names
 
     def bind_attribute(self, owner: str, attr: str, vec: np.ndarray) -> None:
