@@ -111,3 +111,28 @@ def test_quality_equal_acts(tmp_path):
     assert d['setup']['budget'] == 'acts'
     for m in ('fisher_flops', 'random'):
         assert d['methods'][m]['acts_ratio_mean'] <= 0.8 + 1e-9
+
+
+def test_label_free(tmp_path):
+    d = run('label_free', tmp_path, '--work-dir', str(tmp_path / 'label_free'))
+    assert set(d['tasks']) == {'cls', 'det'}
+    for task, t in d['tasks'].items():
+        top = 100.0 if task == 'cls' else 1.0
+        assert set(t['pruning']) == {'gf_k1', 'gf_topk', 'lf_kl', 'lf_anchors', 'lf_all'}
+        assert set(t['methods']) == {f'{m}+{ft}' for m in t['pruning'] for ft in ('ft_labeled', 'ft_label_free')}
+        for name, m in t['methods'].items():
+            assert 0.0 <= m['metric_mean'] <= top and m['metric_std'] >= 0.0 and m['n'] == 1, name
+            assert m['pruning_iters'] >= 1 and m['prune_wall_s'] > 0 and m['flops_ratio_mean'] <= 0.95 + 1e-9
+            # labels were read only by the labeled pruning methods and the labeled fine-tunes
+            assert m['labels_used'] is (name.startswith('gf_') or name.endswith('+ft_labeled')), name
+            # equal total training: pruning + fine-tune iterations are gf_k1's for every method
+            assert m['train_iters_total_mean'] == t['methods']['gf_k1+ft_labeled']['train_iters_total_mean']
+        for method, p in t['pruning'].items():
+            assert p['channels_per_step'] == (1 if method == 'gf_k1' else d['setup']['topk'])
+        assert t['pruning']['lf_kl']['anchors'] == [] and len(t['pruning']['lf_anchors']['anchors']) >= 1
+        assert len(t['pruning']['lf_all']['anchors']) > len(t['pruning']['lf_anchors']['anchors'])
+        g = t['goal']
+        assert g['reference'] == 'gf_k1+ft_labeled' and g['candidate'] == 'lf_anchors+ft_label_free'
+        assert g['pruning_iters_ratio'] == pytest.approx(t['pruning']['gf_k1']['pruning_iters']
+                                                         / t['pruning']['lf_anchors']['pruning_iters'])
+        assert isinstance(g['met'], bool) and isinstance(g['all_within_2std'], bool)

@@ -28,3 +28,15 @@ def test_demo_quick_runs_every_phase(tmp_path):
     assert os.path.getsize(work / 'kept_channels.png') > 10_000
     assert os.path.isfile(work / 'prune' / 'channels_0.9.json')  # a save threshold on the way
     assert 'unpruned' in proc.stdout and 'ONNX' in proc.stdout
+    # label-free Group Fisher of the same model to the same FLOPs, fine-tuned label-free: no label was read
+    lf = summary['label_free']
+    for key in ('flops_ratio', 'metric_after_prune', 'metric_after_finetune', 'pruning_iters'):
+        assert lf[key] is not None, key
+    assert lf['labels_used'] is False
+    assert lf['flops_ratio'] <= lf['target'] + 1e-9
+    assert abs(lf['flops_ratio'] - summary['hook_meta']['flops_ratio']) < 0.02
+    assert 0 < lf['pruning_iters'] < summary['hook_meta']['iter']
+    for read in lf['read'].values():  # the prune and fine-tune runs: unlabeled images only, no annotation file
+        assert read['train_dataset'] == 'mmfisher.UnlabeledImages' and read['images_read'] > 0
+        assert read['other_files_read'] == [] and read['distiller_saw_labels'] is False
+    assert os.path.isfile(work / 'label_free' / 'student.pth') and 'label-free' in proc.stdout

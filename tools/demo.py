@@ -9,6 +9,8 @@
    (configs/demo/retinanet_tiny_prune.py; gloo on a CPU) and test the slimmed model as pruned;
 4. fine-tune the slimmed model (configs/demo/retinanet_tiny_finetune.py: the ``mmfisher.Pruned`` builder) and
    test it;
+   (4c: label-free Group Fisher of the same model to the same FLOPs on the bundled unlabeled images, a label-free
+   fine-tune of the Pruned student against the unpruned teacher, both tested; summary.json's ``label_free``)
 5. export both models to ONNX, check them against torch and time them with onnxruntime;
 6. print a before/after table (FLOPs, activations, params, mAP, CPU latency), save a per-layer kept-channels plot
    (``kept_channels.png``) and write ``summary.json``.
@@ -220,6 +222,101 @@ def balanced(ckpt: str, target: float, wd: str, quick: bool) -> Dict[str, Any]:
             'curves_plot': osp.relpath(osp.join(out, 'prune', 'balanced_curves.png'), ROOT)}
 
 
+
+LABEL_FREE_PRUNE_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_label_free_prune.py')
+LABEL_FREE_FINETUNE_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_label_free_finetune.py')
+UNLABELED = osp.join(ROOT, 'data', 'generated', 'shapes_unlabeled', 'det')
+# tools/train.py under a Python audit hook (written to the phase's work dir and run as a script): every file the
+# process (and its dataloader workers, forked) opens under data/ is appended once to the file named by argv[1];
+# the rest of argv is tools/train.py's
+_READ_AUDIT = r"""
+import os, runpy, sys
+log, data = sys.argv[1], os.path.abspath('data') + os.sep
+fd, seen = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), set()
+def audit(event, args):
+    if event == 'open' and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(data) and path not in seen:
+            seen.add(path)
+            os.write(fd, (path + '\n').encode())
+sys.addaudithook(audit)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def _what_was_read(work_dir: str, config: str, reads: str, log: str) -> Dict[str, Any]:
+    """What a label-free run read, from the run itself: its training data set (the config the Runner dumped into
+    its work dir), the files it opened under data/ (the audit log), and whether the distiller saw a label."""
+    from mmengine.config import Config
+    from mmfisher.datasets.unlabeled import IMG_EXTENSIONS
+    dumped = Config.fromfile(osp.join(work_dir, osp.basename(config)))
+    with open(reads) as f:
+        paths = sorted(set(f.read().split()))
+    images = [p for p in paths if p.startswith(UNLABELED + os.sep) and p.lower().endswith(IMG_EXTENSIONS)]
+    with open(log) as f:
+        saw = 'carries labels' in f.read()  # LabelFreeDistiller says so once when a sample holds gt_*
+    return {'train_dataset': dumped.train_dataloader.dataset.type, 'val_dataloader': dumped.get('val_dataloader'),
+            'images_read': len(images), 'image_folder': osp.relpath(UNLABELED, ROOT),
+            'other_files_read': [osp.relpath(p, ROOT) for p in paths if p not in set(images)],
+            'distiller_saw_labels': saw}
+
+
+def label_free(ckpt: str, target: float, wd: str, quick: bool) -> Dict[str, Any]:
+    """Label-free Group Fisher (seed 002) of the same trained model to the same FLOPs: the LabelFreeDistiller
+    (configs/tiny/retinanet_tiny_label_free_prune.py: the trained model as student and frozen teacher,
+    distillation loss only, top-k steps) on the bundled unlabeled images, a test of pruned.pth right after, a
+    label-free fine-tune of the Pruned student against the unpruned teacher
+    (configs/tiny/retinanet_tiny_label_free_finetune.py) and a test of the slimmed student (extract_student ->
+    the Pruned config), both tests on the labeled val set: the ``label_free`` object of summary.json.
+    ``labels_used`` is read off the two training runs (their data set, every file they opened under data/, the
+    distiller's log), which run with no validation set, so they open no annotation file at all."""
+    out = osp.join(wd, 'label_free')
+    k, interval, epochs = (32, 1, 1) if quick else (16, 5, 4)
+    no_val = ['val_dataloader=None', 'val_cfg=None', 'val_evaluator=None']
+    few = ['train_dataloader.dataset.indices=64'] if quick else []  # --quick: 8 iterations an epoch
+    os.makedirs(out, exist_ok=True)
+    with open(osp.join(out, 'read_audit.py'), 'w') as f:
+        f.write(_READ_AUDIT)
+    audited = [sys.executable, osp.join(out, 'read_audit.py')]
+    prune_dir, prune_reads = osp.join(out, 'prune'), osp.join(out, 'prune_reads.txt')
+    t_prune = run(audited + [prune_reads, osp.join(ROOT, 'tools', 'train.py'), LABEL_FREE_PRUNE_CFG, '--work-dir',
+                             prune_dir, '--cfg-options', f'load_from={ckpt}', f'custom_hooks.0.target={target}',
+                             f'custom_hooks.0.channels_per_step={k}', f'custom_hooks.0.interval={interval}'
+                             ] + no_val + few, osp.join(out, 'prune.log'))
+    channels, pruned = osp.join(prune_dir, 'channels.json'), osp.join(prune_dir, 'pruned.pth')
+    for path in (channels, pruned):
+        if not osp.isfile(path):
+            raise SystemExit(f'[demo] the label-free pruning run wrote no {osp.basename(path)}; see {out}/prune.log')
+    with open(channels) as f:
+        meta = json.load(f).get('meta', {})
+    print(f'    label-free: {meta["iter"]} iterations, flops {meta["flops_ratio"]:.4f}', flush=True)
+    opts = [f'model.channels={channels}']
+    m_pruned = test(FINETUNE_CFG, pruned, osp.join(out, 'test_pruned'), opts)
+    ft_dir, ft_reads = osp.join(out, 'finetune'), osp.join(out, 'finetune_reads.txt')
+    t_ft = run(audited + [ft_reads, osp.join(ROOT, 'tools', 'train.py'), LABEL_FREE_FINETUNE_CFG, '--work-dir',
+                          ft_dir, '--cfg-options', f'model.architecture.channels={channels}',
+                          f'model.teacher_checkpoint={ckpt}', f'load_from={pruned}', f'train_cfg.max_epochs={epochs}',
+                          f'train_cfg.val_interval={epochs}', f'param_scheduler.1.end={epochs}',
+                          f'param_scheduler.1.T_max={epochs}'] + no_val + few, osp.join(out, 'finetune.log'))
+    from mmfisher.models.distiller import extract_student
+    student = extract_student(last_checkpoint(ft_dir), osp.join(out, 'student.pth'))
+    m_after = test(FINETUNE_CFG, student, osp.join(out, 'test_finetuned'), opts)
+    read = {'prune': _what_was_read(prune_dir, LABEL_FREE_PRUNE_CFG, prune_reads, osp.join(out, 'prune.log')),
+            'finetune': _what_was_read(ft_dir, LABEL_FREE_FINETUNE_CFG, ft_reads, osp.join(out, 'finetune.log'))}
+    labels_used = any(r['train_dataset'] != 'mmfisher.UnlabeledImages' or r['other_files_read'] or
+                      r['distiller_saw_labels'] or r['val_dataloader'] is not None or not r['images_read']
+                      for r in read.values())
+    key = 'coco/bbox_mAP'
+    return {'flops_ratio': meta['flops_ratio'], 'acts_ratio': meta['acts_ratio'],
+            'params_ratio': meta['params_ratio'], 'target': target,
+            'metric_after_prune': m_pruned.get(key), 'metric_after_finetune': m_after.get(key),
+            'pruning_iters': meta['iter'], 'channels_per_step': k, 'interval': interval,
+            'prune_wall_s': t_prune, 'finetune_wall_s': t_ft, 'finetune_epochs': epochs,
+            'labels_used': labels_used, 'read': read, 'channels': osp.relpath(channels, ROOT),
+            'student_checkpoint': osp.relpath(student, ROOT)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'demo'))
@@ -270,6 +367,10 @@ def main() -> None:
          f'({meta["flops_ratio"]:.4f}), one short fine-tune')
     bal = balanced(ckpt, round(float(meta['flops_ratio']), 4), wd, args.quick)
 
+    step(f'4c/6 label-free Group Fisher (seed 002: distillation from the unpruned model, unlabeled images) of the '
+         f'same model to the same FLOPs, label-free fine-tune')
+    lf = label_free(ckpt, round(float(meta['flops_ratio']), 4), wd, args.quick)
+
     step('5/6 FLOPs, activations, params, CPU latency, ONNX export (onnxruntime check)')
     fig = analyse(ckpt, ft_ckpt, channels, wd)
 
@@ -293,6 +394,7 @@ def main() -> None:
         'channels': osp.relpath(channels, ROOT), 'pruned_weights': osp.relpath(pruned, ROOT),
         'finetuned_checkpoint': osp.relpath(ft_ckpt, ROOT),
         'balanced': bal,
+        'label_free': lf,
     }
     with open(osp.join(wd, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
@@ -316,7 +418,8 @@ def main() -> None:
                        dict(flops_ratio=meta.get('flops_ratio'), metric_after_prune=m_pruned.get(key),
                             metric_after_finetune=m_after.get(key), prune_wall_s=t_prune)),
                       (f'balanced one-shot ({bal["calibration_batches"]} batches, {bal["finetune_epochs"]} ep. tune)',
-                       bal)):
+                       bal),
+                      (f'label-free, no labels ({lf["pruning_iters"]} it., {lf["finetune_epochs"]} ep. distill)', lf)):
         v = {k: float('nan') if row[k] is None else float(row[k]) for k in
              ('flops_ratio', 'metric_after_prune', 'metric_after_finetune', 'prune_wall_s')}
         print(f'{name:48s}{v["flops_ratio"]:>7.3f}{v["metric_after_prune"]:>12.3f}'

@@ -1,0 +1,320 @@
+"""Label-free Group Fisher (seed 002: distillation from the unpruned model, no label) vs labeled Group Fisher at
+equal FLOPs and equal total training.
+
+Tasks (``--tasks``): ``cls``, the tiny ResNet (configs/tiny/resnet_tiny_shapes_cls.py) on the bundled 3-class
+shapes set, top-1 on its labeled val split; ``det``, the tiny RetinaNet (configs/tiny/retinanet_tiny_shapes.py) on
+the bundled detection set, bbox mAP on its labeled val split. Label-free runs read the bundled unlabeled images
+(data/generated/shapes_unlabeled/cls, det: images only, no annotation) through the tiny label-free configs
+(configs/tiny/*_label_free_prune.py / *_label_free_finetune.py).
+
+Pipeline, identical for every method except the loss that ranks (and trains) while pruning:
+
+1. one baseline per task trained from scratch (``--base-iters``, seed 0, cached), shared by every method and seed;
+   it is also the frozen teacher of every label-free run (pruning and fine-tuning);
+2. pruning to ``--target`` of the baseline's FLOPs (mmfisher's cost model at the data's input size) by
+   FisherPruningHook, delta 'acts', one step every ``--interval`` iterations for every method, the same optimizer
+   (the task config's AdamW and lr) and seed; the model trains while it prunes, as in the method:
+
+   * ``gf_k1``: labeled Group Fisher, 1 channel group per step (the paper's schedule), labeled train set;
+   * ``gf_topk``: labeled Group Fisher, ``--topk`` groups per step;
+   * ``lf_kl``: label-free, ``--topk`` per step, LabelFreeDistiller with the output terms only (``anchors=None``);
+   * ``lf_anchors``: label-free, output terms + automatic anchors (seed 002's rule, ``anchors='auto'``, P=5);
+   * ``lf_all``: label-free, output terms + every norm output after a conv as an anchor (``anchors='all'``);
+
+   label-free pruning uses the configs' distiller settings otherwise (weights 1, sampled targets);
+3. each slimmed result (``mmfisher.Pruned``) evaluated as it is (``before_finetune``), then fine-tuned twice from
+   the same weights: ``ft_labeled`` (task loss, labeled train set) and ``ft_label_free`` (LabelFreeDistiller around
+   the Pruned student, the baseline as teacher, unlabeled images, the fine-tune config's distiller settings:
+   weights 0.1, soft targets, automatic anchors), both with the same optimizer, lr schedule (warm-up, constant,
+   10x drop at 75% unless ``--no-decay``) and seed, then evaluated by the same code on the labeled val set.
+   Equal total training: every run fine-tunes ``--ft-iters`` + (``gf_k1``'s pruning iterations of the same seed
+   - its own), so pruning + fine-tuning iterations are the same for every method of a seed.
+
+Keys: ``tasks.<task>.methods['<prune method>+<fine-tune>']`` with ``metric_mean`` / ``metric_std`` (sample std
+over ``--seeds``), ``pruning_iters`` / ``prune_wall_s`` (means; wall time of the pruning run's ``runner.train()``),
+``labels_used`` (read off the runs: the training data set's type and whether the distiller saw a label);
+``tasks.<task>.goal``: label-free with anchors (fine-tuned label-free) vs labeled Group Fisher k=1 (fine-tuned
+labeled): within 1 point top-1 / 0.01 mAP at equal FLOPs with >= 10x fewer pruning iterations, and whether the
+set can tell the methods apart at all (``all_within_2std``). Results are saved after every run;
+``--resume`` keeps the runs already in ``--out`` (same setup), so tasks and seeds can be run one invocation at a
+time into one file.
+
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/label_free.py                      # cls then det, 3 seeds
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/label_free.py --tasks det --resume    # continue into the file
+    .venv/bin/python benchmarks/label_free.py --quick --out /tmp/label_free.json
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, finetune_eval, pruning_hook,  # noqa: E402
+                     run_hook_pruning, tiny_runner_cfg, train_baseline)
+
+TINY = osp.join(ROOT, 'configs', 'tiny')
+TASKS = {
+    'cls': dict(config=CLS_CFG, shape=(3, 64, 64), base_iters=240, metric='accuracy/top1', tolerance=1.0,
+                lf_prune=osp.join(TINY, 'resnet_tiny_cls_label_free_prune.py'),
+                lf_finetune=osp.join(TINY, 'resnet_tiny_cls_label_free_finetune.py')),
+    'det': dict(config=DET_CFG, shape=(3, 128, 128), base_iters=600, metric='coco/bbox_mAP', tolerance=0.01,
+                lf_prune=osp.join(TINY, 'retinanet_tiny_label_free_prune.py'),
+                lf_finetune=osp.join(TINY, 'retinanet_tiny_label_free_finetune.py')),
+}
+# method -> (labels while pruning, channels per step: 1 or --topk, anchors of the distiller)
+METHODS = {'gf_k1': (True, 1, None), 'gf_topk': (True, 'topk', None), 'lf_kl': (False, 'topk', None),
+           'lf_anchors': (False, 'topk', 'auto'), 'lf_all': (False, 'topk', 'all')}
+FINETUNES = ('ft_labeled', 'ft_label_free')
+REFERENCE, CANDIDATE = 'gf_k1+ft_labeled', 'lf_anchors+ft_label_free'
+
+
+def _task_optimizer(config):
+    """The task config's optim_wrapper: every run (labeled or not, pruning or fine-tuning) uses the same."""
+    from mmengine.config import Config
+    return copy.deepcopy(Config.fromfile(config).optim_wrapper)
+
+
+def _decay(cfg, iters, decay):
+    if decay:
+        cfg.param_scheduler = list(cfg.param_scheduler) + [
+            dict(type='MultiStepLR', milestones=[int(0.75 * iters)], gamma=0.1, by_epoch=False)]
+
+
+def _read(runner):
+    """What a run trained on, read off the run: the train data set's type and whether a label reached the
+    distiller (it notes the first sample that carries gt_instances / gt_label)."""
+    model = runner.model
+    return dict(train_dataset=type(runner.train_dataloader.dataset).__name__,
+                distiller_saw_labels=bool(getattr(model, '_said_labels', False)) if hasattr(model, 'teacher')
+                else None)
+
+
+def _labeled_read(config):
+    """A labeled run's data set (from its config: it is the task's own labeled train set)."""
+    from mmengine.config import Config
+    return dict(train_dataset=str(Config.fromfile(config).train_dataloader.dataset.type).split('.')[-1],
+                distiller_saw_labels=None)
+
+
+def _labels_used(read):
+    return read['train_dataset'] != 'UnlabeledImages' or bool(read['distiller_saw_labels'])
+
+
+def run_label_free_pruning(task, base, work_dir, hook, anchors, seed, max_iters=100000):
+    """``run_hook_pruning`` for the label-free prune config: the distiller (student and teacher from ``base``,
+    ``anchors``) on the unlabeled images, the task config's optimizer."""
+    t = TASKS[task]
+    cfg = tiny_runner_cfg(t['lf_prune'], work_dir, max_iters, seed=seed)
+    cfg.load_from = base
+    cfg.model.anchors = anchors
+    cfg.model.seed = seed
+    cfg.optim_wrapper = _task_optimizer(t['config'])
+    runner = build_runner(cfg)
+    runner.register_hook(hook, priority='LOW')
+    t0 = time.perf_counter()
+    runner.train()
+    wall = time.perf_counter() - t0
+    return dict(iters=runner.iter, wall_s=wall, done=bool(hook.done), atoms_masked=len(hook.order),
+                num_atoms=hook.graph.num_atoms, steps=hook.steps, ratios=hook.ratios(),
+                channels=hook.outputs.get('channels'), weights=hook.outputs.get('weights'),
+                anchors=list(runner.model.anchor_names or []), **_read(runner))
+
+
+def label_free_finetune(task, channels, weights, base, work_dir, iters, seed, decay):
+    """Fine-tune the slimmed model label-free (the fine-tune config's distiller around ``Pruned(channels)`` with
+    ``weights``, the unpruned ``base`` as teacher, unlabeled images) for ``iters`` iterations, write the student as
+    a plain checkpoint and evaluate it with ``finetune_eval`` (0 iterations: the code every method is scored by)."""
+    import torch
+    t = TASKS[task]
+    cfg = tiny_runner_cfg(t['lf_finetune'], work_dir, max(iters, 1), seed=seed)
+    _decay(cfg, iters, decay)
+    cfg.model.architecture.channels = channels
+    cfg.model.teacher_checkpoint = base
+    cfg.model.seed = seed
+    cfg.load_from = weights
+    cfg.optim_wrapper = _task_optimizer(t['config'])
+    if iters == 0:
+        cfg.optim_wrapper.optimizer.lr = 0.0
+    runner = build_runner(cfg)
+    t0 = time.perf_counter()
+    if iters > 0:
+        runner.train()
+    else:
+        runner.load_or_resume()
+    wall = time.perf_counter() - t0
+    read = _read(runner)
+    student = osp.join(work_dir, 'student.pth')
+    torch.save({'state_dict': runner.model.student.state_dict()}, student)
+    del runner
+    r = finetune_eval(t['config'], channels, student, osp.join(work_dir, 'eval'), 0, seed)
+    return dict(r, finetune_iters=iters, finetune_wall_s=wall, finetune_lr_decay=decay, **read)
+
+
+def prune(task, method, base, work, args, seed):
+    labeled, k, anchors = METHODS[method]
+    k = args.topk if k == 'topk' else k
+    hook = pruning_hook(k=k, interval=args.interval, delta='acts', target=args.target, target_metric='flops',
+                        input_shape=TASKS[task]['shape'])
+    if labeled:
+        r = run_hook_pruning(TASKS[task]['config'], base, work, hook, seed)
+        r.update(_labeled_read(TASKS[task]['config']))
+    else:
+        r = run_label_free_pruning(task, base, work, hook, anchors, seed)
+    r['channels_per_step'] = k
+    return r
+
+
+def _mean(rs, key):
+    vals = [r[key] for r in rs if r.get(key) is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def summarize(task, runs):
+    """``methods`` (one key per pruning method + fine-tune), ``pruning`` (per pruning method) and ``goal``."""
+    t = TASKS[task]
+    methods, pruning = {}, {}
+    for method, rs in runs.items():
+        pruning[method] = dict(n=len(rs), pruning_iters=_mean(rs, 'pruning_iters'),
+                               prune_wall_s=_mean(rs, 'prune_wall_s'), steps=_mean(rs, 'steps'),
+                               flops_ratio_mean=statistics.fmean(r['ratios']['flops'] for r in rs),
+                               acts_ratio_mean=statistics.fmean(r['ratios']['acts'] for r in rs),
+                               before_finetune_mean=_mean(rs, 'value_before_finetune'),
+                               labels_used=any(_labels_used(r) for r in rs),
+                               anchors=rs[0].get('anchors', []), channels_per_step=rs[0]['channels_per_step'])
+        for ft in FINETUNES:
+            done = [r for r in rs if ft in r.get('finetune', {})]
+            if not done:
+                continue
+            vals = [r['finetune'][ft]['value'] for r in done]
+            methods[f'{method}+{ft}'] = dict(
+                metric=t['metric'], n=len(vals), metric_mean=statistics.fmean(vals),
+                metric_std=statistics.stdev(vals) if len(vals) > 1 else 0.0, values=vals,
+                seeds=[r['seed'] for r in done], pruning_iters=_mean(done, 'pruning_iters'),
+                prune_wall_s=_mean(done, 'prune_wall_s'), before_finetune_mean=_mean(done, 'value_before_finetune'),
+                finetune_iters_mean=statistics.fmean(r['finetune'][ft]['finetune_iters'] for r in done),
+                train_iters_total_mean=statistics.fmean(r['finetune'][ft]['train_iters_total'] for r in done),
+                flops_ratio_mean=statistics.fmean(r['ratios']['flops'] for r in done),
+                labels_used=any(_labels_used(r) or _labels_used(r['finetune'][ft]) for r in done))
+    goal = None
+    if REFERENCE in methods and CANDIDATE in methods:
+        ref, cand = methods[REFERENCE], methods[CANDIDATE]
+        delta = cand['metric_mean'] - ref['metric_mean']
+        iters_ratio = ref['pruning_iters'] / cand['pruning_iters'] if cand['pruning_iters'] else None
+        means = {k: (m['metric_mean'], m['metric_std']) for k, m in methods.items()}
+        within = all(abs(a[0] - b[0]) <= 2 * max(a[1], b[1]) for a in means.values() for b in means.values())
+        goal = dict(reference=REFERENCE, candidate=CANDIDATE, metric_delta=delta, tolerance=t['tolerance'],
+                    within_tolerance=delta >= -t['tolerance'], pruning_iters_ratio=iters_ratio,
+                    fewer_iters_10x=iters_ratio is not None and iters_ratio >= 10,
+                    met=delta >= -t['tolerance'] and iters_ratio is not None and iters_ratio >= 10,
+                    n_seeds=min(ref['n'], cand['n']), all_within_2std=within,
+                    spread=max(m[0] for m in means.values()) - min(m[0] for m in means.values()))
+    return methods, pruning, goal
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--tasks', nargs='+', choices=list(TASKS), default=['cls', 'det'])
+    p.add_argument('--methods', nargs='+', choices=list(METHODS), default=list(METHODS))
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--target', type=float, default=0.5)
+    p.add_argument('--base-iters', type=int, default=None, help='default: 240 (cls), 600 (det)')
+    p.add_argument('--ft-iters', type=int, default=120,
+                   help="fine-tune iterations of gf_k1; every other run adds gf_k1's pruning iterations minus its own")
+    p.add_argument('--interval', type=int, default=2, help='iterations between pruning steps (every method)')
+    p.add_argument('--topk', type=int, default=16, help='channel groups per step of the top-k methods')
+    p.add_argument('--no-decay', dest='decay', action='store_false',
+                   help='constant lr in the fine-tunes (default: 10x drop at 75%%)')
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'bench', 'label_free'))
+    p.add_argument('--resume', action='store_true', help='keep the runs already in --out (same setup)')
+    p.add_argument('--quick', action='store_true', help='tiny budgets, 1 seed (smoke test)')
+    p.add_argument('--out')
+    args = p.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    if args.quick:
+        args.base_iters, args.ft_iters, args.seeds, args.target, args.interval = 4, 2, [0], 0.95, 1
+        args.work_dir = args.work_dir + '_quick'
+    res = Result('label_free', args.out, args.quick)
+    setup = {k: v for k, v in vars(args).items() if k not in ('resume', 'out', 'tasks', 'methods', 'seeds')}
+    setup.update(delta='acts', target_metric='flops', finetunes=list(FINETUNES), reference=REFERENCE,
+                 candidate=CANDIDATE, flops='mmfisher CostModel (conv/linear multiply-adds) at input_shape',
+                 methods={m: dict(labels=lab, channels_per_step=args.topk if k == 'topk' else k, anchors=a)
+                          for m, (lab, k, a) in METHODS.items()})
+    res['setup'] = setup
+    tasks = {}
+    if args.resume and osp.isfile(res.path):
+        with open(res.path) as f:
+            old = json.load(f)
+        if old.get('setup') != json.loads(json.dumps(setup)):
+            raise SystemExit(f'--resume: {res.path} was written with another setup; use another --out')
+        tasks = old.get('tasks', {})
+        res.data['invocations'] = old.get('invocations', []) + [dict(command=old['command'], started=old['started'])]
+    res['tasks'] = tasks
+    for task in args.tasks:
+        t = TASKS[task]
+        work = osp.join(args.work_dir, task)
+        base = osp.join(work, 'base.pth')
+        entry = tasks.setdefault(task, {})
+        entry.update(config=osp.relpath(t['config'], ROOT), metric=t['metric'], input_shape=list(t['shape']),
+                     label_free_prune_config=osp.relpath(t['lf_prune'], ROOT),
+                     label_free_finetune_config=osp.relpath(t['lf_finetune'], ROOT))
+        entry['baseline'] = train_baseline(t['config'], base, args.base_iters or t['base_iters'], 0)
+        print(task, 'baseline', entry['baseline'], flush=True)
+        runs = entry.setdefault('runs', {})
+        res.save(final=False)
+        for seed in args.seeds:
+            # gf_k1 first: its pruning iterations set every run's fine-tune length (equal total training)
+            order = sorted(args.methods, key=lambda m: m != 'gf_k1')
+            k1 = next((r for r in runs.get('gf_k1', []) if r['seed'] == seed), None)
+            for method in order:
+                rs = runs.setdefault(method, [])
+                r = next((r for r in rs if r['seed'] == seed), None)
+                if r is not None and all(ft in r.get('finetune', {}) for ft in FINETUNES):
+                    print(task, method, seed, 'kept from', res.path, flush=True)
+                    if method == 'gf_k1':
+                        k1 = r
+                    continue
+                mwork = osp.join(work, f'{method}_s{seed}')
+                p_ = prune(task, method, base, mwork, args, seed)
+                r = dict(seed=seed, pruning_iters=p_['iters'], prune_wall_s=p_['wall_s'], done=p_['done'],
+                         ratios=p_['ratios'], atoms_masked=p_['atoms_masked'], num_atoms=p_['num_atoms'],
+                         steps=p_['steps'], channels_per_step=p_['channels_per_step'],
+                         anchors=p_.get('anchors', []), train_dataset=p_['train_dataset'],
+                         distiller_saw_labels=p_['distiller_saw_labels'])
+                if method == 'gf_k1':
+                    k1 = r
+                total = (k1['pruning_iters'] if k1 else r['pruning_iters']) + args.ft_iters
+                r['value_before_finetune'] = finetune_eval(t['config'], p_['channels'], p_['weights'],
+                                                           osp.join(mwork, 'no_ft'), 0, seed)['value']
+                ft_iters = max(total - r['pruning_iters'], 0)
+                ft = {}
+                f = finetune_eval(t['config'], p_['channels'], p_['weights'], osp.join(mwork, 'ft_labeled'),
+                                  ft_iters, seed, decay=args.decay)
+                ft['ft_labeled'] = dict(f, **_labeled_read(t['config']))
+                ft['ft_label_free'] = label_free_finetune(task, p_['channels'], p_['weights'], base,
+                                                          osp.join(mwork, 'ft_label_free'), ft_iters, seed,
+                                                          args.decay)
+                for v in ft.values():
+                    v['train_iters_total'] = r['pruning_iters'] + ft_iters
+                r['finetune'] = ft
+                rs[:] = [x for x in rs if x['seed'] != seed] + [r]
+                print(task, method, seed, {k: v for k, v in r.items() if k != 'anchors'}, flush=True)
+                entry['methods'], entry['pruning'], entry['goal'] = summarize(task, runs)
+                res.save(final=False)
+        entry['methods'], entry['pruning'], entry['goal'] = summarize(task, runs)
+        for name, m in entry['methods'].items():
+            print(f'{task} {name:28s} {m["metric_mean"]:.4f} +- {m["metric_std"]:.4f} (n {m["n"]})  before ft '
+                  f'{m["before_finetune_mean"]:.4f}  pruning iters {m["pruning_iters"]:.0f}  '
+                  f'prune s {m["prune_wall_s"]:.1f}  labels {m["labels_used"]}', flush=True)
+        print(task, 'goal', entry['goal'], flush=True)
+    print('wrote', res.save())
+
+
+if __name__ == '__main__':
+    main()
