@@ -80,6 +80,9 @@ class LayerRule:
     channel_params: Tuple[str, ...] = ('weight', 'bias')
     #: int attributes holding the channel count (set to the kept count when sliced)
     count_attrs: Tuple[str, ...] = ()
+    #: an attention layer (``nn.MultiheadAttention``): the tracer records it with :meth:`heads`, :attr:`inputs`
+    #: and its ``out_proj`` child (see :class:`MultiheadAttentionRule`)
+    attention = False
 
     @property
     def is_weighted(self) -> bool:
@@ -153,6 +156,22 @@ class LayerRule:
     def weight_in_mask(self, module: nn.Module, keep: torch.Tensor) -> Optional[torch.Tensor]:
         """A 0/1 tensor broadcastable to ``module.weight`` that zeroes the weights reading input positions where
         ``keep`` (bool, ``(C_in,)``) is False; None for layers without input weights."""
+        return None
+
+    def masked_tensors(self, module: nn.Module, keep: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(tensor, 0/1 mask)`` pairs that ``ChannelMasks`` multiplies in place to mask the input positions
+        where ``keep`` is False (default: :meth:`weight_in_mask` on ``module.weight``)."""
+        mask = self.weight_in_mask(module, keep)
+        return [] if mask is None else [(module.weight, mask)]
+
+    def tapped_inputs(self, module: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> List[Tuple[Any, int]]:
+        """The call's inputs that read the layer's input channels, as ``(key, batch dim)`` with ``key`` an
+        index into ``args`` or a name in ``kwargs`` (FisherTaps wraps them); default: the first argument."""
+        return [(0, 0)] if args else []
+
+    #: a forward FisherTaps installs while it taps (None: the module's own): one that calls the child layers
+    #: the graph reads through as modules (``nn.MultiheadAttention``'s ``out_proj``), so their taps see them
+    def tap_forward(self, module: nn.Module):
         return None
 
     def slice(self, module: nn.Module, in_keep: Keep, out_keep: Keep) -> None:
@@ -569,6 +588,140 @@ class GRNRule(LayerRule):
         self.slice_renormalizing(module, in_keep if in_keep is not None else out_keep)
 
 
+def multihead_attention_forward(module: nn.Module, query, key, value, key_padding_mask=None, need_weights=True,
+                                attn_mask=None, average_attn_weights=True, is_causal=False):
+    """``nn.MultiheadAttention.forward`` in plain ops, with widths read from the weights: the query/key/value
+    inputs may be narrower than the heads (``num_heads * head_dim``), as after slimming; ``out_proj`` is called as
+    a module (batch first), so hooks on it see the heads' outputs. Computes what torch's forward computes."""
+    if module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    n_q, batch = query.shape[0], query.shape[1]
+    heads, hd = module.num_heads, module.head_dim
+    inner = heads * hd
+    if module._qkv_same_embed_dim:
+        w_q, w_k, w_v = module.in_proj_weight.split(inner)
+    else:
+        w_q, w_k, w_v = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
+    b_q = b_k = b_v = None
+    if module.in_proj_bias is not None:
+        b_q, b_k, b_v = module.in_proj_bias.split(inner)
+    q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(attn_mask, float('-inf'))
+    if key_padding_mask is not None and key_padding_mask.dtype == torch.bool:
+        key_padding_mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype,
+                                       device=q.device).masked_fill(key_padding_mask, float('-inf'))
+    if module.bias_k is not None:
+        k = torch.cat([k, module.bias_k.repeat(1, batch, 1)])
+        v = torch.cat([v, module.bias_v.repeat(1, batch, 1)])
+        attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+        key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+    q = q.reshape(n_q, batch * heads, hd).transpose(0, 1)
+    k = k.reshape(k.shape[0], batch * heads, hd).transpose(0, 1)
+    v = v.reshape(v.shape[0], batch * heads, hd).transpose(0, 1)
+    if module.add_zero_attn:
+        zeros = q.new_zeros((batch * heads, 1, hd))
+        k, v = torch.cat([k, zeros], 1), torch.cat([v, zeros], 1)
+        attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+        key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+    n_k = k.shape[1]
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask.unsqueeze(0) if attn_mask.dim() == 2 else attn_mask
+    elif is_causal:
+        mask = torch.triu(torch.full((n_q, n_k), float('-inf'), dtype=q.dtype, device=q.device), 1).unsqueeze(0)
+    if key_padding_mask is not None:
+        kp = key_padding_mask.view(batch, 1, 1, n_k).expand(-1, heads, -1, -1).reshape(batch * heads, 1, n_k)
+        mask = kp if mask is None else mask + kp
+    scores = torch.bmm(q * (float(hd) ** -0.5), k.transpose(1, 2))
+    if mask is not None:
+        scores = scores + mask
+    attn = torch.softmax(scores, dim=-1)
+    if module.training and module.dropout > 0:
+        attn = F.dropout(attn, p=module.dropout)
+    ctx = torch.bmm(attn, v).view(batch, heads, n_q, hd).permute(0, 2, 1, 3).reshape(batch, n_q, inner)
+    out = module.out_proj(ctx)
+    out = out if module.batch_first else out.transpose(0, 1)
+    weights = None
+    if need_weights:
+        weights = attn.view(batch, heads, n_q, n_k)
+        weights = weights.mean(dim=1) if average_attn_weights else weights
+    return out, weights
+
+
+class MultiheadAttentionRule(LayerRule):
+    """``nn.MultiheadAttention`` with packed projections (``kdim == vdim == embed_dim``; mmcv's and mmengine's
+    ``MultiheadAttention`` wrap it: DETR, Deformable DETR's and DINO's decoders, torchvision's ViT).
+
+    Traced as one layer whose inputs are the query, key and value channels (one set of positions: the packed
+    ``in_proj_weight`` reads all three with the same columns) and whose outputs are the rows of ``in_proj_weight``
+    (q, k and v of every head); each head's rows are one atom, read by ``out_proj`` (recorded as a Linear whose
+    input is the heads' value rows), so heads are pruned whole (``num_heads`` shrinks) and the embedding width is
+    the residual stream's unit. Slimmed modules run :func:`multihead_attention_forward` (their input and head
+    widths differ), FisherTaps runs it too so that ``out_proj``'s taps see the heads.
+    """
+
+    in_dim = -1
+    inputs = ('query', 'key', 'value')
+    attention = True
+
+    def matches(self, module):
+        return isinstance(module, nn.MultiheadAttention)
+
+    def packed(self, module) -> bool:
+        return bool(module._qkv_same_embed_dim)
+
+    def in_channels(self, module):
+        return int(module.in_proj_weight.shape[1]) if self.packed(module) else int(module.embed_dim)
+
+    def out_channels(self, module):
+        return int(module.in_proj_weight.shape[0]) if self.packed(module) else 3 * int(module.embed_dim)
+
+    def heads(self, module) -> Tuple[int, int]:
+        """(number of heads, channels per head)."""
+        return int(module.num_heads), int(module.head_dim)
+
+    def masked_tensors(self, module, keep):
+        if not self.packed(module):
+            return []
+        return [(module.in_proj_weight, keep.view(1, -1))]
+
+    def tapped_inputs(self, module, args, kwargs):
+        bdim = 0 if module.batch_first else 1
+        found = []
+        for i, name in enumerate(self.inputs):
+            if i < len(args):
+                found.append((i, bdim))
+            elif isinstance(kwargs.get(name), torch.Tensor):
+                found.append((name, bdim))
+        return found
+
+    def tap_forward(self, module):
+        return multihead_attention_forward
+
+    def slice(self, module, in_keep, out_keep):
+        if not self.packed(module):
+            raise ValueError('nn.MultiheadAttention with separate q/k/v projections is not pruned; the channel config '
+                             'does not fit the model.')
+        heads, hd = self.heads(module)
+        inner = heads * hd
+        if out_keep is not None:
+            local = out_keep.view(3, -1) - (torch.arange(3) * inner)[:, None] if out_keep.numel() % 3 == 0 else None
+            if local is None or not bool((local == local[:1]).all()) or local[0].numel() % hd or \
+                    not torch.equal(local[0].view(-1, hd), (local[0].view(-1, hd)[:, :1] + torch.arange(hd))):
+                raise ValueError('nn.MultiheadAttention loses whole heads (the same ones in q, k and v); the channel '
+                                 'config does not fit the model.')
+            rows = local[0]
+            _take(module, 'in_proj_weight', 0, out_keep)
+            _take(module, 'in_proj_bias', 0, out_keep)
+            for name in ('bias_k', 'bias_v'):
+                _take(module, name, 2, rows)
+            module.num_heads = int(rows.numel() // hd)
+        if in_keep is not None:
+            _take(module, 'in_proj_weight', 1, in_keep)
+            module.embed_dim = module.kdim = module.vdim = int(in_keep.numel())
+
+
 class PassthroughRule(LayerRule):
     """Parameter-free modules whose output channel c is input channel c but whose op the tracer cannot see
     (compiled RoI ops: mmcv/torchvision RoIAlign, RoIPool). Only the first input carries channels."""
@@ -585,7 +738,7 @@ class PassthroughRule(LayerRule):
 
 _RULES: List[LayerRule] = [ConvRule(), ConvTransposeRule(), LinearRule(), GroupNormRule(), NormRule(),
                            LayerNorm2dRule(), LayerNormRule(), RMSNormRule(), L2NormRule(), GRNRule(),
-                           PassthroughRule()]
+                           MultiheadAttentionRule(), PassthroughRule()]
 
 
 # -- forwards for slimmed modules ------------------------------------------------------------------------------
@@ -635,7 +788,17 @@ class WindowMSAAdapter(ForwardAdapter):
         return module.proj_drop(module.proj(x))
 
 
-_ADAPTERS: List[ForwardAdapter] = [WindowMSAAdapter()]
+class MultiheadAttentionAdapter(ForwardAdapter):
+    """Slimmed ``nn.MultiheadAttention``: :func:`multihead_attention_forward`."""
+
+    def matches(self, module):
+        return type(module) is nn.MultiheadAttention
+
+    def forward(self, module, *args, **kwargs):
+        return multihead_attention_forward(module, *args, **kwargs)
+
+
+_ADAPTERS: List[ForwardAdapter] = [WindowMSAAdapter(), MultiheadAttentionAdapter()]
 _ADAPTED: Dict[Tuple[type, int], type] = {}
 
 

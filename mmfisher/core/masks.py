@@ -17,6 +17,7 @@ scatters it onto atoms, summing over every reader and every call of a shared rea
 ``dL_n/dm_a`` for a mask ``m_a`` multiplying the atom's channels at all its readers.
 """
 import contextlib
+import types
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -92,10 +93,12 @@ class ChannelMasks:
                              f'({self.graph.num_atoms} atoms)')
         newly_dead = before & ~new
         saved: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        for _, module, atoms in self.readers:
+        for name, module, atoms in self.readers:
             valid = atoms >= 0
             if bool(newly_dead[atoms[valid]].any()):
-                saved.append((module.weight, module.weight.detach().clone()))
+                keep = torch.ones(atoms.numel(), dtype=torch.bool)
+                for tensor, _ in self.graph.rules[name].masked_tensors(module, keep):
+                    saved.append((tensor, tensor.detach().clone()))
         cache = self._cache
         try:
             self.alive = new
@@ -110,8 +113,9 @@ class ChannelMasks:
             self._cache = cache
             self._sync_norms()
 
-    def _weight_masks(self) -> List[Tuple[nn.Module, torch.Tensor]]:
-        """(reader, 0/1 weight mask) for every reader with a masked input; rebuilt only when the masks change."""
+    def _weight_masks(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(reader weight, 0/1 mask) for every reader with a masked input (``LayerRule.masked_tensors``: the
+        weight, or ``in_proj_weight`` of an attention layer); rebuilt only when the masks change."""
         if self._cache is None:
             cache = []
             for name, module, atoms in self.readers:
@@ -120,9 +124,8 @@ class ChannelMasks:
                 keep[valid] = self.alive[atoms[valid]]
                 if bool(keep.all()):
                     continue
-                mask = self.graph.rules[name].weight_in_mask(module, keep)
-                if mask is not None:
-                    cache.append((module, mask.to(module.weight.device, module.weight.dtype)))
+                for tensor, mask in self.graph.rules[name].masked_tensors(module, keep):
+                    cache.append((tensor, mask.to(tensor.device, tensor.dtype)))
             self._cache = cache
             self._sync_norms()
         return self._cache
@@ -147,10 +150,10 @@ class ChannelMasks:
     @torch.no_grad()
     def apply(self) -> None:
         """Zero reader weights on masked channels (idempotent; a no-op while nothing is masked)."""
-        for module, mask in self._weight_masks():
-            if mask.device != module.weight.device or mask.dtype != module.weight.dtype:
-                mask = mask.to(module.weight.device, module.weight.dtype)
-            module.weight.mul_(mask)
+        for tensor, mask in self._weight_masks():
+            if mask.device != tensor.device or mask.dtype != tensor.dtype:
+                mask = mask.to(tensor.device, tensor.dtype)
+            tensor.mul_(mask)
 
 
 class _Tap(torch.autograd.Function):
@@ -210,17 +213,27 @@ class FisherTaps:
         self.enabled = True
         modules = dict(model.named_modules())
         self._handles.append(model.register_forward_pre_hook(self._root_hook, with_kwargs=True))
+        self._forwards: List[nn.Module] = []
         for name, atoms in graph.in_atoms.items():
             if not (atoms >= 0).any():
                 continue
             rule = graph.rules[name]
             idx = torch.from_numpy(atoms)
-            self._handles.append(modules[name].register_forward_pre_hook(self._pre_hook(idx, rule.in_dim)))
+            module = modules[name]
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(idx, rule, module),
+                                                                  with_kwargs=True))
+            forward = rule.tap_forward(module)
+            if forward is not None and 'forward' not in vars(module):  # children called as modules while tapping
+                module.forward = types.MethodType(forward, module)
+                self._forwards.append(module)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for module in getattr(self, '_forwards', []):
+            vars(module).pop('forward', None)
+        self._forwards = []
 
     def _root_hook(self, module, args, kwargs):
         """The batch size is the first tensor (or list of tensors) the whole model is called with."""
@@ -235,16 +248,20 @@ class FisherTaps:
                 return None
         return None
 
-    def _pre_hook(self, atoms: torch.Tensor, in_dim: int):
+    def _pre_hook(self, atoms: torch.Tensor, rule, module: nn.Module):
         valid = atoms >= 0
         every = bool(valid.all())
         positions = torch.nonzero(valid).flatten()
         cols = atoms[valid]
         on_device: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+        in_dim = rule.in_dim
 
-        def sink(x: torch.Tensor, grad: torch.Tensor, dim: int) -> None:
+        def sink(x: torch.Tensor, grad: torch.Tensor, dims) -> None:
+            dim, bdim = dims
             with torch.no_grad():
-                if dim != 1:
+                if bdim != 0:  # sequence-first inputs (nn.MultiheadAttention): samples to dim 0 first
+                    x, grad = x.movedim((bdim, dim), (0, 1)), grad.movedim((bdim, dim), (0, 1))
+                elif dim != 1:
                     x, grad = x.movedim(dim, 1), grad.movedim(dim, 1)
                 if x.dtype != torch.float32 or grad.dtype != torch.float32:  # AMP: reduce in float32
                     x, grad = x.float(), grad.float()
@@ -254,16 +271,24 @@ class FisherTaps:
                     idx = on_device[g.device] = (positions.to(g.device), cols.to(g.device))
                 self._add(g if every else g.index_select(1, idx[0]), idx[1])
 
-        def hook(module, args):
-            if not self.enabled or not args or not torch.is_grad_enabled():
+        def hook(module, args, kwargs):
+            if not self.enabled or not torch.is_grad_enabled():
                 return None
-            x = args[0]
-            if not isinstance(x, torch.Tensor) or not x.requires_grad:
-                return None
-            if self._batch is None:
-                self._batch = int(self.batch_size) if self.batch_size else int(x.shape[0])
-            dim = normalize_dim(in_dim, x.dim())  # (N, L, C) inputs: L joins the spatial sum
-            return (_Tap.apply(x, sink, dim),) + tuple(args[1:])
+            args, kwargs, changed = list(args), dict(kwargs), False
+            for key, bdim in rule.tapped_inputs(module, tuple(args), kwargs):
+                x = args[key] if isinstance(key, int) else kwargs[key]
+                if not isinstance(x, torch.Tensor) or not x.requires_grad:
+                    continue
+                if self._batch is None:
+                    self._batch = int(self.batch_size) if self.batch_size else int(x.shape[bdim])
+                dim = normalize_dim(in_dim, x.dim())  # (N, L, C) inputs: L joins the spatial sum
+                tapped = _Tap.apply(x, sink, (dim, normalize_dim(bdim, x.dim())))
+                if isinstance(key, int):
+                    args[key] = tapped
+                else:
+                    kwargs[key] = tapped
+                changed = True
+            return (tuple(args), kwargs) if changed else None
         return hook
 
     def _add(self, g: torch.Tensor, cols: torch.Tensor) -> None:

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ['SplitGrid', 'GroupGrid', 'resolve', 'couple_across']
+__all__ = ['SplitGrid', 'GroupGrid', 'SizeBinding', 'resolve', 'couple_across']
 
 
 @dataclasses.dataclass
@@ -36,6 +36,19 @@ class SplitGrid:
 
     cmap: np.ndarray
     attrs: List[Tuple[Optional[str], List[str]]]
+
+
+@dataclasses.dataclass
+class SizeBinding:
+    """A reshape read the size of channel axis ``axis`` of ``cmap`` (its result's channel map) from one of
+    ``names`` (int attributes of module ``owner`` that hold that value). Bound after the forward, and only if the
+    axis can shrink: to one element per slab when slabs along it are atoms, to its positions when it is the only
+    channel axis."""
+
+    owner: str
+    names: List[str]
+    cmap: np.ndarray
+    axis: int
 
 
 @dataclasses.dataclass
@@ -121,10 +134,28 @@ def _resolve_group(state, grid: GroupGrid) -> None:
                           'channels')
 
 
+def _resolve_binding(state, b: SizeBinding) -> None:
+    roots = _roots(state, b.cmap)
+    if b.cmap.ndim == 1:
+        reps = b.cmap
+    elif _slab_atomic(roots, b.axis):
+        reps = np.moveaxis(b.cmap, b.axis, 0).reshape(b.cmap.shape[b.axis], -1)[:, 0]
+    else:
+        return  # the axis keeps its size (coupled across it) or cannot lose channels on its own
+    if len(np.unique(roots[roots >= 0])) <= 1 and b.cmap.ndim > 1:
+        return
+    for attr in b.names:
+        state.bind_attribute(b.owner, attr, reps)
+
+
 def resolve(state) -> None:
-    """Resolve every recorded grid in trace order (see the module docstring)."""
+    """Resolve every recorded grid in trace order (see the module docstring), then the size bindings (which
+    need the final atoms)."""
     for grid in state.constraints:
         if isinstance(grid, SplitGrid):
             _resolve_split(state, grid)
-        else:
+        elif isinstance(grid, GroupGrid):
             _resolve_group(state, grid)
+    for b in state.constraints:
+        if isinstance(b, SizeBinding):
+            _resolve_binding(state, b)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from ..layers import LayerRule
+from ..layers import LayerRule, find_rule
 from .channels import ChannelInfo, elems_of
 from .constraints import GroupGrid
 from .errors import MetaTraceUnsupported, is_meta_limitation
@@ -106,6 +106,9 @@ def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRu
     outs = _tensors(output)
     if not inputs or not outs:
         return
+    if rule.attention:
+        _record_attention(state, name, module, rule, rec, call, output)
+        return
     x, info = inputs[0]
     for _, other in inputs[1:]:
         state.use(other)
@@ -128,6 +131,68 @@ def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRu
         _record_norm(state, name, module, rule, rec, dim, vec, out)
     else:
         _record_weighted(state, name, module, rule, rec, vec, out)
+
+
+def _record_attention(state: TraceState, name: str, module: nn.Module, rule: LayerRule, rec: ModuleRecord,
+                      call: Tuple[tuple, dict], output: Any) -> None:
+    """An attention layer (``rule.attention``): query/key/value channels are one set of input positions (packed
+    projection columns); the projection rows (q, k, v of every head) are fresh elements, one atom per head; the
+    ``out_proj`` child is recorded as a layer reading the heads' value rows and producing the output channels."""
+    args, kwargs = call
+    tensors = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(rule.inputs)]
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    out0 = output[0] if isinstance(output, (tuple, list)) else output
+    weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+    infos = [state.get(t) for t in tensors]
+    others = [state.get(t) for t in _tensors((args, kwargs)) if not any(t is u for u in tensors)]
+    for i in infos + others:
+        state.use(i)
+    for i in others:  # masks computed from channels
+        state.flag_info(i, f'{name} ({type(module).__name__}) takes a mask computed from channels')
+    if not tensors or not isinstance(out0, torch.Tensor):
+        return
+    if not rule.packed(module):
+        reason = f'{name} ({type(module).__name__}) with separate q/k/v projections (kdim/vdim) is not pruned'
+        for i in infos:
+            state.flag_info(i, reason)
+        state.set(out0, state.new_mixed([elems_of(i) for i in infos], reason))
+        return
+    c_in, rows = rule.in_channels(module), rule.out_channels(module)
+    heads, hd = rule.heads(module)
+    inner = heads * hd
+    q = tensors[0]
+    for t, info in zip(tensors, infos):
+        vec = state.channel_vector(info, t.dim() - 1, c_in) if t.shape[-1] == c_in else None
+        if vec is None:
+            if info is not None:
+                state.flag_info(info, f'{name} ({type(module).__name__}) reads channels the tracer cannot map')
+            vec = np.full(c_in, -1, dtype=np.int64)
+        _merge_inputs(state, rec, vec)
+    rec.calls.append(ModuleCall(tuple(q.shape), tuple(q.shape[:-1]) + (rows,), bool(q.requires_grad)))
+    if rec.out_elems is None:
+        rec.out_elems = state.uf.make(rows)
+        parts = rec.out_elems.reshape(3, heads, hd)
+        for h in range(heads):  # one head: its q, k and v rows (and the out_proj columns reading them)
+            state.uf.union_all(parts[:, h])
+    child_name, child = f'{name}.out_proj', getattr(module, 'out_proj', None)
+    child_rule = find_rule(child) if isinstance(child, nn.Module) else None
+    if child_rule is None or not child_rule.is_weighted:
+        state.set(out0, state.new_mixed([rec.out_elems], f'{name}: output projection not traced'))
+        return
+    crec = state.modules.get(child_name)
+    if crec is None:
+        crec = state.modules[child_name] = ModuleRecord(child_name, child_rule)
+        state.module_order.append(child_name)
+    _merge_inputs(state, crec, rec.out_elems[2 * inner:3 * inner])
+    if crec.out_elems is None:
+        crec.out_elems = state.uf.make(child_rule.out_channels(child))
+    crec.calls.append(ModuleCall(tuple(out0.shape[:-1]) + (inner,), tuple(out0.shape), bool(q.requires_grad)))
+    if out0.shape[-1] == crec.out_elems.size:
+        state.set(out0, ChannelInfo((out0.dim() - 1,), crec.out_elems.copy()))
+    if isinstance(weights, torch.Tensor):  # averaged over the heads: changes when heads go, if anything reads it
+        m = state.new_mixed([rec.out_elems], f'{name}: its attention weights (averaged over heads) are used')
+        m.used = True  # harmless unless read (zero_only turns False on a real use)
+        state.set(weights, m)
 
 
 def _record_passthrough(state: TraceState, name: str, rule: LayerRule, x: torch.Tensor, info: Any,

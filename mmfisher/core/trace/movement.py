@@ -10,7 +10,7 @@ from torch.utils._pytree import tree_flatten
 from .channels import ChannelInfo, ids_tensor, info_from_ids
 from .errors import Unmappable, no_meta
 from .optable import LIST_DATA, LITERAL, OpCall
-from .constraints import SplitGrid, couple_across
+from .constraints import SizeBinding, SplitGrid, couple_across
 from .params import attribute, record_param_use
 from .state import TraceState
 
@@ -183,9 +183,8 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
             if size in (-1, 1):
                 continue
             owner, names = state.size_attribute(size, SPLIT_WORDS)
-            vec = state.channel_vector(info, d, size) if names else None
-            for attr in names if vec is not None else ():
-                state.bind_attribute(owner, attr, vec)
+            if names:  # bound after the forward, if this axis can shrink (constraints.SizeBinding)
+                state.constraints.append(SizeBinding(owner, names, info.cmap.copy(), info.dims.index(d)))
 
 
 def _size_args(name: str, pargs: tuple, pkw: dict, ndim: Optional[int]) -> Optional[List[int]]:

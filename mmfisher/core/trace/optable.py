@@ -53,7 +53,7 @@ NEW = {'new_zeros', 'new_ones', 'new_full', 'new_empty', 'new_tensor', 'zeros_li
        'full_like', 'rand_like', 'randn_like', 'randint_like', 'size', 'dim', 'numel', 'len', 'get',
        'is_contiguous', 'stride', 'element_size', 'data_ptr', 'nelement', 'get_device', 'is_floating_point',
        'storage_offset', 'has_names', 'dim_order', 'is_complex', 'untyped_storage', 'hash', 'shape', 'repr',
-       'format', 'is_same_size', 'is_nonzero_shape'}
+       'format', 'is_same_size', 'is_nonzero_shape', '_shape_as_tensor'}
 # ops whose only data input is the first argument (the others are shapes, dtypes, indices or references)
 FIRST_ONLY = {'type_as', 'view_as', 'expand_as', 'reshape_as', 'to', 'index_select', 'gather', 'take_along_dim',
               'getitem', 'narrow', 'select', 'roll', 'flip', 'grid_sample', 'masked_select', 'repeat_interleave'}

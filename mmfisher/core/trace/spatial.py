@@ -1,5 +1,6 @@
 """Ops that act on non-channel dims: spatial ops (pooling, interpolation, padding) and reductions or ops along
 one dim (sum, mean, softmax, topk, ...). They keep channels when they leave the channel dims alone."""
+import numpy as np
 import torch
 
 from ..dims import normalize_dim
@@ -19,6 +20,11 @@ def op_spatial(state: TraceState, call: OpCall) -> None:
     x, info = flat_in[0], in_infos[0]
     for i in in_infos[1:]:
         state.use(i)
+    grid = (call.args[1] if len(call.args) > 1 else call.kwargs.get('grid')) if name == 'grid_sample' else None
+    if isinstance(state.get(grid), ChannelInfo):  # grid_sample reads only its input's channels (FIRST_ONLY)
+        _sampling_grid(state, x, info, grid, state.get(grid))
+    elif state.get(grid) is not None:
+        state.flag_info(state.get(grid), 'op grid_sample reads them as sampling coordinates')
     if not isinstance(info, ChannelInfo) or not outs:
         return
     out = outs[0]
@@ -27,6 +33,22 @@ def op_spatial(state: TraceState, call: OpCall) -> None:
         raise Unmappable('it resizes a channel dim')
     for t in outs[:1]:
         state.set(t, ChannelInfo(info.dims, info.cmap.copy()))
+
+
+def _sampling_grid(state: TraceState, x: torch.Tensor, info, grid: torch.Tensor, g_info: ChannelInfo) -> None:
+    """``grid_sample(x, grid)`` with a grid computed from channels (deformable attention's sampling offsets): the
+    grid's channels are coordinates, read whole. When ``x``'s batch dim holds channels (the heads, merged into
+    the batch), each batch position's grid goes with that position's channels (a head's offsets with the head);
+    otherwise the grid's channels are kept."""
+    from .channels import ids_tensor
+    gids = ids_tensor(grid, g_info).reshape(grid.shape[0], -1).numpy()
+    if isinstance(info, ChannelInfo) and 0 in info.dims and x.shape[0] == grid.shape[0]:
+        xids = ids_tensor(x, info).reshape(x.shape[0], -1).numpy()
+        for n in range(x.shape[0]):
+            row = np.concatenate([np.unique(xids[n]), np.unique(gids[n])])
+            state.uf.union_all(row[row >= 0])
+        return
+    state.uf.flag(gids, 'op grid_sample reads them as sampling coordinates')
 
 
 def op_reduce(state: TraceState, call: OpCall) -> None:
