@@ -69,6 +69,17 @@ def couple_across(state, cmap: np.ndarray, axis: int) -> None:
         state.uf.union_all(row)
 
 
+# a count of whole slabs (heads, groups) vs a count of positions (widths): preferred attribute names when several
+# attributes hold the same value (4 heads of 4 channels: num_heads and head_dims)
+_COUNT_WORDS = ('num', 'heads', 'groups', 'radix')
+_WIDTH_WORDS = ('dim', 'channels', 'width', 'features', 'embed', 'mid')
+
+
+def _prefer(names: List[str], words: Tuple[str, ...]) -> List[str]:
+    best = [n for n in names if any(w in n for w in words)]
+    return best or names
+
+
 def _roots(state, arr: np.ndarray) -> np.ndarray:
     out = np.full(arr.shape, -1, dtype=np.int64)
     flat, res = arr.reshape(-1), out.reshape(-1)
@@ -94,7 +105,7 @@ def _resolve_split(state, grid: SplitGrid) -> None:
             owner, names = grid.attrs[axis] if axis < len(grid.attrs) else (None, [])
             if owner is not None and names:
                 reps = np.moveaxis(cmap, axis, 0).reshape(cmap.shape[axis], -1)[:, 0]
-                for attr in names:
+                for attr in _prefer(names, _COUNT_WORDS):
                     state.bind_attribute(owner, attr, reps)
             return
     last = cmap.ndim - 1
@@ -137,14 +148,14 @@ def _resolve_group(state, grid: GroupGrid) -> None:
 def _resolve_binding(state, b: SizeBinding) -> None:
     roots = _roots(state, b.cmap)
     if b.cmap.ndim == 1:
-        reps = b.cmap
+        reps, words = b.cmap, _WIDTH_WORDS
     elif _slab_atomic(roots, b.axis):
-        reps = np.moveaxis(b.cmap, b.axis, 0).reshape(b.cmap.shape[b.axis], -1)[:, 0]
+        reps, words = np.moveaxis(b.cmap, b.axis, 0).reshape(b.cmap.shape[b.axis], -1)[:, 0], _COUNT_WORDS
     else:
         return  # the axis keeps its size (coupled across it) or cannot lose channels on its own
     if len(np.unique(roots[roots >= 0])) <= 1 and b.cmap.ndim > 1:
         return
-    for attr in b.names:
+    for attr in _prefer(b.names, words):
         state.bind_attribute(b.owner, attr, reps)
 
 
