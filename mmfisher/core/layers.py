@@ -25,6 +25,7 @@ class Role:
     WEIGHTED = 'weighted'        # reads input channels with weights, produces fresh output channels (conv, linear)
     NORM = 'norm'                # per-channel or per-group: output position c is input position c
     PASSTHROUGH = 'passthrough'  # no parameters tied to channels, output c is input c (compiled RoI ops)
+    GENERATOR = 'generator'      # output channels computed from shapes only (sine positional encodings)
 
 
 def _replace_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -98,6 +99,12 @@ class LayerRule:
     def is_passthrough(self) -> bool:
         """Parameter-free op the tracer cannot see into: channels pass, nothing is sliced or recorded per call."""
         return self.role == Role.PASSTHROUGH
+
+    @property
+    def is_generator(self) -> bool:
+        """Reads no channels, produces channels computed from shapes only (a sine positional encoding): they
+        join the channels they are added to; slimming keeps the chosen ones (:class:`GeneratorRule`)."""
+        return self.role == Role.GENERATOR
 
     @property
     def label(self) -> str:
@@ -722,6 +729,35 @@ class MultiheadAttentionRule(LayerRule):
             module.embed_dim = module.kdim = module.vdim = int(in_keep.numel())
 
 
+#: the kept output positions of a slimmed generator (a plain attribute; :class:`OutputSelectAdapter` reads it)
+KEEP_ATTR = '_mmfisher_kept_channels'
+
+
+class GeneratorRule(LayerRule):
+    """mmdet's ``SinePositionalEncoding`` (DETR, Deformable DETR, DINO): ``2 * num_feats`` channels of sines and
+    cosines of the positions, computed from the input's shape and added to the embedding stream. Its channels are
+    fresh ones that join the stream; a slimmed module computes all of them and keeps the chosen ones
+    (:class:`OutputSelectAdapter`), exactly the positions the stream keeps."""
+
+    role = Role.GENERATOR
+
+    def matches(self, module):
+        return type(module).__name__ == 'SinePositionalEncoding' and 'mmdet' in type(module).__module__ and \
+            isinstance(getattr(module, 'num_feats', None), int)
+
+    def in_channels(self, module):
+        return 0
+
+    def out_channels(self, module):
+        keep = module.__dict__.get(KEEP_ATTR)
+        return int(keep.numel()) if keep is not None else 2 * int(module.num_feats)
+
+    def slice(self, module, in_keep, out_keep):
+        if out_keep is not None:
+            old = module.__dict__.get(KEEP_ATTR)
+            module.__dict__[KEEP_ATTR] = out_keep.clone() if old is None else old[out_keep]
+
+
 class PassthroughRule(LayerRule):
     """Parameter-free modules whose output channel c is input channel c but whose op the tracer cannot see
     (compiled RoI ops: mmcv/torchvision RoIAlign, RoIPool). Only the first input carries channels."""
@@ -738,7 +774,7 @@ class PassthroughRule(LayerRule):
 
 _RULES: List[LayerRule] = [ConvRule(), ConvTransposeRule(), LinearRule(), GroupNormRule(), NormRule(),
                            LayerNorm2dRule(), LayerNormRule(), RMSNormRule(), L2NormRule(), GRNRule(),
-                           MultiheadAttentionRule(), PassthroughRule()]
+                           MultiheadAttentionRule(), GeneratorRule(), PassthroughRule()]
 
 
 # -- forwards for slimmed modules ------------------------------------------------------------------------------
@@ -798,7 +834,20 @@ class MultiheadAttentionAdapter(ForwardAdapter):
         return multihead_attention_forward(module, *args, **kwargs)
 
 
-_ADAPTERS: List[ForwardAdapter] = [WindowMSAAdapter(), MultiheadAttentionAdapter()]
+class OutputSelectAdapter(ForwardAdapter):
+    """A slimmed generator (:class:`GeneratorRule`): its own forward, then its kept channels (dim 1)."""
+
+    def matches(self, module):
+        return KEEP_ATTR in vars(module)
+
+    def forward(self, module, *args, **kwargs):
+        base = next(c for c in type(module).__mro__[1:] if 'forward' in vars(c))
+        out = base.forward(module, *args, **kwargs)
+        keep = module.__dict__.get(KEEP_ATTR)
+        return out if keep is None else out.index_select(1, keep.to(out.device))
+
+
+_ADAPTERS: List[ForwardAdapter] = [WindowMSAAdapter(), MultiheadAttentionAdapter(), OutputSelectAdapter()]
 _ADAPTED: Dict[Tuple[type, int], type] = {}
 
 
@@ -811,6 +860,11 @@ def _adapted_class(cls: type, adapter: ForwardAdapter) -> type:
         _ADAPTED[key] = type(cls.__name__, (cls,), {'forward': forward, '__module__': cls.__module__,
                                                     '__qualname__': cls.__qualname__, '_mmfisher_adapter': adapter})
     return _ADAPTED[key]
+
+
+def has_adapter(module: nn.Module) -> bool:
+    """Whether a :class:`ForwardAdapter` (other than the output selection of generators) matches ``module``."""
+    return any(a.matches(module) for a in _ADAPTERS if not isinstance(a, OutputSelectAdapter))
 
 
 def adapt_forwards(model: nn.Module) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ['ChannelInfo', 'Mixed', 'elems_of', 'ids_tensor', 'info_from_ids', 'broadcast_cmap']
+__all__ = ['ChannelInfo', 'Mixed', 'ChannelCount', 'elems_of', 'ids_tensor', 'info_from_ids', 'broadcast_cmap']
 
 
 @dataclasses.dataclass
@@ -37,6 +37,54 @@ class Mixed:
     reason: str
     used: bool = False
     zero_only: bool = True
+
+
+class ChannelCount(int):
+    """An int the forward read off the size of a traced channel dim (``B, N, C = x.shape``), and ints computed
+    from it (``C // num_heads``): slimming may change it. ``sources`` holds ``(cmap, axis)`` of each traced map it
+    was read from. The tracer checks where such a size shapes another tensor (``trace.constraints.SizeCheck``,
+    ``params.param_op``)."""
+
+    sources: list
+
+    def __new__(cls, value: int, sources: list) -> 'ChannelCount':
+        obj = int.__new__(cls, value)
+        obj.sources = sources
+        return obj
+
+    @property
+    def elems(self) -> np.ndarray:
+        return np.unique(np.concatenate([c.reshape(-1) for c, _ in self.sources]))
+
+    def _derive(self, value: Any, other: Any = None) -> Any:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return value
+        return ChannelCount(value, self.sources + (other.sources if isinstance(other, ChannelCount) else []))
+
+    def __floordiv__(self, o): return self._derive(int(self) // o, o)  # noqa: E704
+    def __rfloordiv__(self, o): return self._derive(o // int(self), o)  # noqa: E704
+    def __mul__(self, o): return self._derive(int(self) * o, o)  # noqa: E704
+    __rmul__ = __mul__
+    def __add__(self, o): return self._derive(int(self) + o, o)  # noqa: E704
+    __radd__ = __add__
+    def __sub__(self, o): return self._derive(int(self) - o, o)  # noqa: E704
+    def __rsub__(self, o): return self._derive(o - int(self), o)  # noqa: E704
+    def __neg__(self): return self._derive(-int(self))  # noqa: E704
+
+    def __reduce__(self):  # pickles (and copies) as the plain int
+        return (int, (int(self),))
+
+    def __deepcopy__(self, memo):
+        return int(self)
+
+    def __copy__(self):
+        return int(self)
+
+
+def channel_counts(obj: Any) -> list:
+    """The :class:`ChannelCount` ints among ``obj`` (an op's arguments, nested)."""
+    from torch.utils._pytree import tree_flatten
+    return [v for v in tree_flatten(obj)[0] if isinstance(v, ChannelCount)]
 
 
 def elems_of(info: Any) -> Optional[np.ndarray]:

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ['SplitGrid', 'GroupGrid', 'SizeBinding', 'resolve', 'couple_across']
+__all__ = ['SplitGrid', 'GroupGrid', 'SizeBinding', 'SizeCheck', 'resolve', 'couple_across']
 
 
 @dataclasses.dataclass
@@ -49,6 +49,19 @@ class SizeBinding:
     names: List[str]
     cmap: np.ndarray
     axis: int
+
+
+@dataclasses.dataclass
+class SizeCheck:
+    """A reshape sized axis ``axis`` of its result (channel map ``cmap``; None or axis -1: a dim with no channels)
+    by a count read off other channels (``sources``: ``(cmap, axis)`` of each map the count came from:
+    ``reshape(B, N, C)`` with ``C`` the input's width). Exact when neither can lose channels along those axes, or
+    both are the same channels; otherwise both are kept, named by ``reason``."""
+
+    cmap: Optional[np.ndarray]
+    axis: int
+    sources: list
+    reason: str
 
 
 @dataclasses.dataclass
@@ -159,6 +172,30 @@ def _resolve_binding(state, b: SizeBinding) -> None:
         state.bind_attribute(b.owner, attr, reps)
 
 
+def _shrinks(roots: np.ndarray, axis: int) -> bool:
+    """Whether pruning can shorten ``axis``: its slabs do not all hold the same atoms."""
+    moved = np.moveaxis(roots, axis, 0).reshape(roots.shape[axis], -1)
+    sets = [frozenset(row[row >= 0].tolist()) for row in moved]
+    return len(set(sets)) > 1
+
+
+def _resolve_check(state, b: SizeCheck) -> None:
+    srcs = [(c, a) for c, a in b.sources if (c >= 0).any()]
+    shrinking = [(c, a) for c, a in srcs if _shrinks(_roots(state, c), a)]
+    target = b.cmap is not None and b.axis >= 0 and _shrinks(_roots(state, b.cmap), b.axis)
+    if not shrinking and not target:
+        return  # neither side can change size
+    if shrinking and target:
+        mine = set(_roots(state, b.cmap).reshape(-1).tolist()) - {-1}
+        theirs = set(np.concatenate([_roots(state, c).reshape(-1) for c, _ in shrinking]).tolist()) - {-1}
+        if mine == theirs:
+            return  # the same channels: the size follows them
+    if b.cmap is not None:
+        state.uf.flag(b.cmap, b.reason)
+    for c, _ in srcs:
+        state.uf.flag(c, b.reason)
+
+
 def resolve(state) -> None:
     """Resolve every recorded grid in trace order (see the module docstring), then the size bindings (which
     need the final atoms)."""
@@ -170,3 +207,5 @@ def resolve(state) -> None:
     for b in state.constraints:
         if isinstance(b, SizeBinding):
             _resolve_binding(state, b)
+        elif isinstance(b, SizeCheck):
+            _resolve_check(state, b)

@@ -6,11 +6,12 @@ its results a :class:`Mixed` naming the op, so only the channels it read become 
 """
 from typing import Any, Callable, Dict, Optional
 
+
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .channels import ChannelInfo, Mixed, elems_of
+from .channels import ChannelCount, ChannelInfo, Mixed, elems_of
 from .errors import MetaTraceUnsupported, Unmappable, is_meta_limitation
 from .movement import op_move
 from .optable import (ALONG, FILL, FIRST_ONLY, MOVE, NARY, NEW, REDUCE, SPATIAL, UNARY, OpCall, op_name)
@@ -87,6 +88,8 @@ def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, 
         op_setitem(state, args)
         return
     if name in NEW:
+        if name in ('zeros_like', 'new_zeros') and isinstance(out, torch.Tensor):
+            state.mark_zero(out)
         return
     if name in FIRST_ONLY and args:
         flat_in = [args[0]] if isinstance(args[0], torch.Tensor) else []
@@ -170,4 +173,25 @@ class Tracer(TorchFunctionMode):
                 raise MetaTraceUnsupported(f'op {op_name(func)[0]}: {exc}') from exc
             unmappable(self.state, func, args, kwargs, out,
                        f'the tracer failed on it ({type(exc).__name__}: {exc})')
+        return _counted(self.state, func, args, out)
+
+
+def _counted(state: TraceState, func: Callable, args: tuple, out: Any) -> Any:
+    """``x.shape`` / ``x.size()`` / ``x.size(d)`` of a traced tensor: its channel dims' sizes as
+    :class:`ChannelCount` ints, so the tracer sees where a width read off one tensor sizes another."""
+    name = getattr(func, '__name__', '')
+    if name == '__get__':
+        if getattr(getattr(func, '__self__', None), '__name__', '') != 'shape':
+            return out
+    elif name != 'size':
         return out
+    info = state.get(args[0]) if args else None
+    if not isinstance(info, ChannelInfo) or not info.dims:
+        return out
+    def count(d: int, v: int) -> int:
+        return ChannelCount(v, [(info.cmap, info.dims.index(d))]) if d in info.dims and v > 1 else v
+    if isinstance(out, torch.Size):
+        return torch.Size([count(d, v) for d, v in enumerate(out)])
+    if isinstance(out, int) and len(args) > 1 and isinstance(args[1], int):
+        return count(args[1] % args[0].dim(), out)
+    return out

@@ -16,6 +16,7 @@ from torch.utils._pytree import tree_flatten
 from ..layers import LayerRule, find_rule
 from .channels import ChannelInfo, elems_of
 from .constraints import GroupGrid
+from .params import param_vector
 from .errors import MetaTraceUnsupported, is_meta_limitation
 from .records import ModuleCall, ModuleRecord
 from .state import TraceState
@@ -109,6 +110,16 @@ def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRu
     if rule.attention:
         _record_attention(state, name, module, rule, rec, call, output)
         return
+    if rule.is_generator:
+        for _, i in inputs:  # read for their shapes only
+            state.use(i)
+        out = outs[0]
+        rec.calls.append(ModuleCall(tuple(inputs[0][0].shape), tuple(out.shape), False))
+        if rec.out_elems is None:
+            rec.out_elems = state.uf.make(rule.out_channels(module))
+        if out.dim() > 1 and out.shape[1] == rec.out_elems.size:
+            state.set(out, ChannelInfo((1,), rec.out_elems.copy()))
+        return
     x, info = inputs[0]
     for _, other in inputs[1:]:
         state.use(other)
@@ -121,6 +132,8 @@ def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRu
     c_in = rule.in_channels(module)
     rec.calls.append(ModuleCall(tuple(x.shape), tuple(out.shape), bool(x.requires_grad)))
     vec = state.channel_vector(info, dim, c_in) if dim is not None and x.shape[dim] == c_in else None
+    if vec is None and info is None and dim is not None and x.shape[dim] == c_in:
+        vec = param_vector(state, x, dim)  # a parameter-derived input: the layer reads the parameter's positions
     if vec is None:
         if info is not None:
             state.flag_info(info, f'{name} ({type(module).__name__}) reads channels the tracer cannot map')
@@ -161,13 +174,19 @@ def _record_attention(state: TraceState, name: str, module: nn.Module, rule: Lay
     heads, hd = rule.heads(module)
     inner = heads * hd
     q = tensors[0]
+    constant = False
     for t, info in zip(tensors, infos):
         vec = state.channel_vector(info, t.dim() - 1, c_in) if t.shape[-1] == c_in else None
+        if vec is None and info is None and t.shape[-1] == c_in:
+            vec = param_vector(state, t, t.dim() - 1)  # a parameter-derived input (DETR's query embedding)
+            constant = constant or (vec is None and not state.is_zero(t))
         if vec is None:
             if info is not None:
                 state.flag_info(info, f'{name} ({type(module).__name__}) reads channels the tracer cannot map')
             vec = np.full(c_in, -1, dtype=np.int64)
         _merge_inputs(state, rec, vec)
+    if constant:  # the packed columns also read an input of fixed width: they cannot go
+        state.uf.flag(rec.in_elems, f'{name} ({type(module).__name__}) reads a constant input of fixed width')
     rec.calls.append(ModuleCall(tuple(q.shape), tuple(q.shape[:-1]) + (rows,), bool(q.requires_grad)))
     if rec.out_elems is None:
         rec.out_elems = state.uf.make(rows)

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
 
-from .channels import ChannelInfo, ids_tensor, info_from_ids
+from .channels import ChannelCount, ChannelInfo, ids_tensor, info_from_ids
 from .errors import Unmappable, no_meta
 from .optable import LIST_DATA, LITERAL, OpCall
-from .constraints import SizeBinding, SplitGrid, couple_across
+from .constraints import SizeBinding, SizeCheck, SplitGrid, couple_across
 from .params import attribute, record_param_use
 from .state import TraceState
 
@@ -170,6 +170,14 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
         return
     info = infos[0]
     sizes = _size_args(name, pargs, pkw or {}, outs[0].dim() if outs else None)
+    raw = _size_args(name, pargs, pkw or {}, outs[0].dim() if outs else None, raw=True)
+    if raw is not None and not state.owner_adapted():
+        for d, c in enumerate(raw):  # a size read off some channels shapes this dim: checked after the forward
+            if isinstance(c, ChannelCount):
+                state.constraints.append(SizeCheck(
+                    info.cmap.copy() if info.dims else None, info.dims.index(d) if d in info.dims else -1,
+                    c.sources, f'op {name} sizes them by the width of other channels (a size read off an input, '
+                    'like reshape(B, N, C))'))
     if len(info.dims) > in_dims and info.cmap.ndim > 1:
         # a reshape that splits a channel dim: decided after the forward (constraints.SplitGrid)
         attrs = []
@@ -187,22 +195,26 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
                 state.constraints.append(SizeBinding(owner, names, info.cmap.copy(), info.dims.index(d)))
 
 
-def _size_args(name: str, pargs: tuple, pkw: dict, ndim: Optional[int]) -> Optional[List[int]]:
-    """The result's size per dim as the op was given it (-1: inferred), for view/reshape/unflatten."""
+def _size_args(name: str, pargs: tuple, pkw: dict, ndim: Optional[int], raw: bool = False) -> Optional[list]:
+    """The result's size per dim as the op was given it (-1: inferred), for view/reshape/unflatten; ``raw``
+    keeps the ints as given (:class:`ChannelCount` included), None for dims the op did not name."""
     if ndim is None:
         return None
+    conv = (lambda v: v) if raw else int
     if name in ('view', 'reshape'):
         rest = list(pargs[1:]) or list(pkw.get('shape', pkw.get('size', ())) or ())
         if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
             rest = list(rest[0])
         if len(rest) == ndim and all(isinstance(v, int) for v in rest):
-            return [int(v) for v in rest]
+            return [conv(v) for v in rest]
         return None
     if name == 'unflatten' and len(pargs) > 2 and isinstance(pargs[1], int):
         x = pargs[0]
         d = pargs[1] % x.dim()
-        new = [int(v) for v in pargs[2]]
-        return list(x.shape[:d]) + new + list(x.shape[d + 1:]) if len(new) + x.dim() - 1 == ndim else None
+        new = [conv(v) for v in pargs[2]]
+        keep = [None] * d if raw else list(x.shape[:d])
+        tail = [None] * (x.dim() - d - 1) if raw else list(x.shape[d + 1:])
+        return keep + new + tail if len(new) + x.dim() - 1 == ndim else None
     return None
 
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .channels import channel_counts
 from .optable import LIST_DATA, MOVE, NARY, UNARY
 from .records import ParamUse
 
-__all__ = ['ParamRef', 'param_op', 'attribute', 'record_param_use']
+__all__ = ['ParamRef', 'param_op', 'attribute', 'record_param_use', 'param_vector']
 
 
 @dataclasses.dataclass
@@ -45,15 +46,26 @@ def param_op(state, name: str, func, args: tuple, kwargs: Dict[str, Any], flat_i
              out: Any) -> None:
     """An op none of whose inputs carries channels: follow parameter-derived tensors through data movement and
     dtype/contiguity changes (and scalar arithmetic); anything else ends the derivation."""
-    refs = [state.param_ref(t) for t in flat_in]
-    if not any(r is not None for r in refs):
-        return
     outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
     if not outs:
+        return
+    if flat_in and (name in UNARY or name in MOVE and name not in LIST_DATA) and state.is_zero(flat_in[0]):
+        for t in outs:  # zeros moved are zeros (DETR's first decoder query, transposed)
+            state.mark_zero(t)
+        return
+    refs = [state.param_ref(t) for t in flat_in]
+    if not any(r is not None for r in refs):
         return
     if name in MOVE and name not in LIST_DATA:
         ref = refs[0] if flat_in and flat_in[0] is (args[0] if args else None) else None
         if ref is None:
+            return
+        counts = channel_counts((args[1:], kwargs))
+        if counts:  # DINO/Deformable DETR: split(query_embed, c) with c the stream's width: checked after the
+            from .constraints import SizeCheck  # forward (it must not change)
+            for c in counts:
+                state.constraints.append(SizeCheck(None, -1, c.sources, f'op {name} sizes a parameter-derived '
+                                                   'tensor by their count'))
             return
         pargs = (ref.pos,) + tuple(tree_map(_cpu_index, tuple(args[1:])))
         pkw = tree_map(_cpu_index, dict(kwargs))
@@ -69,7 +81,7 @@ def param_op(state, name: str, func, args: tuple, kwargs: Dict[str, Any], flat_i
             if tuple(t.shape) == tuple(p.shape) and p.dtype == torch.int64:
                 state.set_param_ref(t, ParamRef(ref.name, ref.shape, p))
         return
-    scalar_only = all(r is not None or t.dim() == 0 for t, r in zip(flat_in, refs))
+    scalar_only = all(r is not None or t.dim() == 0 or state.is_zero(t) for t, r in zip(flat_in, refs))
     if (name in UNARY or (name in NARY and scalar_only)) and sum(r is not None for r in refs) == 1:
         ref = next(r for r in refs if r is not None)
         for t in outs[:1]:
@@ -104,14 +116,25 @@ def attribute(ref: ParamRef, t_dim: int) -> Optional[int]:
     return p
 
 
-def record_param_use(state, ref: ParamRef, p: int, vec: np.ndarray) -> bool:
-    """Slice parameter ``ref.name`` along dim ``p`` with the channel elements ``vec``; False when the parameter
-    is already sliced along another dim (then the caller keeps the channels)."""
+def record_param_use(state, ref: ParamRef, p: int, vec: Optional[np.ndarray] = None) -> bool:
+    """Slice parameter ``ref.name`` along dim ``p`` with channels: its positions there are elements of their own
+    (made on first use), coupled with ``vec`` (the channels they meet) position by position. False when the
+    parameter is already sliced along another dim (then the caller keeps the channels)."""
     use = state.params.get(ref.name)
     if use is None:
-        state.params[ref.name] = ParamUse(ref.name, p, np.asarray(vec, dtype=np.int64).copy())
-        return True
-    if use.dim != p or use.elems.shape != np.shape(vec):
+        use = state.params[ref.name] = ParamUse(ref.name, p, state.uf.make(ref.shape[p]))
+    if use.dim != p or (vec is not None and use.elems.shape != np.shape(vec)):
         return False
-    state.uf.union_arrays(use.elems, vec)
+    if vec is not None:
+        state.uf.union_arrays(use.elems, vec)
     return True
+
+
+def param_vector(state, t: torch.Tensor, dim: int) -> Optional[np.ndarray]:
+    """The elements along ``dim`` of a parameter-derived tensor ``t`` read by a layer (the parameter's own, see
+    :func:`record_param_use`), or None when ``t`` is not one or cannot be attributed."""
+    ref = state.param_ref(t)
+    p = attribute(ref, dim) if ref is not None else None
+    if p is None or not record_param_use(state, ref, p):
+        return None
+    return state.params[ref.name].elems.copy()

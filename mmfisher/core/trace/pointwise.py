@@ -11,7 +11,6 @@ from .constraints import couple_across
 from .errors import MetaTraceUnsupported
 from .optable import NARY, OpCall
 from .params import attribute, record_param_use
-from .records import ParamUse
 from .state import TraceState
 
 __all__ = ['is_zero_scalar', 'op_pointwise', 'propagate_mixed']
@@ -70,19 +69,10 @@ def op_pointwise(state: TraceState, call: OpCall) -> None:
     # constants (incl. parameters) with per-channel extent along a channel dim
     merged_info = None
     for t, i in zip(flat_in, in_infos):
-        if i is not None or t.dim() == 0:
+        if i is not None or t.dim() == 0 or state.is_zero(t):
             continue
         cdims = [d for d in range(t.dim()) if t.shape[d] > 1 and shift(t, d) in dims]
         if not cdims:
-            continue
-        pname = state.param_names.get(id(t))
-        if pname is not None and len(cdims) == 1 and len(dims) == 1 and t.shape[cdims[0]] == shape[dims[0]]:
-            vec = maps[0].reshape(-1) if maps else None
-            use = state.params.get(pname)
-            if use is None:
-                state.params[pname] = ParamUse(pname, cdims[0], vec.copy())
-            else:
-                state.uf.union_arrays(use.elems, vec)
             continue
         ref = state.param_ref(t)
         if ref is not None and len(cdims) == 1 and maps:

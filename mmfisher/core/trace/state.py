@@ -39,6 +39,7 @@ class TraceState:
         self.suppress = 0  # > 0 inside a ruled module: its internals are not looked at
         self.stack: List[StackEntry] = []
         self.prefs: Dict[int, Tuple[torch.Tensor, Any]] = {}  # id(tensor) -> (tensor, ParamRef): see params.py
+        self.zeros: Dict[int, torch.Tensor] = {}  # zeros_like results (see mark_zero)
         self.constraints: List[Any] = []  # SplitGrid / GroupGrid, resolved after the forward (constraints.py)
 
     # ---- tensor bookkeeping -------------------------------------------------------------------------------
@@ -76,6 +77,14 @@ class TraceState:
 
     def set_param_ref(self, t: torch.Tensor, ref: Any) -> None:
         self.prefs[id(t)] = (t, ref)
+
+    def mark_zero(self, t: torch.Tensor) -> None:
+        """``t`` is zeros shaped like another tensor (``zeros_like``): adding it changes nothing."""
+        self.zeros[id(t)] = t
+
+    def is_zero(self, t: Any) -> bool:
+        entry = self.zeros.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return entry is not None and entry is t
 
     def new_mixed(self, elems: List[Optional[np.ndarray]], reason: str) -> Optional[Mixed]:
         """A :class:`Mixed` over the union of ``elems`` (None when there are none), registered for the final
@@ -143,6 +152,14 @@ class TraceState:
                 if len(hits) == 1:
                     names.append(f'{k}[{hits[0]}]')
         return owner, names
+
+    def owner_adapted(self) -> bool:
+        """Whether the running unruled module gets a slimming forward (``layers.ForwardAdapter``) that reads its
+        sizes from its layers instead of its input (Swin's window attention)."""
+        from ..layers import has_adapter
+        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), None)
+        module = self.module_objs.get(owner) if owner is not None else None
+        return module is not None and has_adapter(module)
 
     def bind_attribute(self, owner: str, attr: str, vec: np.ndarray) -> None:
         """Record that ``owner.attr`` counts the channels ``vec``: slimming sets it to the kept count."""
