@@ -196,16 +196,36 @@ def _resolve_check(state, b: SizeCheck) -> None:
         state.uf.flag(c, b.reason)
 
 
+def _elements(c) -> List[np.ndarray]:
+    if isinstance(c, (SplitGrid, SizeBinding)):
+        return [c.cmap]
+    if isinstance(c, SizeCheck):
+        return ([c.cmap] if c.cmap is not None else []) + [m for m, _ in c.sources]
+    return []
+
+
 def resolve(state) -> None:
-    """Resolve every recorded grid in trace order (see the module docstring), then the size bindings (which
-    need the final atoms)."""
-    for grid in state.constraints:
-        if isinstance(grid, SplitGrid):
-            _resolve_split(state, grid)
-        elif isinstance(grid, GroupGrid):
-            _resolve_group(state, grid)
-    for b in state.constraints:
-        if isinstance(b, SizeBinding):
-            _resolve_binding(state, b)
-        elif isinstance(b, SizeCheck):
-            _resolve_check(state, b)
+    """Resolve every recorded grid in trace order (see the module docstring), then the size bindings and checks
+    (which need the final atoms). A constraint the tracer fails on keeps its channels (named), never crashes."""
+    def safely(fn, c):
+        try:
+            fn(state, c)
+        except Exception as exc:  # noqa: BLE001  a defect here must degrade, not crash the trace
+            reason = f'the tracer failed on a {type(c).__name__} ({type(exc).__name__}: {exc})'
+            for arr in _elements(c):
+                state.uf.flag(arr, reason)
+            if isinstance(c, GroupGrid) and c.name in state.modules:
+                rec = state.modules[c.name]
+                for arr in (rec.in_elems, rec.out_elems):
+                    if arr is not None:
+                        state.uf.flag(arr, reason)
+    for c in state.constraints:
+        if isinstance(c, SplitGrid):
+            safely(_resolve_split, c)
+        elif isinstance(c, GroupGrid):
+            safely(_resolve_group, c)
+    for c in state.constraints:
+        if isinstance(c, SizeBinding):
+            safely(_resolve_binding, c)
+        elif isinstance(c, SizeCheck):
+            safely(_resolve_check, c)

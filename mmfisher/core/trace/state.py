@@ -32,7 +32,7 @@ class TraceState:
         self.module_order: List[str] = []
         self.params: Dict[str, ParamUse] = {}
         self.attrs: Dict[str, AttrUse] = {}
-        self.module_objs: Dict[str, nn.Module] = {}
+        self.module_objs: Dict[str, nn.Module] = {'': model}  # '' is the model itself (its own forward's sizes)
         self.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self.param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self.unknown_ops: Dict[str, int] = {}
@@ -139,8 +139,8 @@ class TraceState:
         """(running module's name, its int attributes equal to ``size`` whose names contain one of ``words``).
         An int inside a list or tuple attribute (Swin's ``num_features[i]``) is named ``attr[i]`` when it is the
         only one of that value there."""
-        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), None)
-        module = self.module_objs.get(owner) if owner is not None else None
+        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), '')  # '': the model itself
+        module = self.module_objs.get(owner)
         names: List[str] = []
         for k, v in (vars(module).items() if module is not None else ()):
             if not any(w in k for w in words) or k.startswith('_'):
@@ -157,8 +157,8 @@ class TraceState:
         """Whether the running unruled module gets a slimming forward (``layers.ForwardAdapter``) that reads its
         sizes from its layers instead of its input (Swin's window attention)."""
         from ..layers import has_adapter
-        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), None)
-        module = self.module_objs.get(owner) if owner is not None else None
+        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), '')
+        module = self.module_objs.get(owner)
         return module is not None and has_adapter(module)
 
     def bind_attribute(self, owner: str, attr: str, vec: np.ndarray) -> None:
