@@ -432,3 +432,90 @@ def test_plain_grouped_conv_still_loses_whole_groups():
     g = analyze(G(), input_forward(torch.randn(1, 3, 5, 5)))
     assert g.records['g'].group_mode == 'whole'
     assert len(set(g.out_atoms['g'].tolist())) == 4
+
+
+# ---- DETR-family details: positional encodings, query embeddings, sizes read off channels -----------------------
+class DetrLike(nn.Module):
+    """A conv feature, mmdet's sine positional encoding added to it, an encoder attention, a decoder whose first
+    query is zeros shaped like a learned query embedding (DETR)."""
+
+    def __init__(self):
+        super().__init__()
+        from mmdet.models.layers.positional_encoding import SinePositionalEncoding
+        self.proj = nn.Conv2d(3, 16, 1)
+        self.pos = SinePositionalEncoding(8, normalize=True)
+        self.enc = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.query_embedding = nn.Embedding(3, 16)
+        self.dec = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.cross = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        feat = self.proj(x)
+        b, c = feat.shape[:2]
+        pos = self.pos(None, input=feat).view(b, c, -1).permute(0, 2, 1)
+        mem = feat.view(b, c, -1).permute(0, 2, 1)
+        mem = mem + self.enc(mem + pos, mem + pos, mem)[0]
+        query_pos = self.query_embedding.weight.unsqueeze(0).repeat(b, 1, 1)
+        query = torch.zeros_like(query_pos)
+        query = query + self.dec(query + query_pos, query + query_pos, query)[0]
+        query = query + self.cross(query + query_pos, mem + pos, mem)[0]
+        return self.head(query)
+
+
+def test_positional_encoding_and_query_embedding_follow_the_stream(check_exact):
+    model = DetrLike()
+    x = torch.randn(1, 3, 4, 4)
+    g = analyze(model, input_forward(x))
+    assert set(g.unprunable) == {'head'}, g.unprunable
+    stream = [u for u in g.units if 'proj' in u.producers][0]
+    assert 'pos' in stream.layers and 'query_embedding.weight' in stream.layers
+    slim = check_exact(model, x, x2=torch.randn(1, 3, 4, 4), ratio=0.5)['slim']
+    assert slim.query_embedding.weight.shape[1] == slim.proj.out_channels == 8
+    with torch.no_grad():
+        assert slim.pos(None, input=torch.zeros(1, 8, 4, 4)).shape[1] == 8
+
+
+class WidthFromInput(nn.Module):
+    """timm-style attention output ``reshape(B, N, C)`` with ``C`` the input's width: heads and the stream can no
+    longer be pruned apart, so both are kept and named (no adapter knows this class)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(5, 16)
+        self.num_heads = 4
+        self.qkv = nn.Linear(16, 48)
+        self.proj = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return self.out(x + self.proj(y))
+
+
+def test_a_size_read_off_other_channels_keeps_both():
+    g = analyze(WidthFromInput(), input_forward(torch.randn(2, 3, 5)))
+    for name in ('inp', 'qkv'):
+        assert 'width of other channels' in g.unprunable.get(name, ''), g.unprunable
+
+
+def test_split_of_a_parameter_by_a_stream_width_keeps_the_stream():
+    """Deformable DETR: ``split(query_embed, c)`` with ``c`` read off the memory: the memory's width stays."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mem = nn.Linear(5, 8)
+            self.emb = nn.Embedding(3, 16)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x):
+            m = self.mem(x)
+            pos, q = torch.split(self.emb.weight, m.shape[-1], dim=1)
+            return self.out(m.mean(1, keepdim=True) + pos + q)
+
+    g = analyze(Net(), input_forward(torch.randn(1, 3, 5)))
+    assert 'mem' in g.unprunable, g.unprunable
