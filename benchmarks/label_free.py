@@ -19,6 +19,9 @@ Pipeline, identical for every method except the loss that ranks (and trains) whi
    * ``gf_topk``: labeled Group Fisher, ``--topk`` groups per step;
    * ``lf_kl``: label-free, ``--topk`` per step, LabelFreeDistiller with the output terms only (``anchors=None``);
    * ``lf_anchors``: label-free, output terms + automatic anchors (seed 002's rule, ``anchors='auto'``, P=5);
+   * ``lf_anchors_low``: the same with the anchor MSE weighted ``--low-anchor-weight`` (0.01; the config: 1). At
+     weight 1 the anchors' gradients dwarf the output terms', and channels that no anchor follows (the tiny
+     RetinaNet's last head tower layers) get the least Fisher and are cut to 1 channel (make demo, one run);
    * ``lf_all``: label-free, output terms + every norm output after a conv as an anchor (``anchors='all'``);
 
    label-free pruning uses the configs' distiller settings otherwise (weights 1, sampled targets);
@@ -35,7 +38,8 @@ over ``--seeds``), ``pruning_iters`` / ``prune_wall_s`` (means; wall time of the
 ``labels_used`` (read off the runs: the training data set's type and whether the distiller saw a label);
 ``tasks.<task>.goal``: label-free with anchors (fine-tuned label-free) vs labeled Group Fisher k=1 (fine-tuned
 labeled): within 1 point top-1 / 0.01 mAP at equal FLOPs with >= 10x fewer pruning iterations, and whether the
-set can tell the methods apart at all (``all_within_2std``). Results are saved after every run;
+set can tell the methods apart at all (``all_within_2std``); ``goal.by_candidate``: the same test for every
+label-free pruning method. Results are saved after every run;
 ``--resume`` keeps the runs already in ``--out`` (same setup), so tasks and seeds can be run one invocation at a
 time into one file.
 
@@ -65,9 +69,11 @@ TASKS = {
                 lf_prune=osp.join(TINY, 'retinanet_tiny_label_free_prune.py'),
                 lf_finetune=osp.join(TINY, 'retinanet_tiny_label_free_finetune.py')),
 }
-# method -> (labels while pruning, channels per step: 1 or --topk, anchors of the distiller)
-METHODS = {'gf_k1': (True, 1, None), 'gf_topk': (True, 'topk', None), 'lf_kl': (False, 'topk', None),
-           'lf_anchors': (False, 'topk', 'auto'), 'lf_all': (False, 'topk', 'all')}
+# method -> (labels while pruning, channels per step: 1 or --topk, anchors of the distiller, anchor weight:
+# 'low' = --low-anchor-weight, otherwise the prune config's)
+METHODS = {'gf_k1': (True, 1, None, None), 'gf_topk': (True, 'topk', None, None),
+           'lf_kl': (False, 'topk', None, None), 'lf_anchors': (False, 'topk', 'auto', None),
+           'lf_anchors_low': (False, 'topk', 'auto', 'low'), 'lf_all': (False, 'topk', 'all', None)}
 FINETUNES = ('ft_labeled', 'ft_label_free')
 REFERENCE, CANDIDATE = 'gf_k1+ft_labeled', 'lf_anchors+ft_label_free'
 
@@ -104,13 +110,15 @@ def _labels_used(read):
     return read['train_dataset'] != 'UnlabeledImages' or bool(read['distiller_saw_labels'])
 
 
-def run_label_free_pruning(task, base, work_dir, hook, anchors, seed, max_iters=100000):
+def run_label_free_pruning(task, base, work_dir, hook, anchors, seed, anchor_weight=None, max_iters=100000):
     """``run_hook_pruning`` for the label-free prune config: the distiller (student and teacher from ``base``,
-    ``anchors``) on the unlabeled images, the task config's optimizer."""
+    ``anchors``, ``anchor_weight`` unless None) on the unlabeled images, the task config's optimizer."""
     t = TASKS[task]
     cfg = tiny_runner_cfg(t['lf_prune'], work_dir, max_iters, seed=seed)
     cfg.load_from = base
     cfg.model.anchors = anchors
+    if anchor_weight is not None:
+        cfg.model.anchor_weight = anchor_weight
     cfg.model.seed = seed
     cfg.optim_wrapper = _task_optimizer(t['config'])
     runner = build_runner(cfg)
@@ -121,7 +129,8 @@ def run_label_free_pruning(task, base, work_dir, hook, anchors, seed, max_iters=
     return dict(iters=runner.iter, wall_s=wall, done=bool(hook.done), atoms_masked=len(hook.order),
                 num_atoms=hook.graph.num_atoms, steps=hook.steps, ratios=hook.ratios(),
                 channels=hook.outputs.get('channels'), weights=hook.outputs.get('weights'),
-                anchors=list(runner.model.anchor_names or []), **_read(runner))
+                anchors=list(runner.model.anchor_names or []), anchor_weight=runner.model.anchor_weight,
+                **_read(runner))
 
 
 def label_free_finetune(task, channels, weights, base, work_dir, iters, seed, decay):
@@ -155,7 +164,7 @@ def label_free_finetune(task, channels, weights, base, work_dir, iters, seed, de
 
 
 def prune(task, method, base, work, args, seed):
-    labeled, k, anchors = METHODS[method]
+    labeled, k, anchors, weight = METHODS[method]
     k = args.topk if k == 'topk' else k
     hook = pruning_hook(k=k, interval=args.interval, delta='acts', target=args.target, target_metric='flops',
                         input_shape=TASKS[task]['shape'])
@@ -163,7 +172,8 @@ def prune(task, method, base, work, args, seed):
         r = run_hook_pruning(TASKS[task]['config'], base, work, hook, seed)
         r.update(_labeled_read(TASKS[task]['config']))
     else:
-        r = run_label_free_pruning(task, base, work, hook, anchors, seed)
+        r = run_label_free_pruning(task, base, work, hook, anchors, seed,
+                                   args.low_anchor_weight if weight == 'low' else None)
     r['channels_per_step'] = k
     return r
 
@@ -184,7 +194,8 @@ def summarize(task, runs):
                                acts_ratio_mean=statistics.fmean(r['ratios']['acts'] for r in rs),
                                before_finetune_mean=_mean(rs, 'value_before_finetune'),
                                labels_used=any(_labels_used(r) for r in rs),
-                               anchors=rs[0].get('anchors', []), channels_per_step=rs[0]['channels_per_step'])
+                               anchors=rs[0].get('anchors', []), anchor_weight=rs[0].get('anchor_weight'),
+                               channels_per_step=rs[0]['channels_per_step'])
         for ft in FINETUNES:
             done = [r for r in rs if ft in r.get('finetune', {})]
             if not done:
@@ -199,19 +210,24 @@ def summarize(task, runs):
                 train_iters_total_mean=statistics.fmean(r['finetune'][ft]['train_iters_total'] for r in done),
                 flops_ratio_mean=statistics.fmean(r['ratios']['flops'] for r in done),
                 labels_used=any(_labels_used(r) or _labels_used(r['finetune'][ft]) for r in done))
-    goal = None
-    if REFERENCE in methods and CANDIDATE in methods:
-        ref, cand = methods[REFERENCE], methods[CANDIDATE]
+    means = {k: (m['metric_mean'], m['metric_std']) for k, m in methods.items()}
+    within = all(abs(a[0] - b[0]) <= 2 * max(a[1], b[1]) for a in means.values() for b in means.values())
+
+    def goal_of(candidate):
+        if REFERENCE not in methods or candidate not in methods:
+            return None
+        ref, cand = methods[REFERENCE], methods[candidate]
         delta = cand['metric_mean'] - ref['metric_mean']
         iters_ratio = ref['pruning_iters'] / cand['pruning_iters'] if cand['pruning_iters'] else None
-        means = {k: (m['metric_mean'], m['metric_std']) for k, m in methods.items()}
-        within = all(abs(a[0] - b[0]) <= 2 * max(a[1], b[1]) for a in means.values() for b in means.values())
-        goal = dict(reference=REFERENCE, candidate=CANDIDATE, metric_delta=delta, tolerance=t['tolerance'],
+        return dict(reference=REFERENCE, candidate=candidate, metric_delta=delta, tolerance=t['tolerance'],
                     within_tolerance=delta >= -t['tolerance'], pruning_iters_ratio=iters_ratio,
                     fewer_iters_10x=iters_ratio is not None and iters_ratio >= 10,
                     met=delta >= -t['tolerance'] and iters_ratio is not None and iters_ratio >= 10,
                     n_seeds=min(ref['n'], cand['n']), all_within_2std=within,
                     spread=max(m[0] for m in means.values()) - min(m[0] for m in means.values()))
+    goal = goal_of(CANDIDATE)
+    if goal is not None:  # the same test for every label-free pruning method (fine-tuned label-free)
+        goal['by_candidate'] = {m: goal_of(f'{m}+ft_label_free') for m in runs if not METHODS[m][0]}
     return methods, pruning, goal
 
 
@@ -226,6 +242,8 @@ def main() -> None:
                    help="fine-tune iterations of gf_k1; every other run adds gf_k1's pruning iterations minus its own")
     p.add_argument('--interval', type=int, default=2, help='iterations between pruning steps (every method)')
     p.add_argument('--topk', type=int, default=16, help='channel groups per step of the top-k methods')
+    p.add_argument('--low-anchor-weight', type=float, default=0.01,
+                   help="lf_anchors_low's anchor weight while pruning (lf_anchors: the prune config's, 1)")
     p.add_argument('--no-decay', dest='decay', action='store_false',
                    help='constant lr in the fine-tunes (default: 10x drop at 75%%)')
     p.add_argument('--threads', type=int, default=1)
@@ -244,8 +262,10 @@ def main() -> None:
     setup = {k: v for k, v in vars(args).items() if k not in ('resume', 'out', 'tasks', 'methods', 'seeds')}
     setup.update(delta='acts', target_metric='flops', finetunes=list(FINETUNES), reference=REFERENCE,
                  candidate=CANDIDATE, flops='mmfisher CostModel (conv/linear multiply-adds) at input_shape',
-                 methods={m: dict(labels=lab, channels_per_step=args.topk if k == 'topk' else k, anchors=a)
-                          for m, (lab, k, a) in METHODS.items()})
+                 methods={m: dict(labels=lab, channels_per_step=args.topk if k == 'topk' else k, anchors=a,
+                                  anchor_weight=args.low_anchor_weight if w == 'low' else
+                                  (None if lab else 'the prune config\'s'))
+                          for m, (lab, k, a, w) in METHODS.items()})
     res['setup'] = setup
     tasks = {}
     if args.resume and osp.isfile(res.path):
@@ -285,7 +305,8 @@ def main() -> None:
                 r = dict(seed=seed, pruning_iters=p_['iters'], prune_wall_s=p_['wall_s'], done=p_['done'],
                          ratios=p_['ratios'], atoms_masked=p_['atoms_masked'], num_atoms=p_['num_atoms'],
                          steps=p_['steps'], channels_per_step=p_['channels_per_step'],
-                         anchors=p_.get('anchors', []), train_dataset=p_['train_dataset'],
+                         anchors=p_.get('anchors', []), anchor_weight=p_.get('anchor_weight'),
+                         train_dataset=p_['train_dataset'],
                          distiller_saw_labels=p_['distiller_saw_labels'])
                 if method == 'gf_k1':
                     k1 = r

@@ -118,7 +118,7 @@ def test_label_free(tmp_path):
     assert set(d['tasks']) == {'cls', 'det'}
     for task, t in d['tasks'].items():
         top = 100.0 if task == 'cls' else 1.0
-        assert set(t['pruning']) == {'gf_k1', 'gf_topk', 'lf_kl', 'lf_anchors', 'lf_all'}
+        assert set(t['pruning']) == {'gf_k1', 'gf_topk', 'lf_kl', 'lf_anchors', 'lf_anchors_low', 'lf_all'}
         assert set(t['methods']) == {f'{m}+{ft}' for m in t['pruning'] for ft in ('ft_labeled', 'ft_label_free')}
         for name, m in t['methods'].items():
             assert 0.0 <= m['metric_mean'] <= top and m['metric_std'] >= 0.0 and m['n'] == 1, name
@@ -131,6 +131,9 @@ def test_label_free(tmp_path):
             assert p['channels_per_step'] == (1 if method == 'gf_k1' else d['setup']['topk'])
         assert t['pruning']['lf_kl']['anchors'] == [] and len(t['pruning']['lf_anchors']['anchors']) >= 1
         assert len(t['pruning']['lf_all']['anchors']) > len(t['pruning']['lf_anchors']['anchors'])
+        assert t['pruning']['lf_anchors']['anchor_weight'] == 1.0
+        assert t['pruning']['lf_anchors_low']['anchor_weight'] == d['setup']['low_anchor_weight']
+        assert t['pruning']['lf_anchors_low']['anchors'] == t['pruning']['lf_anchors']['anchors']
         g = t['goal']
         assert g['reference'] == 'gf_k1+ft_labeled' and g['candidate'] == 'lf_anchors+ft_label_free'
         assert g['pruning_iters_ratio'] == pytest.approx(t['pruning']['gf_k1']['pruning_iters']
