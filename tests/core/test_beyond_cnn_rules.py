@@ -519,3 +519,42 @@ def test_split_of_a_parameter_by_a_stream_width_keeps_the_stream():
 
     g = analyze(Net(), input_forward(torch.randn(1, 3, 5)))
     assert 'mem' in g.unprunable, g.unprunable
+
+
+def test_functional_layer_norm_and_linear_are_named():
+    """Calls (not modules) cannot be renormalized or sliced: a functional layer_norm over the channels and a
+    functional linear keep what they read, named; a functional layer_norm over other dims passes channels."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Linear(4, 4)
+            self.c = nn.Conv2d(3, 8, 1)
+            self.out = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            a = F.layer_norm(self.a(x).permute(0, 2, 3, 1), (8,)).permute(0, 3, 1, 2)  # over channels
+            b = F.linear(self.b(x).permute(0, 2, 3, 1), torch.eye(8)).permute(0, 3, 1, 2)
+            c = F.layer_norm(self.c(x), (4,))  # over W: channels pass
+            return self.out(a + b + c)
+
+    g = analyze(Net(), input_forward(torch.randn(1, 3, 4, 4)))
+    assert 'functional norm over channels' in g.unprunable['a'] or 'functional' in g.unprunable['a']
+    assert all(n in g.unprunable for n in ('a', 'b', 'c'))  # a + b + c: one unit, kept
+    g2 = analyze(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Identity(), nn.Conv2d(8, 2, 1)),
+                 input_forward(torch.randn(1, 3, 4, 4)))
+    assert '0' not in g2.unprunable
+
+
+def test_functional_layer_norm_over_spatial_dims_passes(check_exact):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.out(F.layer_norm(self.c(x), (4,)))
+
+    g = analyze(Net(), input_forward(torch.randn(1, 3, 4, 4)))
+    assert 'c' not in g.unprunable, g.unprunable
+    check_exact(Net(), torch.randn(1, 3, 4, 4))

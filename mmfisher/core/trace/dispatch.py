@@ -37,6 +37,43 @@ def _op_fill(state: TraceState, call: OpCall) -> None:
     state.set(call.outs[0], None)
 
 
+_FUNCTIONAL = {
+    'linear': 'a functional linear (F.linear with a weight tensor; modules are pruned, calls are not)',
+    'conv1d': 'a functional convolution (modules are pruned, calls are not)',
+    'conv2d': 'a functional convolution (modules are pruned, calls are not)',
+    'conv3d': 'a functional convolution (modules are pruned, calls are not)',
+    'conv_transpose2d': 'a functional convolution (modules are pruned, calls are not)',
+    'multi_head_attention_forward': 'a functional attention (nn.MultiheadAttention modules are pruned, calls are '
+                                    'not)',
+    'batch_norm': 'a functional norm (modules are pruned, calls are not)',
+    'instance_norm': 'a functional norm (modules are pruned, calls are not)',
+    'group_norm': 'a functional norm (modules are pruned, calls are not)',
+}
+
+
+def _op_functional(state: TraceState, call: OpCall) -> None:
+    """Functional layers: their weights are tensors the tracer cannot slice as a layer."""
+    raise Unmappable(_FUNCTIONAL[call.name])
+
+
+def _op_shape_norm(state: TraceState, call: OpCall) -> None:
+    """``F.layer_norm`` / ``F.rms_norm`` called directly: exact when the normalised (last) dims hold no channels
+    (channels pass); over channels it would need the module's renormalization under masks."""
+    x, info = call.flat_in[0], call.in_infos[0]
+    shape = call.args[1] if len(call.args) > 1 else call.kwargs.get('normalized_shape')
+    n = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
+    for t, i in zip(call.flat_in[1:], call.in_infos[1:]):
+        state.use(i)
+        if i is not None:
+            raise Unmappable('a functional norm with a weight computed from channels')
+    if not isinstance(info, ChannelInfo) or not call.outs:
+        return
+    if any(d >= x.dim() - n for d in info.dims):
+        raise Unmappable('a functional norm over channels (nn.LayerNorm / nn.RMSNorm modules are renormalized '
+                         'over the alive channels, calls are not)')
+    state.set(call.outs[0], ChannelInfo(info.dims, info.cmap.copy()))
+
+
 def _op_where_indices(state: TraceState, call: OpCall) -> None:
     """One-argument ``torch.where(cond)`` (``nonzero(as_tuple=True)``): indices of the true elements."""
     raise Unmappable('data-dependent selection (the indices where a condition holds)')
@@ -58,6 +95,10 @@ def handler_for(name: str, args: tuple, kwargs: Dict[str, Any]) -> Optional[Hand
         return op_pointwise
     if name in CONTRACT:
         return op_contract
+    if name in _FUNCTIONAL:
+        return _op_functional
+    if name in ('layer_norm', 'rms_norm'):
+        return _op_shape_norm
     return _TABLE.get(name)
 
 
