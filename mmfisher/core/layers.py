@@ -100,6 +100,11 @@ class LayerRule:
         """Parameter-free op the tracer cannot see into: channels pass, nothing is sliced or recorded per call."""
         return self.role == Role.PASSTHROUGH
 
+    def renormalizes_for(self, module: nn.Module) -> bool:
+        """:attr:`renormalizes` for this module (a rule may depend on its configuration: GroupNorm with one
+        group)."""
+        return self.renormalizes
+
     @property
     def is_generator(self) -> bool:
         """Reads no channels, produces channels computed from shapes only (a sine positional encoding): they
@@ -419,12 +424,20 @@ class NormRule(LayerRule):
 
 class GroupNormRule(LayerRule):
     """``nn.GroupNorm``: a GN group is the smallest atom, so removing whole groups leaves the others' statistics
-    unchanged and slimming stays exact; ``num_groups`` shrinks."""
+    unchanged and slimming stays exact; ``num_groups`` shrinks. With one group (PoolFormer's LayerNorm over
+    ``(C, H, W)``) its statistics run over every channel: under masks over the alive ones
+    (:meth:`renormalizes_for`), so single channels are prunable."""
 
     role = Role.NORM
 
     def matches(self, module):
         return isinstance(module, nn.GroupNorm)
+
+    def renormalizes_for(self, module):
+        return int(module.num_groups) == 1
+
+    def groups(self, module):
+        return int(module.num_groups) if module.num_groups > 1 else 1
 
     def in_channels(self, module):
         return module.num_channels
@@ -437,6 +450,12 @@ class GroupNormRule(LayerRule):
     def slice(self, module, in_keep, out_keep):
         keep = in_keep if in_keep is not None else out_keep
         if keep is None:
+            return
+        module.__dict__.pop(ALIVE_ATTR, None)
+        if module.num_groups == 1:  # renormalized under masks: any channels
+            _take(module, 'weight', 0, keep)
+            _take(module, 'bias', 0, keep)
+            set_count(module, 'num_channels', int(keep.numel()))
             return
         size = module.num_channels // module.num_groups
         if keep.numel() % size:

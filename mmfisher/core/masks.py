@@ -36,7 +36,7 @@ def _renormalize_hook(module: nn.Module, args: tuple, kwargs: dict, output):
     if alive is None or not args or not isinstance(args[0], torch.Tensor):
         return None
     rule = find_rule(module)
-    if rule is None or not rule.renormalizes:
+    if rule is None or not rule.renormalizes_for(module):
         return None
     out = rule.masked_forward(module, alive, args, kwargs)
     return output if out is None else out
@@ -58,7 +58,7 @@ class ChannelMasks:
         self.norms: List[Tuple[str, nn.Module, torch.Tensor]] = []
         for name, atoms in graph.out_atoms.items():
             rule = graph.rules[name]
-            if rule.is_norm and rule.renormalizes and (atoms >= 0).any() and name in modules:
+            if rule.is_norm and name in modules and rule.renormalizes_for(modules[name]) and (atoms >= 0).any():
                 self.norms.append((name, modules[name], torch.from_numpy(atoms)))
         self._norm_hooks: Dict[str, torch.utils.hooks.RemovableHandle] = {}
 

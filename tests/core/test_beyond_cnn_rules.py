@@ -558,3 +558,25 @@ def test_functional_layer_norm_over_spatial_dims_passes(check_exact):
     g = analyze(Net(), input_forward(torch.randn(1, 3, 4, 4)))
     assert 'c' not in g.unprunable, g.unprunable
     check_exact(Net(), torch.randn(1, 3, 4, 4))
+
+
+def test_groupnorm_with_one_group_renormalizes(check_exact):
+    """PoolFormer's norm: GroupNorm(1, C), a LayerNorm over (C, H, W). Its statistics run over every channel, so
+    under masks over the alive ones; single channels are prunable (they crashed the slicing before)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.norm, self.fc = nn.Conv2d(3, 8, 1), nn.GroupNorm(1, 8), nn.Conv2d(8, 8, 1)
+            self.out = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.out(x + self.fc(self.norm(x)))
+
+    model = _rand_affine(Net())
+    g = analyze(model, input_forward(torch.randn(1, 3, 4, 4)))
+    assert set(g.unprunable) == {'out'}, g.unprunable
+    assert len(set(g.out_atoms['norm'].tolist())) == 8
+    slim = check_exact(model, torch.randn(1, 3, 4, 4), ratio=0.5)['slim']
+    assert slim.norm.num_groups == 1 and slim.norm.num_channels == slim.stem.out_channels == 4

@@ -80,6 +80,7 @@ def _op_where_indices(state: TraceState, call: OpCall) -> None:
 
 
 # later entries win, so the families are listed from the lowest priority to the highest
+LIKE = {'zeros_like', 'ones_like', 'empty_like', 'full_like', 'rand_like', 'randn_like'}
 _TABLE: Dict[str, Handler] = {}
 for _names, _handler in ((FILL, _op_fill), ({'copy'}, _op_copy), (REDUCE | ALONG, op_reduce),
                          (SPATIAL, op_spatial), (MOVE, op_move)):
@@ -131,6 +132,16 @@ def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, 
     if name in NEW:
         if name in ('zeros_like', 'new_zeros') and isinstance(out, torch.Tensor):
             state.mark_zero(out)
+        if name in LIKE and isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor) and \
+                tuple(out.shape) == tuple(args[0].shape):
+            # shaped like its source: its width follows the source's channels (DETR's first query, zeros like the
+            # query embedding, is added to the decoder's stream), its values depend on none
+            src = state.get(args[0])
+            ref = state.param_ref(args[0]) if src is None else None
+            if isinstance(src, ChannelInfo):
+                state.set(out, ChannelInfo(src.dims, src.cmap.copy()))
+            elif ref is not None:
+                state.set_param_ref(out, ref)
         return
     if name in FIRST_ONLY and args:
         flat_in = [args[0]] if isinstance(args[0], torch.Tensor) else []

@@ -179,7 +179,7 @@ def _record_attention(state: TraceState, name: str, module: nn.Module, rule: Lay
         vec = state.channel_vector(info, t.dim() - 1, c_in) if t.shape[-1] == c_in else None
         if vec is None and info is None and t.shape[-1] == c_in:
             vec = param_vector(state, t, t.dim() - 1)  # a parameter-derived input (DETR's query embedding)
-            constant = constant or (vec is None and not state.is_zero(t))
+            constant = constant or vec is None
         if vec is None:
             if info is not None:
                 state.flag_info(info, f'{name} ({type(module).__name__}) reads channels the tracer cannot map')
@@ -246,7 +246,7 @@ def _record_layout_keeping(state: TraceState, name: str, module: nn.Module, rule
     the input's channel layout."""
     norm_dims = set(rule.normalized_dims(module, x.dim()))
     if isinstance(info, ChannelInfo) and norm_dims & set(info.dims):
-        if rule.renormalizes and dim is not None and norm_dims == {dim} and (vec >= 0).any() and \
+        if rule.renormalizes_for(module) and dim is not None and norm_dims == {dim} and (vec >= 0).any() and \
                 (rec.in_elems is None or rec.out_elems is not None):
             _record_norm(state, name, module, rule, rec, dim, vec, out)
             return

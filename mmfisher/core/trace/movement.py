@@ -183,12 +183,14 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
         attrs = []
         for d in info.dims:
             size = sizes[d] if sizes is not None else -1
-            attrs.append(state.size_attribute(size, SPLIT_WORDS) if size not in (-1, 1) else (None, []))
+            # a size read off a tensor (a tracked count) follows by itself: only literals are bound to attributes
+            literal = size not in (-1, 1) and not isinstance(raw[d] if raw is not None else None, ChannelCount)
+            attrs.append(state.size_attribute(size, SPLIT_WORDS) if literal else (None, []))
         state.constraints.append(SplitGrid(info.cmap.copy(), attrs))
     elif sizes is not None:
         for d in info.dims:  # a channel dim's size read from an attribute (merged heads, Swin's num_features[i])
             size = sizes[d]
-            if size in (-1, 1):
+            if size in (-1, 1) or isinstance(raw[d] if raw is not None else None, ChannelCount):
                 continue
             owner, names = state.size_attribute(size, SPLIT_WORDS)
             if names:  # bound after the forward, if this axis can shrink (constraints.SizeBinding)

@@ -82,8 +82,11 @@ def param_op(state, name: str, func, args: tuple, kwargs: Dict[str, Any], flat_i
                 state.set_param_ref(t, ParamRef(ref.name, ref.shape, p))
         return
     scalar_only = all(r is not None or t.dim() == 0 or state.is_zero(t) for t, r in zip(flat_in, refs))
-    if (name in UNARY or (name in NARY and scalar_only)) and sum(r is not None for r in refs) == 1:
-        ref = next(r for r in refs if r is not None)
+    real = [r for r in refs if r is not None]
+    same = all(r.name == real[0].name and r.pos.shape == real[0].pos.shape and torch.equal(r.pos, real[0].pos)
+               for r in real[1:])  # e.g. zeros_like(query_pos) + query_pos: the same positions
+    if (name in UNARY or (name in NARY and scalar_only)) and real and (len(real) == 1 or same):
+        ref = real[0]
         for t in outs[:1]:
             if tuple(t.shape) == tuple(ref.pos.shape):
                 state.set_param_ref(t, ParamRef(ref.name, ref.shape, ref.pos))

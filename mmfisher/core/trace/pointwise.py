@@ -69,7 +69,7 @@ def op_pointwise(state: TraceState, call: OpCall) -> None:
     # constants (incl. parameters) with per-channel extent along a channel dim
     merged_info = None
     for t, i in zip(flat_in, in_infos):
-        if i is not None or t.dim() == 0 or state.is_zero(t):
+        if i is not None or t.dim() == 0:
             continue
         cdims = [d for d in range(t.dim()) if t.shape[d] > 1 and shift(t, d) in dims]
         if not cdims:
