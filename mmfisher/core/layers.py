@@ -5,6 +5,13 @@ table, so supporting a new layer type is one :class:`LayerRule` subclass plus :f
 
 Vocabulary: a *position* is an index into a layer's input or output channel axis; an *element* is a channel
 identity in the union-find (see ``unionfind.py``); elements coupled by the graph end up in one set, an *atom*.
+
+Beyond convs and per-channel norms (issue 11): norms whose statistics run over the channels (LayerNorm, LayerNorm2d,
+RMSNorm, mmdet's L2Norm, mmpretrain's GRN, one-group GroupNorm) are *renormalizing* rules: under masks they compute
+over the alive channels only (``LayerRule.masked_forward``, installed by ``ChannelMasks``), what the slimmed layer
+computes. ``nn.MultiheadAttention`` is one rule (one atom per head). mmdet's sine positional encoding is a
+*generator* (its channels join the stream; slimmed ones keep the chosen). Forwards that read a size from a width
+pruning changes get a slimming forward (:class:`ForwardAdapter`: Swin's window attention, nn.MultiheadAttention).
 """
 import contextlib
 from typing import Any, Dict, Iterator, List, Optional, Tuple
