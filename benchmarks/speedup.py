@@ -168,7 +168,7 @@ def make_structures(name, info, args, work, out):
         print(name, 'pruning', fig, flush=True)
         gc.collect()
     ref = hooks[args.deltas[0]]
-    graph, costs = ref.graph, ref.costs
+    graph, costs = ref.graph, ref.state.costs
     unit_atoms = [u.atoms for u in graph.units]
     full = costs.totals(np.ones(graph.num_atoms, dtype=bool))
     structures = {'unpruned': np.ones(graph.num_atoms, dtype=bool)}

@@ -14,6 +14,7 @@ import torch
 from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.registry import DefaultScope
 
 from ..core import analyze_fast
 from ..core.export import export_pruned
@@ -61,7 +62,8 @@ def _build_part(registry, cfg: Any, kind: str, base: type, field: str):
         raise TypeError(f'{field}={cfg!r} must be a dict with a "type" (one of {sorted(registry.module_dict)}), '
                         f'e.g. {field}=dict(type={sorted(registry.module_dict)[0]!r})')
     try:
-        part = registry.build(dict(cfg))
+        with DefaultScope.overwrite_default_scope('mmfisher'):  # the parts' registries have no task scope
+            part = registry.build(dict(cfg))
     except KeyError as exc:
         raise ValueError(f'{field}: unknown {kind} type {cfg["type"]!r}; registered: '
                          f'{sorted(registry.module_dict)}') from exc
