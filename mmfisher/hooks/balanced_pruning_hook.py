@@ -27,7 +27,7 @@ from ..core.state import PruningState
 from ..models.target import pruned_module
 from ..models.tracing import check_input_shape, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS
-from .fisher_pruning_hook import _build_part, _is_int, _patterns, _ratio_text, _short
+from .args import build_part, is_int, patterns, ratio_text, short_list
 
 CURVES_FILE = 'balanced_curves.json'
 CURVES_PLOT = 'balanced_curves.png'
@@ -112,11 +112,11 @@ class BalancedPruningHook(Hook):
                  seed: int = 0,
                  tolerance: float = 0.01,
                  plot: bool = True) -> None:
-        if not _is_int(calibration_batches) or calibration_batches < 1:
+        if not is_int(calibration_batches) or calibration_batches < 1:
             raise ValueError(f'calibration_batches={calibration_batches!r} must be an int >= 1: the batches of the '
                              'training dataloader the curves are measured on (in total over all ranks), e.g. '
                              'calibration_batches=8')
-        if not _is_int(divisor) or divisor < 1:
+        if not is_int(divisor) or divisor < 1:
             raise ValueError(f'divisor={divisor!r} must be an int >= 1 (e.g. 8 to keep channel counts multiples '
                              'of 8)')
         for name, value in (('prune_frozen', prune_frozen), ('verify_export', verify_export),
@@ -126,7 +126,7 @@ class BalancedPruningHook(Hook):
         if skip_unmatched not in ('warn', 'error'):
             raise ValueError(f"skip_unmatched={skip_unmatched!r} must be 'warn' or 'error'")
         crit = (GroupFisher(delta='none') if importance is None
-                else _build_part(IMPORTANCE, importance, 'importance criterion', Importance, 'importance'))
+                else build_part(IMPORTANCE, importance, 'importance criterion', Importance, 'importance'))
         if isinstance(grid, list):
             grid = tuple(grid)
         # the method checks target, target_metric, mode, grid, tolerance, seed with messages naming them
@@ -135,7 +135,7 @@ class BalancedPruningHook(Hook):
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
         self.input_shape = check_input_shape(input_shape)
-        self.skip = _patterns(skip)
+        self.skip = patterns(skip)
         self.skip_unmatched = skip_unmatched
         self.divisor = int(divisor)
         self.prune_frozen = prune_frozen
@@ -279,13 +279,13 @@ class BalancedPruningHook(Hook):
         res = self.result
         n = len(res.curves)
         pruned_units = sorted(res.curves, key=lambda c: -c.chosen / c.size)
-        lines = [f'BalancedPruningHook: pruned in one shot ({self.mode}) to {_ratio_text(res.ratios)} '
+        lines = [f'BalancedPruningHook: pruned in one shot ({self.mode}) to {ratio_text(res.ratios)} '
                  f'(target {self.target_metric} <= {self.target:g}); tau={res.tau:.6g} after {res.search_steps} '
                  f'search steps',
                  f'  calibration: {res.batches} batches, {res.forwards} forwards on rank 0; loss {res.base_loss:.5g} '
                  f'-> {res.combined_loss:.5g} (combined variation {res.combined_variation:.5g}, sum of the units\' '
                  f'variations {res.sum_variations:.5g})',
-                 f'  {n} units measured; most pruned: ' + _short(
+                 f'  {n} units measured; most pruned: ' + short_list(
                      [f'{c.name} {c.chosen}/{c.size}' for c in pruned_units], 6),
                  f'  wall: ' + ', '.join(f'{k} {v:.1f} s' for k, v in {**res.wall, **self.wall}.items()),
                  f'  wrote ' + ', '.join(self.outputs.values())]

@@ -14,7 +14,6 @@ import torch
 from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.registry import DefaultScope
 
 from ..core import analyze_fast
 from ..core.export import export_pruned
@@ -24,54 +23,11 @@ from ..core.state import METRICS, PruningState, StateMismatch
 from ..models.target import pruned_module
 from ..models.tracing import check_input_shape, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS, SCHEDULES
+from .args import build_part, is_int, is_number, patterns, ratio_text, short_list
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
 STATE_KEY = 'fisher_pruning'
 STATE_VERSION = 2
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-def _patterns(value: Any) -> tuple:
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
-        raise TypeError(f'skip={value!r} must be a sequence of fnmatch patterns over unit or layer names, e.g. '
-                        "skip=('backbone.conv1', 'neck.*')")
-    return tuple(value)
-
-
-def _short(names: List[str], n: int = 8) -> str:
-    return ', '.join(names[:n]) + (f', ... {len(names) - n} more' if len(names) > n else '')
-
-
-def _ratio_text(r: Dict[str, float]) -> str:
-    return f'flops {r["flops"]:.4f}, acts {r["acts"]:.4f}, params {r["params"]:.4f} of the unpruned model'
-
-
-def _build_part(registry, cfg: Any, kind: str, base: type, field: str):
-    if isinstance(cfg, base):
-        return cfg
-    if not isinstance(cfg, dict) or 'type' not in cfg:
-        raise TypeError(f'{field}={cfg!r} must be a dict with a "type" (one of {sorted(registry.module_dict)}), '
-                        f'e.g. {field}=dict(type={sorted(registry.module_dict)[0]!r})')
-    try:
-        with DefaultScope.overwrite_default_scope('mmfisher'):  # the parts' registries have no task scope
-            part = registry.build(dict(cfg))
-    except KeyError as exc:
-        raise ValueError(f'{field}: unknown {kind} type {cfg["type"]!r}; registered: '
-                         f'{sorted(registry.module_dict)}') from exc
-    except TypeError as exc:
-        raise TypeError(f'{field}={dict(cfg)!r}: {exc}') from exc
-    if not isinstance(part, base):
-        raise TypeError(f'{field}: {type(part).__name__} is not a {kind} ({base.__name__})')
-    return part
 
 
 @HOOKS.register_module()
@@ -166,23 +122,23 @@ class FisherPruningHook(Hook):
                  importance: Optional[Union[dict, Importance]] = None,
                  schedule: Optional[Union[dict, Schedule]] = None,
                  skip_unmatched: str = 'warn') -> None:
-        if not _is_number(target) or not 0 < float(target) < 1:
+        if not is_number(target) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
         if target_metric not in self.METRICS:
             raise ValueError(f'target_metric={target_metric!r} is unknown: use one of {self.METRICS}')
-        if not _is_int(channels_per_step) or channels_per_step < 1:
+        if not is_int(channels_per_step) or channels_per_step < 1:
             raise ValueError(f'channels_per_step={channels_per_step!r} must be an int >= 1 (atoms masked per '
                              'pruning step; 1 as in the paper)')
         if isinstance(save_thresholds, (int, float)) and not isinstance(save_thresholds, bool):
             save_thresholds = (save_thresholds,)
-        if not isinstance(save_thresholds, (list, tuple)) or not all(_is_number(t) for t in save_thresholds):
+        if not isinstance(save_thresholds, (list, tuple)) or not all(is_number(t) for t in save_thresholds):
             raise TypeError(f'save_thresholds={save_thresholds!r} must be a sequence of ratios, e.g. (0.75, 0.6)')
         bad = [t for t in save_thresholds if not float(target) < float(t) < 1]
         if bad:
             raise ValueError(f'save_thresholds={tuple(save_thresholds)!r}: {bad} not in (target={target}, 1); '
                              'every threshold must lie between the target and 1 to be reached before stopping')
-        if not _is_int(divisor) or divisor < 1:
+        if not is_int(divisor) or divisor < 1:
             raise ValueError(f'divisor={divisor!r} must be an int >= 1 (e.g. 8 to keep channel counts multiples '
                              'of 8)')
         for name, value in (('prune_frozen', prune_frozen), ('stop_at_target', stop_at_target),
@@ -199,9 +155,9 @@ class FisherPruningHook(Hook):
                              "schedule, e.g. schedule=dict(type='IntervalTopK', interval=10, k=1, start_iter=0)")
         # the parts check their own arguments (interval, start_iter, delta), with the same messages
         self.importance = (GroupFisher(delta=delta) if importance is None
-                           else _build_part(IMPORTANCE, importance, 'importance criterion', Importance, 'importance'))
+                           else build_part(IMPORTANCE, importance, 'importance criterion', Importance, 'importance'))
         self.schedule = (IntervalTopK(interval=interval, k=channels_per_step, start_iter=start_iter)
-                         if schedule is None else _build_part(SCHEDULES, schedule, 'schedule', Schedule, 'schedule'))
+                         if schedule is None else build_part(SCHEDULES, schedule, 'schedule', Schedule, 'schedule'))
         self.interval = self.schedule.interval
         self.start_iter = self.schedule.start_iter
         self.channels_per_step = int(channels_per_step)
@@ -210,7 +166,7 @@ class FisherPruningHook(Hook):
         self.target_metric = target_metric
         self.save_thresholds = tuple(sorted({float(t) for t in save_thresholds}, reverse=True))
         self.input_shape = check_input_shape(input_shape)
-        self.skip = _patterns(skip)
+        self.skip = patterns(skip)
         self.skip_unmatched = skip_unmatched
         self.divisor = int(divisor)
         self.prune_frozen = prune_frozen
@@ -276,7 +232,7 @@ class FisherPruningHook(Hook):
         if self._pending is not None:
             state, self._pending = self._pending, None
             runner.logger.info(f'FisherPruningHook: resumed pruning state ({len(self.order)} atoms masked, '
-                               f'done={self.done}); {_ratio_text(self.ratios())}')
+                               f'done={self.done}); {ratio_text(self.ratios())}')
             reached = self.ratios()[self.target_metric]
             if self.done and reached > self.target:
                 self.done = False
@@ -373,7 +329,7 @@ class FisherPruningHook(Hook):
         self.importance.reset()
         if not chosen:
             runner.logger.warning(f'FisherPruningHook: no eligible atom is left before {self.target_metric} '
-                                  f'reached {self.target:g} ({_ratio_text(self.ratios())}); writing the '
+                                  f'reached {self.target:g} ({ratio_text(self.ratios())}); writing the '
                                   'current structure. Fix: relax skip/divisor or set prune_frozen=True')
             self._finish(runner)
             return
@@ -384,8 +340,8 @@ class FisherPruningHook(Hook):
                            ('params_ratio', ratios['params']), ('pruned_atoms', float(len(state.order)))):
             runner.message_hub.update_scalar(f'train/{key}', value)
         runner.logger.info(f'FisherPruningHook: iter {it}: masked {len(chosen)} atom(s) in '
-                           f'{_short(state.unit_names(chosen), 4)}; {len(state.order)}/{state.num_atoms} masked; '
-                           f'{_ratio_text(ratios)}')
+                           f'{short_list(state.unit_names(chosen), 4)}; {len(state.order)}/{state.num_atoms} masked; '
+                           f'{ratio_text(ratios)}')
         for t in self.save_thresholds:
             if t not in self.saved and ratios[self.target_metric] <= t:
                 self._write(runner, f'_{t:g}', ratios, it)
