@@ -52,7 +52,6 @@ def param_op(state, name: str, func, args: tuple, kwargs: Dict[str, Any], flat_i
     if flat_in and (name in UNARY or name in MOVE and name not in LIST_DATA) and state.is_zero(flat_in[0]):
         for t in outs:  # zeros moved are zeros (DETR's first decoder query, transposed)
             state.mark_zero(t)
-        return
     refs = [state.param_ref(t) for t in flat_in]
     if not any(r is not None for r in refs):
         return
