@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 for mod in ('torch_pruning', 'onnxruntime', 'onnx', 'psutil'):
     pytest.importorskip(mod, reason='benchmark dependencies: pip --isolated install -r requirements/bench.txt')
 
