@@ -222,7 +222,6 @@ def balanced(ckpt: str, target: float, wd: str, quick: bool) -> Dict[str, Any]:
             'curves_plot': osp.relpath(osp.join(out, 'prune', 'balanced_curves.png'), ROOT)}
 
 
-
 LABEL_FREE_PRUNE_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_label_free_prune.py')
 LABEL_FREE_FINETUNE_CFG = osp.join(ROOT, 'configs', 'tiny', 'retinanet_tiny_label_free_finetune.py')
 UNLABELED = osp.join(ROOT, 'data', 'generated', 'shapes_unlabeled', 'det')
@@ -253,12 +252,12 @@ def _what_was_read(work_dir: str, config: str, reads: str, log: str) -> Dict[str
     dumped = Config.fromfile(osp.join(work_dir, osp.basename(config)))
     with open(reads) as f:
         paths = sorted(set(f.read().split()))
-    images = [p for p in paths if p.startswith(UNLABELED + os.sep) and p.lower().endswith(IMG_EXTENSIONS)]
+    images = {p for p in paths if p.startswith(UNLABELED + os.sep) and p.lower().endswith(IMG_EXTENSIONS)}
     with open(log) as f:
         saw = 'carries labels' in f.read()  # LabelFreeDistiller says so once when a sample holds gt_*
     return {'train_dataset': dumped.train_dataloader.dataset.type, 'val_dataloader': dumped.get('val_dataloader'),
             'images_read': len(images), 'image_folder': osp.relpath(UNLABELED, ROOT),
-            'other_files_read': [osp.relpath(p, ROOT) for p in paths if p not in set(images)],
+            'other_files_read': [osp.relpath(p, ROOT) for p in paths if p not in images],
             'distiller_saw_labels': saw}
 
 
