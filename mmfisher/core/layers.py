@@ -246,14 +246,15 @@ ALIVE_ATTR = '_mmfisher_alive_channels'
 
 
 class ConvRule(LayerRule):
-    """``nn.Conv1d/2d/3d`` and subclasses (adaptive-padding convs, mmcv's Conv2d wrappers).
+    """``nn.Conv1d/2d/3d`` and subclasses (adaptive-padding convs, mmcv's Conv2d wrappers, timm's Conv2dSame).
 
     Grouped convs are pruned by whole groups: the input and output channels of a group form one atom, so a
     depthwise conv's output channel is coupled with its input channel.
     """
 
     #: subclasses whose forward only adds padding or empty-input handling around the standard conv
-    safe_forwards = ('Conv2dAdaptivePadding', 'Conv2dSamePadding', 'Conv1d', 'Conv2d', 'Conv3d')
+    safe_forwards = ('Conv2dAdaptivePadding', 'Conv2dSamePadding', 'Conv2dSame', 'Conv2dSameExport', 'Conv1d',
+                     'Conv2d', 'Conv3d')
 
     def matches(self, module):
         if not isinstance(module, nn.modules.conv._ConvNd) or module.transposed:
@@ -526,13 +527,21 @@ class LayerNormRule(_ShapeNormRule):
 
 
 class RMSNormRule(_ShapeNormRule):
-    """``nn.RMSNorm`` (torch >= 2.4): statistics over the last dims, a weight and no bias."""
+    """``nn.RMSNorm`` (torch >= 2.4) and timm's ``RmsNorm`` / ``SimpleNorm``: statistics over the last dims, a
+    weight and no bias."""
 
     channel_params = ('weight',)
 
+    #: timm's own last-dim RMS norms (``normalized_shape``, ``weight``)
+    timm_forwards = ('RmsNorm', 'RmsNormFp32', 'SimpleNorm', 'SimpleNormFp32')
+
     def matches(self, module):
         cls = getattr(nn, 'RMSNorm', None)
-        return cls is not None and isinstance(module, cls)
+        if cls is not None and isinstance(module, cls):
+            return True
+        owner = next((k for k in type(module).__mro__ if 'forward' in vars(k)), None)
+        return owner is not None and owner.__module__.startswith('timm.') and \
+            owner.__name__ in self.timm_forwards and isinstance(getattr(module, 'normalized_shape', None), tuple)
 
 
 def _channel_last(args: tuple, kwargs: Dict[str, Any]) -> bool:
@@ -549,9 +558,19 @@ class LayerNorm2dRule(LayerRule):
     renormalizes = True
     count_attrs = ('num_channels',)
 
+    #: timm's channels-first norms over C (the class that defines the forward: subclasses such as
+    #: ``LayerNorm2dNoBias`` that only drop the bias inherit it)
+    timm_forwards = ('LayerNorm2d', 'LayerNorm2dFp32', 'LayerNormExp2d', 'RmsNorm2d', 'RmsNorm2dFp32',
+                     'SimpleNorm2d', 'SimpleNorm2dFp32')
+
     def matches(self, module):
-        return isinstance(module, nn.LayerNorm) and type(module).__name__ == 'LayerNorm2d' and \
-            len(module.normalized_shape) == 1
+        shape = getattr(module, 'normalized_shape', None)
+        if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 1:
+            return False
+        if isinstance(module, nn.LayerNorm) and type(module).__name__ == 'LayerNorm2d':
+            return True
+        owner = next((k for k in type(module).__mro__ if 'forward' in vars(k)), None)
+        return owner is not None and owner.__module__.startswith('timm.') and owner.__name__ in self.timm_forwards
 
     def call_dim(self, module, x, args, kwargs):
         if 'data_format' in kwargs or (len(args) > 1 and isinstance(args[1], str)):
@@ -619,6 +638,27 @@ class GRNRule(LayerRule):
 
     def slice(self, module, in_keep, out_keep):
         self.slice_renormalizing(module, in_keep if in_keep is not None else out_keep)
+
+
+class TimmGRNRule(GRNRule):
+    """timm's ``GlobalResponseNorm`` (its ConvNeXt-V2): the same computation as :class:`GRNRule` with ``weight`` /
+    ``bias`` and the layout fixed at construction (``channel_dim``: -1 channels last, 1 channels first)."""
+
+    channel_params = ('weight', 'bias')
+    count_attrs = ()
+
+    def matches(self, module):
+        w = getattr(module, 'weight', None)
+        return type(module).__name__ == 'GlobalResponseNorm' and type(module).__module__.startswith('timm') and \
+            isinstance(w, torch.Tensor) and w.dim() == 1 and getattr(module, 'channel_dim', None) in (1, -1)
+
+    def call_dim(self, module, x, args, kwargs):
+        return module.channel_dim % x.dim()
+
+    def in_channels(self, module):
+        return int(module.weight.numel())
+
+    out_channels = in_channels
 
 
 def multihead_attention_forward(module: nn.Module, query, key, value, key_padding_mask=None, need_weights=True,
@@ -800,7 +840,7 @@ class PassthroughRule(LayerRule):
 
 _RULES: List[LayerRule] = [ConvRule(), ConvTransposeRule(), LinearRule(), GroupNormRule(), NormRule(),
                            LayerNorm2dRule(), LayerNormRule(), RMSNormRule(), L2NormRule(), GRNRule(),
-                           MultiheadAttentionRule(), GeneratorRule(), PassthroughRule()]
+                           TimmGRNRule(), MultiheadAttentionRule(), GeneratorRule(), PassthroughRule()]
 
 
 # -- forwards for slimmed modules ------------------------------------------------------------------------------

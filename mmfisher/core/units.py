@@ -53,6 +53,9 @@ class ChannelGraph:
     trace_seconds: float
     unknown_ops: Dict[str, int]
     device: str = 'real'                # 'meta' when traced on a meta-device copy (see analyze_fast)
+    #: conv/linear-like layers no rule covers (a subclass whose forward transforms its weight, a deformable
+    #: conv) -> their output channels: never pruned, named in ``unprunable``, counted in ``summary()``'s total
+    unruled: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def module_names(self) -> List[str]:
@@ -78,6 +81,7 @@ class ChannelGraph:
             if self.rules[name].is_weighted:
                 total += atoms.size
                 prunable += int((atoms >= 0).sum())
+        total += sum(self.unruled.values())
         return {'units': len(self.units), 'atoms': self.num_atoms, 'channels_total': total,
                 'channels_prunable': prunable, 'unprunable': dict(self.unprunable),
                 'trace_seconds': round(self.trace_seconds, 3)}
@@ -180,8 +184,34 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
         reason, _ = reasons.most_common(1)[0]
         frac = '' if len(bad) == o.size else f' ({len(bad)}/{o.size} channels)'
         unprunable[name] = reason + frac
+    unruled = _unruled_layers(model, rules) if model is not None else {}
+    for name, (kind, _) in unruled.items():
+        unprunable[name] = (f'{kind}: a conv/linear-like layer whose forward the engine does not know (it may '
+                            'transform its weight): not pruned')
     return ChannelGraph(len(atom_of), in_atoms, out_atoms, param_atoms, attr_atoms, rules, records, units, trainable,
-                        unprunable, trace.batch, trace.seconds, dict(trace.unknown_ops))
+                        unprunable, trace.batch, trace.seconds, dict(trace.unknown_ops),
+                        unruled={n: c for n, (_, c) in unruled.items()})
+
+
+def _unruled_layers(model: nn.Module, ruled: Dict[str, LayerRule]) -> Dict[str, Tuple[str, int]]:
+    """Layers with weights of their own that no rule covers: conv/linear subclasses with an unknown forward
+    (timm's ``ScaledStdConv2d``: weight standardisation) and deformable convs; ``{name: (class, out channels)}``.
+    Children of such a layer are not listed again."""
+    from .layers import find_rule
+    out: Dict[str, Tuple[str, int]] = {}
+    for name, m in model.named_modules():
+        if name in ruled or any(name.startswith(p + '.') for p in out):
+            continue
+        conv_like = isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or (
+            'Conv' in type(m).__name__ and isinstance(getattr(m, 'weight', None), torch.Tensor) and
+            m.weight.dim() >= 3)
+        if not conv_like or find_rule(m) is not None:
+            continue
+        n_out = getattr(m, 'out_channels', getattr(m, 'out_features', None))
+        if not isinstance(n_out, int):
+            n_out = int(m.weight.shape[0])
+        out[name] = (type(m).__name__, int(n_out))
+    return out
 
 
 def analyze(model: nn.Module, forward: Callable[[nn.Module], Any], batch: int = 1) -> ChannelGraph:

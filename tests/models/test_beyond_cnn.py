@@ -5,19 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-FAMILIES = {
-    # name: (config, input shape (C, H, W), config overrides)
-    'convnext': ('mmpretrain::convnext/convnext-tiny_32xb128_in1k.py', (3, 64, 64), {}),
-    'swin': ('mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py', (3, 64, 64),
-             {'model.backbone.img_size': 64, 'model.backbone.pad_small_map': True}),
-    'vit': ('mmpretrain::vision_transformer/vit-base-p16_64xb64_in1k.py', (3, 64, 64),
-            {'model.backbone.img_size': 64}),
-    'resnest': ('mmpretrain::resnest/resnest50_32xb64_in1k.py', (3, 64, 64), {}),
-    'detr': ('mmdet::detr/detr_r50_8xb2-150e_coco.py', (3, 128, 128), {}),
-    'deformable_detr': ('mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py', (3, 128, 128), {}),
-    'dino': ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py', (3, 128, 128), {'model.num_queries': 100}),
-    'mask_rcnn_swin': ('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', (3, 128, 128), {}),
-}
+from mmfisher import model_sweep as ms
+from mmfisher.model_sweep import MM_FAMILIES
+
+FAMILIES = {name: (spec, shape, overrides) for name, (_, spec, shape, overrides) in MM_FAMILIES.items()}
 
 
 # measured shares (benchmarks/results/prunable_share.json) less a margin: a regression shows here first
@@ -26,27 +17,8 @@ MIN_SHARE = {'convnext': 0.95, 'swin': 0.95, 'vit': 0.97, 'resnest': 0.95, 'detr
 
 
 def build(name):
-    from mmfisher.zoo import build_model, load_config
     spec, shape, overrides = FAMILIES[name]
-    cfg = load_config(spec)
-    for key, value in overrides.items():
-        node = cfg
-        *path, last = key.split('.')
-        for k in path:
-            node = node[k]
-        node[last] = value
-    model = build_model(cfg, init_weights=True)
-    model.eval()
-    # zero-initialised weights (ViT's classifier, deformable attention's weights, ResNeSt's last BN of each block)
-    # would make outputs constant or blind to pruned channels, the comparison vacuous: give them random values
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for pname, prm in model.named_parameters():
-            if prm.dim() >= 2 and not bool(prm.any()):
-                prm.copy_(torch.randn(prm.shape, generator=g) * 0.02)
-            elif prm.dim() == 1 and pname.endswith('weight') and not bool(prm.any()):  # zero-init residual BN
-                prm.copy_(1 + 0.1 * torch.randn(prm.shape, generator=g))
-    return model, shape
+    return ms.build('mm', spec, shape, overrides), shape
 
 
 @pytest.mark.parametrize('name', list(FAMILIES))

@@ -153,7 +153,11 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
             name = 'chunk'  # a section count scales with the channels like chunk
         elif name in ('split', 'split_with_sizes') and len(infos) > 1 and split_sizes_follow(state, pargs, infos):
             return
+        elif name in ('split', 'split_with_sizes') and len(infos) > 1 and split_sizes_bound(state, pargs, infos):
+            return
         elif name in ('getitem', 'narrow') and len(infos) == 1 and half_slice(state, src, infos[0]):
+            return
+        elif name == 'getitem' and len(infos) == 1 and attribute_slice(state, src, infos[0], pargs):
             return
         elif func is not None and src is not None and _pick_along_split(state, func, pargs, pkw or {}, src):
             return
@@ -276,10 +280,67 @@ def half_slice(state: TraceState, src: Optional[ChannelInfo], out: ChannelInfo) 
     return True
 
 
+def attribute_slice(state: TraceState, src: Optional[ChannelInfo], out: ChannelInfo, pargs: tuple) -> bool:
+    """``x[:, :k]`` / ``x[:, k:]`` with ``k`` an int attribute of the running module (timm's DPN:
+    ``x[:, :self.num_1x1_c]``): the head ``[0, k)`` and the tail stay separate channels, and the attribute is
+    bound to the head's channels, so slimming sets it to the head's kept count."""
+    if src is None or len(src.dims) != 1 or out.dims != src.dims or src.cmap.ndim != 1 or len(pargs) < 2:
+        return False
+    full, part = src.cmap, out.cmap
+    n = part.size
+    if not 0 < n < full.size:
+        return False
+    if np.array_equal(part, full[:n]):
+        k = n
+    elif np.array_equal(part, full[full.size - n:]):
+        k = full.size - n
+    else:
+        return False
+    index = pargs[1] if isinstance(pargs[1], tuple) else (pargs[1],)
+    bounds = [b for sl in index if isinstance(sl, slice) for b in (sl.start, sl.stop)
+              if isinstance(b, int) and not isinstance(b, bool)]
+    if bounds != [k]:  # the slice's one literal bound is k
+        return False
+    owner = next((name for name, rule, *_ in reversed(state.stack) if rule is None), '')
+    module = state.module_objs.get(owner)
+    names = [a for a, v in (vars(module).items() if module is not None else ())
+             if not a.startswith('_') and isinstance(v, int) and not isinstance(v, bool) and v == k]
+    if len(names) != 1:
+        return False
+    state.bind_attribute(owner, names[0], full[:k])
+    return True
+
+
+def split_sizes_bound(state: TraceState, pargs: tuple, infos: List[ChannelInfo]) -> bool:
+    """A split by a list of sizes that the running module holds as a list attribute (timm's MixedConv2d:
+    ``torch.split(x, self.splits, 1)``): each part keeps its own channels (no coupling across parts), and
+    ``attr[i]`` is bound to part i's channels, so slimming sets it to the part's kept count."""
+    sizes = pargs[1] if len(pargs) > 1 else None
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != len(infos) or \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
+        return False
+    if len({i.dims for i in infos}) != 1 or len(infos[0].dims) != 1:
+        return False
+    owner = next((n for n, rule, *_ in reversed(state.stack) if rule is None), '')
+    module = state.module_objs.get(owner)
+    attrs = [k for k, v in (vars(module).items() if module is not None else ())
+             if not k.startswith('_') and isinstance(v, (list, tuple)) and list(v) == [int(x) for x in sizes]]
+    if len(attrs) != 1:
+        return False
+    vecs = [state.channel_vector(i, i.dims[0], int(n)) for i, n in zip(infos, sizes)]
+    if any(v is None for v in vecs):
+        return False
+    for k, vec in enumerate(vecs):
+        state.bind_attribute(owner, f'{attrs[0]}[{k}]', vec)
+    return True
+
+
 def split_sizes_follow(state: TraceState, pargs: tuple, infos: List[ChannelInfo]) -> bool:
     """Equal parts of a channel split stay exact if their size follows pruning: couple position i of every
     part, and tie the size to the running module's int attribute that holds it (Res2Net's ``width``, C2f's
-    ``mid_channels``); an int size with no such attribute is taken as computed from the input's shape."""
+    ``mid_channels``), or accept a size computed from a traced width (a :class:`ChannelCount`: ``x.size(1) // 2``).
+    Any other int (timm's SelectiveKernel: ``self.in_channels // self.num_paths``, an attribute of another value)
+    would not follow pruning: the split is then one at literal positions."""
     sizes = pargs[1] if len(pargs) > 1 else None
     if len({i.cmap.shape for i in infos}) != 1 or len({i.dims for i in infos}) != 1 or not infos[0].dims:
         return False
@@ -293,4 +354,4 @@ def split_sizes_follow(state: TraceState, pargs: tuple, infos: List[ChannelInfo]
         if vec is not None:
             state.bind_attribute(owner, names[0], vec)
             return True
-    return isinstance(sizes, int)
+    return isinstance(sizes, ChannelCount)

@@ -79,6 +79,8 @@ def param_op(state, name: str, func, args: tuple, kwargs: Dict[str, Any], flat_i
         for t, p in zip(outs, probes):
             if tuple(t.shape) == tuple(p.shape) and p.dtype == torch.int64:
                 state.set_param_ref(t, ParamRef(ref.name, ref.shape, p))
+                if name in _SIZED:
+                    _note_literal_sizes(state, ParamRef(ref.name, ref.shape, p), args[1:], kwargs)
         return
     scalar_only = all(r is not None or t.dim() == 0 or state.is_zero(t) for t, r in zip(flat_in, refs))
     real = [r for r in refs if r is not None]
@@ -89,6 +91,32 @@ def param_op(state, name: str, func, args: tuple, kwargs: Dict[str, Any], flat_i
         for t in outs[:1]:
             if tuple(t.shape) == tuple(ref.pos.shape):
                 state.set_param_ref(t, ParamRef(ref.name, ref.shape, ref.pos))
+
+
+#: moves whose int arguments are the result's sizes
+_SIZED = frozenset({'view', 'reshape', 'expand', 'broadcast_to'})
+#: words an int attribute holding a parameter's width may be named by (timm's ``Scale.shape``)
+_SIZE_WORDS = ('shape', 'size', 'dim', 'channels', 'features', 'width')
+
+
+def _note_literal_sizes(state, out: ParamRef, args: tuple, kwargs: Dict[str, Any]) -> None:
+    """A view/reshape/expand of a parameter (``out``: the result's positions) sized by plain ints: a literal
+    that sizes a result dim running along a parameter dim is that dim's width, which would not follow pruning
+    unless an attribute holding it is updated (see :func:`record_param_use`). Sizes read off traced tensors
+    (:class:`ChannelCount`) and -1 follow by themselves."""
+    from .channels import ChannelCount
+    sizes = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else list(args)
+    if not sizes:
+        sizes = list(kwargs.get('size', kwargs.get('shape', ())) or ())
+    if len(sizes) != out.pos.dim():
+        return
+    for d, v in enumerate(sizes):
+        if not isinstance(v, int) or isinstance(v, (bool, ChannelCount)) or v <= 1:
+            continue
+        k = attribute(out, d)
+        if k is not None:
+            owner, names = state.size_attribute(v, _SIZE_WORDS)
+            state.param_sizes.setdefault(out.name, {}).setdefault(k, (v, owner, names))
 
 
 def attribute(ref: ParamRef, t_dim: int) -> Optional[int]:
@@ -127,6 +155,14 @@ def record_param_use(state, ref: ParamRef, p: int, vec: Optional[np.ndarray] = N
         use = state.params[ref.name] = ParamUse(ref.name, p, state.uf.make(ref.shape[p]))
     if use.dim != p or (vec is not None and use.elems.shape != np.shape(vec)):
         return False
+    fixed = state.param_sizes.get(ref.name, {}).pop(p, None)
+    if fixed is not None:  # a literal sized this dim: bind it to the one attribute holding it, or keep the width
+        n, owner, names = fixed
+        if len(names) == 1:
+            state.bind_attribute(owner, names[0], use.elems)
+        else:
+            state.uf.flag(use.elems, f'{ref.name} is reshaped to a literal width ({n}) that would not follow '
+                                     'pruning')
     if vec is not None:
         state.uf.union_arrays(use.elems, vec)
     return True

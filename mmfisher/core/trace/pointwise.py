@@ -45,6 +45,23 @@ def propagate_mixed(state: TraceState, name: str, in_infos: List[Any], outs: Lis
         state.set(t, m)
 
 
+def _flag_against_fixed(state: TraceState, name: str, maps: List[np.ndarray]) -> None:
+    """Position by position, an element combined with a fixed position of another operand (-1: a channel the
+    tracer could not map, e.g. a norm's output whose input came from an op it cannot see) cannot go: the slimmed
+    op would still see the other operand's channel there. Broadcast operands (scalars along the dim) are not
+    passed here."""
+    if len(maps) < 2:
+        return
+    stack = np.stack(np.broadcast_arrays(*maps))
+    fixed = (stack < 0).any(0)
+    if not fixed.any():
+        return
+    hit = stack[:, fixed]
+    elems = np.unique(hit[hit >= 0])
+    if elems.size:
+        state.uf.flag(elems, f'op {name} combines them with channels the tracer cannot map')
+
+
 def op_pointwise(state: TraceState, call: OpCall) -> None:
     """Broadcast every traced input's map onto the output, union them position by position; per-channel
     parameters along the channel dim are recorded (sliced with the channels), other per-channel constants make
@@ -57,7 +74,7 @@ def op_pointwise(state: TraceState, call: OpCall) -> None:
     traced = [(t, i) for t, i in zip(flat_in, in_infos) if isinstance(i, ChannelInfo)]
     shift = lambda t, d: d + len(shape) - t.dim()  # noqa: E731
     dims = sorted({shift(t, d) for t, i in traced for d in i.dims})
-    maps = []
+    maps, scalar = [], []
     for t, i in traced:
         m = broadcast_cmap(i, t.dim(), shape, dims)
         # a size-1 channel broadcast over many (a 1-channel gate) couples nothing: it acts as a scalar
@@ -66,6 +83,8 @@ def op_pointwise(state: TraceState, call: OpCall) -> None:
         if bdims:
             m = np.full(m.shape, -1, dtype=np.int64)
         maps.append(m)
+        scalar.append(bool(bdims))
+    _flag_against_fixed(state, name, [m for m, s in zip(maps, scalar) if not s])
     # constants (incl. parameters) with per-channel extent along a channel dim
     merged_info = None
     for t, i in zip(flat_in, in_infos):

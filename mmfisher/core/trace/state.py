@@ -32,6 +32,9 @@ class TraceState:
         self.module_order: List[str] = []
         self.params: Dict[str, ParamUse] = {}
         self.attrs: Dict[str, AttrUse] = {}
+        #: parameter name -> {parameter dim: (size, owner module, its int attributes of that value)}: a view or
+        #: reshape of the parameter gave that dim's size as a literal (timm's ``scale.view(self.shape)``)
+        self.param_sizes: Dict[str, Dict[int, Tuple[int, str, List[str]]]] = {}
         self.module_objs: Dict[str, nn.Module] = {'': model}  # '' is the model itself (its own forward's sizes)
         self.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self.param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
