@@ -15,6 +15,7 @@ _base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', '../_base_/label_free
 model = dict(
     _base_.label_free_finetune.model,
     _delete_=True,
+    anchors=None,  # detectors: output terms only (anchors hurt the fine-tune: configs/_base_/label_free_finetune.py)
     architecture=dict(
         type='mmfisher.Pruned',
         architecture=_base_.model,  # the unpruned detector of the base config, changed below as when pruning

@@ -10,6 +10,7 @@ _base_ = ['./retinanet_tiny_shapes.py', '../_base_/label_free_finetune.py']
 model = dict(
     _base_.label_free_finetune.model,
     _delete_=True,
+    anchors=None,  # detectors: output terms only (anchors hurt the fine-tune: configs/_base_/label_free_finetune.py)
     architecture=dict(
         type='mmfisher.Pruned',
         architecture=_base_.model,   # the unpruned tiny RetinaNet, exactly as it was pruned
