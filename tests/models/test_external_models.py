@@ -55,17 +55,28 @@ def test_channels_combined_with_unmapped_ones_are_kept():
 
 
 class _LiteralSplit(nn.Module):
-    """timm's SelectiveKernel / CSP stages: a split whose size is an int no attribute of that value holds."""
+    """A split whose size is a literal nothing holds: it cannot follow pruning."""
 
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 1)
-        self.in_channels, self.paths = 8, 2
         self.a, self.b = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
         self.head = nn.Conv2d(6, 3, 1)
 
     def forward(self, x):
-        xa, xb = torch.split(self.stem(x), self.in_channels // self.paths, 1)
+        xa, xb = torch.split(self.stem(x), 4, 1)
+        return self.head(self.a(xa) + self.b(xb))
+
+
+class _AttributeSplit(_LiteralSplit):
+    """timm's SelectiveKernel / CSP stages: the size computed from an attribute holding all parts' width."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_channels, self.out_channels, self.num_paths = 8, 8, 2
+
+    def forward(self, x):
+        xa, xb = torch.split(self.stem(x), self.in_channels // self.num_paths, 1)
         return self.head(self.a(xa) + self.b(xb))
 
 
@@ -76,13 +87,17 @@ class _ShapeSplit(_LiteralSplit):
         return self.head(self.a(xa) + self.b(xb))
 
 
-def test_split_by_a_literal_size_is_kept_by_a_traced_size_pruned():
+def test_split_by_a_literal_size_is_kept_by_a_traced_or_held_size_pruned():
     graph, _ = _exact(_LiteralSplit().eval())
     assert 'literal positions' in graph.unprunable.get('stem', '')
     assert any('a' in u.layers for u in graph.units)
     graph, res = _exact(_ShapeSplit().eval())
     assert 'stem' not in graph.unprunable
     assert res['slim'].stem.out_channels < 8 and res['slim'].stem.out_channels % 2 == 0
+    graph, res = _exact(_AttributeSplit().eval())
+    assert 'stem' not in graph.unprunable
+    kept = res['slim'].stem.out_channels
+    assert kept < 8 and kept % 2 == 0 and res['slim'].in_channels == kept and res['slim'].out_channels == 8
 
 
 class _ShapedScale(nn.Module):
@@ -142,8 +157,8 @@ TIMM_CASES = {
     'poolformerv2_s12': 0.95,       # LayerNorm2dNoBias: 84% before
     'vit_tiny_patch16_224': 0.95,
     'resnet18': 0.95,
-    'skresnet18': 'op split picks channels at literal positions',   # crashed before
-    'cspresnet50': 'op split picks channels at literal positions',  # crashed before
+    'skresnet18': 0.95,             # split(x, self.in_channels // self.num_paths): crashed before
+    'cspresnet50': 0.95,            # split(x, self.expand_chs // 2): crashed before
     'mixnet_s': 0.95,               # split(x, self.splits): 12% before
     'dpn68': 0.95,                  # x[:, :self.num_1x1_c]: 74% before
     'nf_resnet26': 'ScaledStdConv2d: a conv/linear-like layer whose forward the engine does not know',

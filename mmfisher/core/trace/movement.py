@@ -338,9 +338,9 @@ def split_sizes_bound(state: TraceState, pargs: tuple, infos: List[ChannelInfo])
 def split_sizes_follow(state: TraceState, pargs: tuple, infos: List[ChannelInfo]) -> bool:
     """Equal parts of a channel split stay exact if their size follows pruning: couple position i of every
     part, and tie the size to the running module's int attribute that holds it (Res2Net's ``width``, C2f's
-    ``mid_channels``), or accept a size computed from a traced width (a :class:`ChannelCount`: ``x.size(1) // 2``).
-    Any other int (timm's SelectiveKernel: ``self.in_channels // self.num_paths``, an attribute of another value)
-    would not follow pruning: the split is then one at literal positions."""
+    ``mid_channels``) or all parts' width (``in_channels // num_paths``), or accept a size computed from a traced
+    width (a :class:`ChannelCount`: ``x.size(1) // 2``). Any other int would not follow pruning: the split is then
+    one at literal positions."""
     sizes = pargs[1] if len(pargs) > 1 else None
     if len({i.cmap.shape for i in infos}) != 1 or len({i.dims for i in infos}) != 1 or not infos[0].dims:
         return False
@@ -354,4 +354,18 @@ def split_sizes_follow(state: TraceState, pargs: tuple, infos: List[ChannelInfo]
         if vec is not None:
             state.bind_attribute(owner, names[0], vec)
             return True
-    return isinstance(sizes, ChannelCount)
+    if isinstance(sizes, ChannelCount):
+        return True
+    if not isinstance(sizes, int):  # a list of sizes: split_sizes_bound
+        return False
+    # the size computed from an attribute holding all parts' width (timm's SelectiveKernel:
+    # ``self.in_channels // self.num_paths``, CSP stages: ``self.expand_chs // 2``): bind it to every part's
+    # channels; parts are coupled position by position, so it stays a multiple of the part count
+    owner, names = state.size_attribute(size * len(infos), ('channels', 'width', 'mid', 'chs'))
+    if len(names) > 1:  # in_channels == out_channels: the input's width is the one split
+        names = [n for n in names if n.startswith('in')]
+    vecs = [state.channel_vector(i, i.dims[-1], size) for i in infos]
+    if len(names) == 1 and all(v is not None for v in vecs):
+        state.bind_attribute(owner, names[0], np.concatenate(vecs))
+        return True
+    return False
