@@ -346,10 +346,12 @@ def main() -> None:
             other = json.load(f)
         if other.get('setup') != json.loads(json.dumps(setup)):
             raise SystemExit(f'--merge-from: {other_path} was written with another setup; rerun it with this one')
-        for task, entry in other.get('tasks', {}).items():
-            n_other = sum(len(rs) for rs in entry.get('runs', {}).values())
-            if n_other >= sum(len(rs) for rs in tasks.get(task, {}).get('runs', {}).values()):
-                tasks[task] = entry
+        for task, entry in other.get('tasks', {}).items():  # runs united by (method, seed); the first one kept
+            mine = tasks.setdefault(task, {k: v for k, v in entry.items() if k != 'runs'})
+            for method, rs in entry.get('runs', {}).items():
+                have = mine.setdefault('runs', {}).setdefault(method, [])
+                seeds = {r['seed'] for r in have}
+                have.extend(r for r in rs if r['seed'] not in seeds)
         res.data.setdefault('invocations', []).append(
             dict(command=other['command'], started=other['started'], merged_from=other_path))
     res['tasks'] = tasks
