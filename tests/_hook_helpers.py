@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
+from mmengine.optim import OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -164,3 +166,35 @@ def assert_same_outputs(a: nn.Module, b: nn.Module, forward) -> None:
     for x, y in zip(ta, tb):
         assert x.shape == y.shape
         torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5 * max(1.0, float(x.abs().max())))
+
+
+class _FakeScaler:
+    """Stands in for ``torch.amp.GradScaler``: a scale per optimizer step."""
+
+    def __init__(self, scales):
+        self.scales, self.step = list(scales), 0
+
+    def get_scale(self) -> float:
+        return self.scales[min(self.step, len(self.scales) - 1)]
+
+
+@OPTIM_WRAPPERS.register_module(force=True)
+class FakeAmpOptimWrapper(OptimWrapper):
+    """AmpOptimWrapper's contract on a CPU: backward of ``loss * scale``, unscale, skip non-finite steps."""
+
+    def __init__(self, optimizer, scales=(1.0,), **kwargs):
+        super().__init__(optimizer, **kwargs)
+        self.loss_scaler = _FakeScaler(scales)
+
+    def backward(self, loss, **kwargs):
+        (loss * self.loss_scaler.get_scale()).backward(**kwargs)
+        self._inner_count += 1
+
+    def step(self, **kwargs):
+        s = self.loss_scaler.get_scale()
+        params = [p for grp in self.optimizer.param_groups for p in grp['params'] if p.grad is not None]
+        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+            for p in params:
+                p.grad.div_(s)
+            self.optimizer.step(**kwargs)
+        self.loss_scaler.step += 1

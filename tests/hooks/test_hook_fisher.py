@@ -3,10 +3,8 @@ AMP loss-scale division and overflow skipping; frozen layers."""
 import numpy as np
 import pytest
 import torch
-from mmengine.optim import OptimWrapper
-from mmengine.registry import OPTIM_WRAPPERS
 
-from _hook_helpers import ToyData, ToyNet, get_hook, per_sample_loss, toy_runner
+from _hook_helpers import FakeAmpOptimWrapper, ToyData, ToyNet, get_hook, per_sample_loss, toy_runner  # noqa: F401
 
 SHAPE = (3, 12, 12)
 NO_STEP = dict(optimizer=dict(type='SGD', lr=0.0))  # weights stay put: the brute force sees the same model
@@ -47,38 +45,6 @@ def test_fisher_equals_brute_force_with_shared_module_and_coupled_residual(tmp_p
     ref = brute_force_fisher(runner.model, g, [(data.x[i:i + 4], data.y[i:i + 4]) for i in (0, 4)])
     assert float(ref.min()) > 0
     torch.testing.assert_close(hook.fisher, ref, rtol=1e-5, atol=0)
-
-
-class _FakeScaler:
-    """Stands in for ``torch.amp.GradScaler``: a scale per optimizer step."""
-
-    def __init__(self, scales):
-        self.scales, self.step = list(scales), 0
-
-    def get_scale(self) -> float:
-        return self.scales[min(self.step, len(self.scales) - 1)]
-
-
-@OPTIM_WRAPPERS.register_module(force=True)
-class FakeAmpOptimWrapper(OptimWrapper):
-    """AmpOptimWrapper's contract on a CPU: backward of ``loss * scale``, unscale, skip non-finite steps."""
-
-    def __init__(self, optimizer, scales=(1.0,), **kwargs):
-        super().__init__(optimizer, **kwargs)
-        self.loss_scaler = _FakeScaler(scales)
-
-    def backward(self, loss, **kwargs):
-        (loss * self.loss_scaler.get_scale()).backward(**kwargs)
-        self._inner_count += 1
-
-    def step(self, **kwargs):
-        s = self.loss_scaler.get_scale()
-        params = [p for grp in self.optimizer.param_groups for p in grp['params'] if p.grad is not None]
-        if all(bool(torch.isfinite(p.grad).all()) for p in params):
-            for p in params:
-                p.grad.div_(s)
-            self.optimizer.step(**kwargs)
-        self.loss_scaler.step += 1
 
 
 def _fisher(tmp_path, name, iters, wrapper):

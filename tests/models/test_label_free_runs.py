@@ -146,3 +146,58 @@ def test_a_labeled_data_set_is_allowed_and_its_labels_ignored(tmp_path, monkeypa
     runner = run(cfg)
     assert runner.iter == 3
     assert len([s for s in said if 'carries labels' in s]) == 1
+
+
+def test_label_free_pruning_under_amp_loss_scaling_takes_the_same_decisions(tmp_path):
+    """AMP: the loss scale of an AMP optimizer wrapper (AmpOptimWrapper's contract, on a CPU) is divided out of
+    the distillation loss's mask gradients, so label-free pruning masks the same channels in the same order."""
+    from _hook_helpers import FakeAmpOptimWrapper  # noqa: F401  registers the wrapper
+    kw = dict(max_iters=12, interval=2, k=16, images=16)
+    plain = run(prune_cfg('cls', str(tmp_path / 'plain'), **kw))
+    cfg = prune_cfg('cls', str(tmp_path / 'amp'), **kw)
+    cfg.optim_wrapper = dict(type='FakeAmpOptimWrapper', optimizer=cfg.optim_wrapper.optimizer,
+                             scales=(1024.0, 65536.0, 512.0))
+    amp = run(cfg)
+    a, b = fisher_hook(plain), fisher_hook(amp)
+    assert a.steps == b.steps > 3 and len(a.order) == len(b.order) > 48
+    assert list(a.order) == list(b.order)
+
+
+def test_label_free_ddp_ranks_prune_identically(tmp_path):
+    """tools/dist_train.sh, 2 CPU processes on gloo: every rank masks the same channels in the same order (the
+    distillation loss's Fisher summed over ranks), rank 0 writes the files."""
+    import os
+    import subprocess
+    import textwrap
+    from _label_free_helpers import CLS_PRUNE, ROOT, UNLABELED, ensure_data
+    ensure_data()
+    cfg = str(tmp_path / 'lf_ddp.py')
+    with open(cfg, 'w') as f:
+        f.write(textwrap.dedent(f"""\
+            _base_ = [{CLS_PRUNE!r}]
+            custom_imports = dict(imports=['mmfisher', '_hook_probe'], allow_failed_imports=False)
+            load_from = None
+            custom_hooks = [dict(type='mmfisher.FisherPruningHook', interval=2, channels_per_step=16, target=0.75,
+                                 input_shape=(3, 64, 64)),
+                            dict(type='PruningProbeHook')]
+            train_cfg = dict(max_iters=30)
+            train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
+                                    dataset=dict(data_root={UNLABELED!r}, indices=16))
+            val_dataloader = None
+            val_cfg = None
+            val_evaluator = None
+            """))
+    work = str(tmp_path / 'work')
+    env = {k: v for k, v in os.environ.items() if k != 'PORT'}
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([ROOT, osp.join(ROOT, 'tests')]))
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    r0 = torch.load(osp.join(work, 'probe_rank0.pt'), weights_only=True)
+    r1 = torch.load(osp.join(work, 'probe_rank1.pt'), weights_only=True)
+    assert r0['world_size'] == r1['world_size'] == 2
+    assert r0['done'] and r1['done'] and r0['iter'] == r1['iter'] < 30
+    assert r0['order'] == r1['order'] and len(r0['order']) > 16
+    assert torch.equal(r0['alive'], r1['alive'])
+    assert r0['samples'][:2] == r1['samples'][:2] == [8, 0]  # 2 ranks x 4 images, reset at the pruning step
+    assert osp.isfile(osp.join(work, 'channels.json')) and osp.isfile(osp.join(work, 'pruned.pth'))
