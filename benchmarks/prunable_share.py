@@ -47,6 +47,25 @@ def measure(entry, check=True, ratio=0.3, seed=0):
     return r
 
 
+def _pct(v):
+    return '-' if v is None else f'{100 * v:.1f}%'
+
+
+def markdown_table(results):
+    """One row per model: share before and after, exact (or the error), the most common reason channels are kept."""
+    rows = ['| model | prunable before | prunable now | exact | most channels kept by |', '|---|---|---|---|---|']
+    for name, r in results.items():
+        before = _pct(r.get('before_share')) if r.get('before_ok') is not False else 'not exact'
+        if 'before_share' in r and r.get('before_share') is None:
+            before = 'crashed'
+        exact = 'yes' if r.get('ok') else ('error: ' + r['error'][:60] if 'error' in r else
+                                            '-' if r.get('ok') is None else 'NO')
+        reasons = [why for why, _ in r.get('top_reasons', []) if why != 'reaches the model output']
+        why = reasons[0][:70] if reasons and (r.get('share') or 0) < 0.98 else ''
+        rows.append(f'| {name} | {before} | {_pct(r.get("share"))} | {exact} | {why} |')
+    return '\n'.join(rows)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--suite', nargs='+', default=['mm'], choices=SUITES,
@@ -55,9 +74,15 @@ def main(argv=None):
     p.add_argument('--no-check', action='store_true', help='only trace (no masked/slimmed comparison)')
     p.add_argument('--ratio', type=float, default=0.3)
     p.add_argument('--out', default=None, help='write the JSON here (default: print only)')
+    p.add_argument('--table', default=None, metavar='JSON',
+                   help="print this script's JSON as a markdown table (before / after share, exact, top reason)")
     p.add_argument('--before', default=None,
                    help="this script's JSON from another checkout: its shares are added as before_* fields")
     args = p.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(markdown_table(json.load(f)))
+        return 0
     before = {}
     if args.before:
         with open(args.before) as f:

@@ -198,3 +198,21 @@ class FakeAmpOptimWrapper(OptimWrapper):
                 p.grad.div_(s)
             self.optimizer.step(**kwargs)
         self.loss_scaler.step += 1
+
+
+def dist_train_probes(cfg: str, work: str, timeout: float = 400):
+    """Run ``tools/dist_train.sh cfg 2`` (2 CPU processes, gloo; a config with ``PruningProbeHook``) and return
+    the two ranks' probes (what FisherPruningHook decided on each)."""
+    import os
+    import subprocess
+    # no PORT: dist_train.sh then lets torchrun bind a free port itself (no race with parallel runs for one port)
+    env = {k: v for k, v in os.environ.items() if k != 'PORT'}
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([ROOT, osp.join(ROOT, 'tests')]))
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    r0 = torch.load(osp.join(work, 'probe_rank0.pt'), weights_only=True)
+    r1 = torch.load(osp.join(work, 'probe_rank1.pt'), weights_only=True)
+    assert r0['world_size'] == r1['world_size'] == 2
+    return r0, r1
+

@@ -2,12 +2,11 @@
 from the Fisher information summed over ranks, and rank 0 writes the results."""
 import os
 import os.path as osp
-import subprocess
 import textwrap
 
 import torch
 
-from _hook_helpers import DET_CFG, ROOT, ensure_det_data
+from _hook_helpers import DET_CFG, ROOT, dist_train_probes, ensure_det_data
 
 
 def test_ddp_ranks_prune_identically(tmp_path):
@@ -33,15 +32,7 @@ def test_ddp_ranks_prune_identically(tmp_path):
             val_evaluator = None
             """))
     work = str(tmp_path / 'work')
-    # no PORT: dist_train.sh then lets torchrun bind a free port itself (no race with parallel runs for one port)
-    env = {k: v for k, v in os.environ.items() if k != 'PORT'}
-    env.update(OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([ROOT, osp.join(ROOT, 'tests')]))
-    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    r0 = torch.load(osp.join(work, 'probe_rank0.pt'), weights_only=True)
-    r1 = torch.load(osp.join(work, 'probe_rank1.pt'), weights_only=True)
-    assert r0['world_size'] == r1['world_size'] == 2
+    r0, r1 = dist_train_probes(cfg, work)
     assert r0['done'] and r1['done'] and r0['iter'] == r1['iter'] < 30
     assert r0['order'] == r1['order'] and len(r0['order']) > 48
     assert torch.equal(r0['alive'], r1['alive'])

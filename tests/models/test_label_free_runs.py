@@ -166,10 +166,9 @@ def test_label_free_pruning_under_amp_loss_scaling_takes_the_same_decisions(tmp_
 def test_label_free_ddp_ranks_prune_identically(tmp_path):
     """tools/dist_train.sh, 2 CPU processes on gloo: every rank masks the same channels in the same order (the
     distillation loss's Fisher summed over ranks), rank 0 writes the files."""
-    import os
-    import subprocess
     import textwrap
-    from _label_free_helpers import CLS_PRUNE, ROOT, UNLABELED, ensure_data
+    from _hook_helpers import dist_train_probes
+    from _label_free_helpers import CLS_PRUNE, UNLABELED, ensure_data
     ensure_data()
     cfg = str(tmp_path / 'lf_ddp.py')
     with open(cfg, 'w') as f:
@@ -188,14 +187,7 @@ def test_label_free_ddp_ranks_prune_identically(tmp_path):
             val_evaluator = None
             """))
     work = str(tmp_path / 'work')
-    env = {k: v for k, v in os.environ.items() if k != 'PORT'}
-    env.update(OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([ROOT, osp.join(ROOT, 'tests')]))
-    proc = subprocess.run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    r0 = torch.load(osp.join(work, 'probe_rank0.pt'), weights_only=True)
-    r1 = torch.load(osp.join(work, 'probe_rank1.pt'), weights_only=True)
-    assert r0['world_size'] == r1['world_size'] == 2
+    r0, r1 = dist_train_probes(cfg, work)
     assert r0['done'] and r1['done'] and r0['iter'] == r1['iter'] < 30
     assert r0['order'] == r1['order'] and len(r0['order']) > 16
     assert torch.equal(r0['alive'], r1['alive'])
