@@ -5,7 +5,9 @@ Tasks (``--tasks``): ``cls`` (the tiny ResNet on the bundled 3-class shapes set,
 RetinaNet on the bundled detection set, bbox mAP). Per task, identical for every method except the choice of
 channels:
 
-1. one baseline trained from scratch, shared with benchmarks/quality.py (the same cached ``base.pth``);
+1. one baseline trained from scratch, shared with benchmarks/quality.py (the same cached ``base.pth``), or
+   ``--baseline-from DIR``'s (``benchmarks/label_free.py``'s converged ones: the quality baseline is far from
+   converged, so the iterative runs' training while they prune can put them ahead by itself);
 2. pruning to ``--target`` (0.5) of the baseline's conv/linear FLOPs (mmfisher's cost model at the data's size):
 
    * ``balanced``: BalancedPruningHook, ``mode='measured'`` (``--calibration-batches`` training batches, the
@@ -38,6 +40,7 @@ estimated mode end to end, and a few measured curve points, from which the measu
     nice .venv/bin/python benchmarks/balanced.py --quick --out /tmp/balanced.json
 """
 import argparse
+import json
 import os
 import os.path as osp
 import statistics
@@ -214,6 +217,9 @@ def main() -> None:
     p.add_argument('--r50-points', type=int, default=2, help='measured curve points timed on R50')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--quick', action='store_true', help='tiny budgets, 1 seed (smoke test)')
+    p.add_argument('--baseline-from', default=None, metavar='DIR',
+                   help='take DIR/<task>/base.pth (+ .json) as the baseline instead of training one: e.g. '
+                        "work_dirs/bench/label_free, benchmarks/label_free.py's converged (3x / 2x schedule) ones")
     p.add_argument('--out')
     args = p.parse_args()
     import torch
@@ -235,7 +241,15 @@ def main() -> None:
         # the baseline benchmarks/quality.py trains (same path, iterations and seed: reused when cached)
         base_work = osp.join(ROOT, 'work_dirs', 'bench', f'quality_{task}' + ('_quick' if args.quick else ''))
         base = osp.join(base_work, 'base.pth')
-        info = train_baseline(t['config'], base, 4 if args.quick else t['base_iters'], 0)
+        if args.baseline_from:  # a converged baseline trained elsewhere (benchmarks/label_free.py's cached ones)
+            base = osp.join(args.baseline_from, task, 'base.pth')
+            if not osp.isfile(base) or not osp.isfile(base + '.json'):
+                raise SystemExit(f'--baseline-from: {base} (and its .json) not found; run benchmarks/label_free.py '
+                                 f'--tasks {task} first, or leave --baseline-from out')
+            with open(base + '.json') as f:
+                info = dict(json.load(f), path=osp.relpath(base, ROOT), reused=True)
+        else:
+            info = train_baseline(t['config'], base, 4 if args.quick else t['base_iters'], 0)
         entry = res.data.setdefault('tasks', {}).setdefault(task, {})
         entry['baseline'] = info
         print(task, 'baseline', info, flush=True)
