@@ -88,6 +88,10 @@ class LayerRule:
     channel_params: Tuple[str, ...] = ('weight', 'bias')
     #: int attributes holding the channel count (set to the kept count when sliced)
     count_attrs: Tuple[str, ...] = ()
+    #: a weighted layer that acts along its channel dim only (Linear: the last dim): channels the input holds on
+    #: other dims pass through it position by position (a token-mixing Linear over (B, C, N) in MLP-Mixer / ResMLP /
+    #: gMLP), and its own outputs are then kept
+    passes_other_dims = False
     #: an attention layer (``nn.MultiheadAttention``): the tracer records it with :meth:`heads`, :attr:`inputs`
     #: and its ``out_proj`` child (see :class:`MultiheadAttentionRule`)
     attention = False
@@ -371,9 +375,11 @@ class ConvTransposeRule(LayerRule):
 
 
 class LinearRule(LayerRule):
-    """``nn.Linear``: channels on the last dim. After a flatten, input position ``c*h*w + i`` belongs to channel c."""
+    """``nn.Linear``: channels on the last dim. After a flatten, input position ``c*h*w + i`` belongs to channel c.
+    Applied along a dim that holds no channel while other dims do (token mixing), the channels pass through."""
 
     in_dim = -1
+    passes_other_dims = True
 
     def matches(self, module):
         return isinstance(module, nn.Linear)

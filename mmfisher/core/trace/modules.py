@@ -134,6 +134,15 @@ def record_module(state: TraceState, name: str, module: nn.Module, rule: LayerRu
     vec = state.channel_vector(info, dim, c_in) if dim is not None and x.shape[dim] == c_in else None
     if vec is None and info is None and dim is not None and x.shape[dim] == c_in:
         vec = param_vector(state, x, dim)  # a parameter-derived input: the layer reads the parameter's positions
+    if vec is None and rule.passes_other_dims and isinstance(info, ChannelInfo) and info.dims and \
+            dim is not None and dim not in info.dims and x.shape[dim] == c_in and out.dim() == x.dim():
+        # mixing along a dim that holds no channel (tokens): the layer reads fixed positions, the channels on the
+        # other dims pass through, its own outputs are read by no layer along a channel dim (kept)
+        _merge_inputs(state, rec, np.full(c_in, -1, dtype=np.int64))
+        if rec.out_elems is None:
+            rec.out_elems = state.uf.make(rule.out_channels(module))
+        state.set(out, ChannelInfo(info.dims, info.cmap.copy()))
+        return
     if vec is None:
         if info is not None:
             state.flag_info(info, f'{name} ({type(module).__name__}) reads channels the tracer cannot map')
