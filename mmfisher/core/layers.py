@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .dims import normalize_dim
 
@@ -919,7 +920,54 @@ class OutputSelectAdapter(ForwardAdapter):
         return out if keep is None else out.index_select(1, keep.to(out.device))
 
 
-_ADAPTERS: List[ForwardAdapter] = [WindowMSAAdapter(), MultiheadAttentionAdapter(), OutputSelectAdapter()]
+#: the attribute slimming sets on a module whose forward must infer some view/reshape sizes: their positions
+INFER_ATTR = '_mmfisher_infer_sizes'
+
+
+class _InferSizes(TorchFunctionMode):
+    """While a slimmed module's own forward runs: a ``view`` / ``reshape`` whose sizes no longer match its
+    tensor (a width read off the input, ``reshape(B, N, C)``, that pruning made different from the tensor's)
+    gets the size at one of ``positions`` (``[number of sizes, position]`` pairs, recorded by the trace) inferred
+    (-1) instead, if that makes the sizes match."""
+
+    def __init__(self, positions: List[List[int]]) -> None:
+        super().__init__()
+        self.positions = positions
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, '__name__', '')
+        if name in ('view', 'reshape') and args and isinstance(args[0], torch.Tensor) and not kwargs:
+            x, rest = args[0], list(args[1:])
+            sizes = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)) else rest
+            if sizes and all(isinstance(v, int) for v in sizes) and -1 not in sizes and \
+                    int(np.prod(sizes)) != x.numel():
+                for n, p in self.positions:
+                    if n == len(sizes):
+                        rest_prod = int(np.prod([v for k, v in enumerate(sizes) if k != p]))
+                        if rest_prod > 0 and x.numel() % rest_prod == 0:
+                            sizes = sizes[:p] + [-1] + sizes[p + 1:]
+                            return func(x, sizes)
+        return func(*args, **kwargs)
+
+
+class InferredSizesAdapter(ForwardAdapter):
+    """A slimmed module whose forward shaped a tensor by a width read off another one (timm-style attention:
+    ``x.transpose(1, 2).reshape(B, N, C)`` with ``C`` the stream's width, ``qkv.reshape(B, N, 3, heads, C //
+    heads)``): its own forward, with those sizes inferred from the tensor (:class:`_InferSizes`). The unpruned
+    model computes the same either way; slimmed, heads and the stream no longer need one width."""
+
+    def matches(self, module):
+        return INFER_ATTR in vars(module)
+
+    def forward(self, module, *args, **kwargs):
+        base = next(c for c in type(module).__mro__[1:] if 'forward' in vars(c))
+        with _InferSizes(module.__dict__[INFER_ATTR]):
+            return base.forward(module, *args, **kwargs)
+
+
+_ADAPTERS: List[ForwardAdapter] = [WindowMSAAdapter(), MultiheadAttentionAdapter(), OutputSelectAdapter(),
+                                   InferredSizesAdapter()]
 _ADAPTED: Dict[Tuple[type, int], type] = {}
 
 
@@ -935,8 +983,10 @@ def _adapted_class(cls: type, adapter: ForwardAdapter) -> type:
 
 
 def has_adapter(module: nn.Module) -> bool:
-    """Whether a :class:`ForwardAdapter` (other than the output selection of generators) matches ``module``."""
-    return any(a.matches(module) for a in _ADAPTERS if not isinstance(a, OutputSelectAdapter))
+    """Whether a class-level :class:`ForwardAdapter` matches ``module`` (not the per-module ones slimming sets:
+    the output selection of generators, inferred sizes)."""
+    per_module = (OutputSelectAdapter, InferredSizesAdapter)  # set on slimmed modules only
+    return any(a.matches(module) for a in _ADAPTERS if not isinstance(a, per_module))
 
 
 def adapt_forwards(model: nn.Module) -> int:

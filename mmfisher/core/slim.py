@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write
-from .layers import adapt_forwards, find_rule
+from .layers import INFER_ATTR, adapt_forwards, find_rule
 from .units import ChannelGraph
 
 FORMAT = 'mmfisher-channels/1'
@@ -84,6 +84,8 @@ def channel_config(model: nn.Module, graph: ChannelGraph, alive: np.ndarray,
               'kept': np.nonzero(alive[u.atoms])[0].tolist()} for u in graph.units]
     cfg = {'format': FORMAT, 'fingerprint': model_fingerprint(model), 'layers': layers, 'params': params,
            'attrs': attrs, 'units': units}
+    if graph.inferred_sizes:  # modules whose slimmed forward infers a reshape size (layers.InferredSizesAdapter)
+        cfg['forwards'] = {name: {'infer_sizes': list(pos)} for name, pos in sorted(graph.inferred_sizes.items())}
     if extra:
         cfg['meta'] = extra
     return cfg
@@ -217,7 +219,16 @@ def apply_channel_config(model: nn.Module, cfg: Dict[str, Any], check_fingerprin
             seq = list(getattr(owner, attr))
             seq[item] = value
             setattr(owner, attr, type(getattr(owner, attr))(seq))
-    if cfg.get('layers') or cfg.get('params') or cfg.get('attrs'):
+    for name, spec in (cfg.get('forwards') or {}).items():
+        owner = modules.get(name)
+        pos = spec.get('infer_sizes') if isinstance(spec, dict) else None
+        if owner is None or not isinstance(pos, list) or not pos or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in p) and 0 <= p[1] < p[0] <= 16 for p in pos):
+            raise ChannelConfigError(f'channel config has forwards["{name}"] = {spec!r}, which does not fit this '
+                                     'model: the file is corrupted or belongs to another model')
+        owner.__dict__[INFER_ATTR] = [list(p) for p in pos]
+    if cfg.get('layers') or cfg.get('params') or cfg.get('attrs') or cfg.get('forwards'):
         adapt_forwards(model)  # forwards that read a size from a width pruning changed (layers.ForwardAdapter)
     return model
 

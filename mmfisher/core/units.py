@@ -56,6 +56,10 @@ class ChannelGraph:
     #: conv/linear-like layers no rule covers (a subclass whose forward transforms its weight, a deformable
     #: conv) -> their output channels: never pruned, named in ``unprunable``, counted in ``summary()``'s total
     unruled: Dict[str, int] = dataclasses.field(default_factory=dict)
+    #: module -> ``[number of sizes, position]`` of view/reshape sizes its slimmed forward infers from the tensor
+    #: (a width read off the input that pruning makes different: ``reshape(B, N, C)`` after attention;
+    #: ``layers.InferredSizesAdapter``)
+    inferred_sizes: Dict[str, List[List[int]]] = dataclasses.field(default_factory=dict)
 
     @property
     def module_names(self) -> List[str]:
@@ -190,7 +194,7 @@ def build_graph(trace: TraceResult, model: Optional[nn.Module] = None) -> Channe
                             'transform its weight): not pruned')
     return ChannelGraph(len(atom_of), in_atoms, out_atoms, param_atoms, attr_atoms, rules, records, units, trainable,
                         unprunable, trace.batch, trace.seconds, dict(trace.unknown_ops),
-                        unruled={n: c for n, (_, c) in unruled.items()})
+                        unruled={n: c for n, (_, c) in unruled.items()}, inferred_sizes=dict(trace.inferred))
 
 
 def _unruled_layers(model: nn.Module, ruled: Dict[str, LayerRule]) -> Dict[str, Tuple[str, int]]:

@@ -162,6 +162,8 @@ TIMM_CASES = {
     'mixnet_s': 0.95,               # split(x, self.splits): 12% before
     'dpn68': 0.95,                  # x[:, :self.num_1x1_c]: 74% before
     'gmlp_ti16_224': 0.95,          # Linear over tokens, channels passing through: 14% before
+    'cait_xxs24_224': 0.95,         # reshape(B, N, C) after attention, inferred when slimmed: 44% before
+    'caformer_s18': 0.95,           # the same and LayerNorm2dNoBias: 50% before
     'nf_resnet26': 'ScaledStdConv2d: a conv/linear-like layer whose forward the engine does not know',
 }
 
@@ -192,3 +194,60 @@ def test_torchvision_detector_in_eval_mode(name):
     assert r['share'] >= 0.95, r['top_reasons']
     assert r['ok'], (r['max_abs_diff'], r['output_scale'], r['float64_max_abs_diff'])
     assert r['params_ratio'] < 0.95
+
+
+class _StreamWidthAttention(nn.Module):
+    """Attention that reshapes by the stream's width read off its input (CaiT, PVT, XCiT, MaxViT, CoaT, ...):
+    ``reshape(B, N, 3, heads, C // heads)`` and, after the heads, ``reshape(B, N, C)``."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class _StreamWidthBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(6, 16), nn.LayerNorm(16)
+        self.attn, self.head = _StreamWidthAttention(), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.attn(self.norm(x))
+        return self.head(x.mean(1))
+
+
+def test_sizes_read_off_the_stream_are_inferred_by_the_slimmed_forward():
+    import copy
+
+    import numpy as np
+    from mmfisher.core import apply_channel_config
+    torch.manual_seed(0)
+    model = _StreamWidthBlock().eval()
+    graph = analyze(model, input_forward(torch.randn(1, 5, 6)))
+    # before: both the heads and the residual stream were kept ("sizes them by the width of other channels")
+    assert not graph.unprunable.keys() - {'head'}, graph.unprunable
+    stream = next(u for u in graph.units if 'embed' in u.layers)
+    heads = next(u for u in graph.units if 'attn.qkv' in u.producers)
+    alive = np.ones(graph.num_atoms, dtype=bool)
+    alive[stream.atoms[:6]] = False  # 10 of 16 stream channels
+    alive[heads.atoms[0]] = False    # 3 of 4 heads
+    res = compare_masked_slimmed(model, graph, input_forward(torch.randn(2, 5, 6)), alive)
+    assert res['ok'], (res['max_abs_diff'], res['scale'])
+    slim = res['slim']
+    assert slim.embed.out_features == 10 and slim.attn.num_heads == 3 and slim.attn.qkv.out_features == 36
+    assert res['config']['forwards'] == {'attn': {'infer_sizes': [[3, 2], [5, 4]]}}
+    # the channel config alone rebuilds it (a fresh unpruned model, no trace): the same outputs
+    fresh = apply_channel_config(copy.deepcopy(_StreamWidthBlock().eval()), res['config'])
+    fresh.load_state_dict(slim.state_dict())
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), slim(x))

@@ -35,6 +35,8 @@ class TraceResult:
     batch: int
     unknown_ops: Dict[str, int]
     seconds: float
+    #: module name -> sorted ``[number of sizes, position]`` of view/reshape sizes its slimmed forward infers
+    inferred: Dict[str, List[List[int]]] = dataclasses.field(default_factory=dict)
 
 
 def trace_channels(model: nn.Module, forward: Callable[[nn.Module], Any], batch: int = 1) -> TraceResult:
@@ -93,4 +95,5 @@ def trace_channels(model: nn.Module, forward: Callable[[nn.Module], Any], batch:
         for p, g in grads.items():
             p.requires_grad_(g)
     return TraceResult(state.uf, state.modules, state.params, state.attrs, state.module_order, batch,
-                       state.unknown_ops, time.perf_counter() - t0)
+                       state.unknown_ops, time.perf_counter() - t0,
+                       {k: sorted(list(p) for p in v) for k, v in state.inferred.items()})

@@ -62,6 +62,11 @@ class SizeCheck:
     axis: int
     sources: list
     reason: str
+    #: a view/reshape whose one such size could as well be inferred (-1): the running module ``owner`` and the
+    #: size's position among the call's sizes. Instead of keeping both sides, the slimmed ``owner`` then infers
+    #: that size (``layers.InferredSizesAdapter``); None: keep them
+    owner: Optional[str] = None
+    position: Tuple[int, int] = (0, -1)  # (the call's number of sizes, the size's position)
 
 
 @dataclasses.dataclass
@@ -190,6 +195,9 @@ def _resolve_check(state, b: SizeCheck) -> None:
         theirs = set(np.concatenate([_roots(state, c).reshape(-1) for c, _ in shrinking]).tolist()) - {-1}
         if mine == theirs:
             return  # the same channels: the size follows them
+    if b.owner is not None:  # the slimmed owner infers this size from its tensor (reshape(B, N, -1))
+        state.inferred.setdefault(b.owner, set()).add(b.position)
+        return
     if b.cmap is not None:
         state.uf.flag(b.cmap, b.reason)
     for c, _ in srcs:

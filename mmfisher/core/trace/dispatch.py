@@ -11,7 +11,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .channels import ChannelCount, ChannelInfo, Mixed, elems_of
+from .channels import ChannelCount, ChannelInfo, Mixed, channel_counts, elems_of
 from .errors import MetaTraceUnsupported, Unmappable, is_meta_limitation
 from .movement import op_move
 from .optable import (ALONG, FILL, FIRST_ONLY, MOVE, NARY, NEW, REDUCE, SPATIAL, UNARY, OpCall, op_name)
@@ -165,6 +165,9 @@ def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, 
     if any(isinstance(i, Mixed) for i in in_infos):
         for i in in_infos:
             state.use(i)
+        for c in channel_counts((args[1:], kwargs)):  # a width read off channels shapes a kept (mixed) tensor:
+            for cmap, _ in c.sources:                 # those channels must keep that width
+                state.uf.flag(cmap, f'op {name} sizes a tensor of kept channels by their width')
         if handler is op_contract and any(isinstance(i, ChannelInfo) for i in in_infos):
             in_infos = [None if isinstance(i, Mixed) else i for i in in_infos]  # fixed-size operands
         elif handler is op_pointwise and _mixed_is_constant(flat_in, in_infos, outs):

@@ -176,12 +176,16 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
     sizes = _size_args(name, pargs, pkw or {}, outs[0].dim() if outs else None)
     raw = _size_args(name, pargs, pkw or {}, outs[0].dim() if outs else None, raw=True)
     if raw is not None and not state.owner_adapted():
-        for d, c in enumerate(raw):  # a size read off some channels shapes this dim: checked after the forward
-            if isinstance(c, ChannelCount):
-                state.constraints.append(SizeCheck(
-                    info.cmap.copy() if info.dims else None, info.dims.index(d) if d in info.dims else -1,
-                    c.sources, f'op {name} sizes them by the width of other channels (a size read off an input, '
-                    'like reshape(B, N, C))'))
+        counted = [d for d, c in enumerate(raw) if isinstance(c, ChannelCount)]
+        # one counted size and no -1 in a view/reshape: it can be inferred from the tensor instead
+        inferable = name in ('view', 'reshape') and len(counted) == 1 and all(
+            v is not None and int(v) != -1 for v in raw)
+        owner = state.running_owner() if inferable else None
+        for d in counted:  # a size read off some channels shapes this dim: checked after the forward
+            state.constraints.append(SizeCheck(
+                info.cmap.copy() if info.dims else None, info.dims.index(d) if d in info.dims else -1,
+                raw[d].sources, f'op {name} sizes them by the width of other channels (a size read off an input, '
+                'like reshape(B, N, C))', owner, (len(raw), d)))
     if len(info.dims) > in_dims and info.cmap.ndim > 1:
         # a reshape that splits a channel dim: decided after the forward (constraints.SplitGrid)
         attrs = []

@@ -35,6 +35,8 @@ class TraceState:
         #: parameter name -> {parameter dim: (size, owner module, its int attributes of that value)}: a view or
         #: reshape of the parameter gave that dim's size as a literal (timm's ``scale.view(self.shape)``)
         self.param_sizes: Dict[str, Dict[int, Tuple[int, str, List[str]]]] = {}
+        #: module name -> {(number of sizes, position)} of view/reshape sizes its slimmed forward infers
+        self.inferred: Dict[str, set] = {}
         self.module_objs: Dict[str, nn.Module] = {'': model}  # '' is the model itself (its own forward's sizes)
         self.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self.param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
@@ -155,6 +157,11 @@ class TraceState:
                 if len(hits) == 1:
                     names.append(f'{k}[{hits[0]}]')
         return owner, names
+
+    def running_owner(self) -> str:
+        """The innermost running module no rule covers (the one whose forward runs the current op; '': the
+        model itself)."""
+        return next((n for n, rule, *_ in reversed(self.stack) if rule is None), '')
 
     def owner_adapted(self) -> bool:
         """Whether the running unruled module gets a slimming forward (``layers.ForwardAdapter``) that reads its
