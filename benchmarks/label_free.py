@@ -320,6 +320,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
+    args.work_dir = osp.abspath(args.work_dir)  # one setup whichever way the folder was named
     if args.quick:
         args.base_iters, args.ft_iters, args.seeds, args.target, args.interval = 4, 2, [0], 0.95, 1
         args.work_dir = args.work_dir + '_quick'

@@ -21,7 +21,8 @@ load_from = 'https://download.openmmlab.com/mmdetection/v2.0/fcos/fcos_r50_caffe
 
 # as in the labeled recipe: every backbone stage trains and is pruned (frozen stages get no Fisher), no ImageNet
 # initialisation (load_from sets every weight); the fine-tune config makes the same changes
-model = dict(_base_.label_free_pruning.model, _delete_=True, architecture=_base_.model)
+model = dict(_base_.label_free_pruning.model, _delete_=True, architecture=_base_.model,
+             anchor_weight=0.01)  # detectors: see configs/_base_/label_free_pruning.py
 model['architecture']['backbone'].update(frozen_stages=-1, init_cfg=None)
 custom_hooks = [dict(_base_.label_free_pruning.hook, target=0.5)]  # 500 atoms every 25 iterations, at (3, 800, 1333)
 

@@ -14,6 +14,7 @@ model = dict(
     _base_.label_free_pruning.model,
     _delete_=True,
     architecture=_base_.model,
+    anchor_weight=0.01,  # detectors: see configs/_base_/label_free_pruning.py
     input_shape=(3, 128, 128))
 custom_hooks = [
     dict(
