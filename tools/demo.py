@@ -272,10 +272,11 @@ def label_free(ckpt: str, target: float, wd: str, quick: bool) -> Dict[str, Any]
     distiller's log), which run with no validation set, so they open no annotation file at all."""
     out = osp.join(wd, 'label_free')
     k, interval, epochs = (32, 1, 1) if quick else (16, 5, 4)
-    # seed 002's automatic anchors, their MSE weighted 0.01 while pruning (the config's 1 is overridden): at weight 1
+    # seed 002's automatic anchors, their MSE weighted 0.01 while pruning (the detection configs' weight): at weight 1
     # its gradients dwarf the output KL's, so the head's last tower layers, which no anchor follows, rank lowest and
     # were cut to 1 channel each (measured on this model: bbox mAP right after pruning 0.064 at weight 1, 0.466 at
-    # 0.01, 0.413 with output KL only; benchmarks/label_free.py compares the variants)
+    # 0.01, 0.413 with output KL only; benchmarks/label_free.py compares the variants). Passed explicitly, so the
+    # figure in summary.json says what ran.
     anchor_weight = 0.01
     no_val = ['val_dataloader=None', 'val_cfg=None', 'val_evaluator=None']
     few = ['train_dataloader.dataset.indices=64'] if quick else []  # --quick: 8 iterations an epoch
