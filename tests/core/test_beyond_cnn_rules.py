@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfisher.core import ChannelMasks, FisherTaps, analyze, find_rule, input_forward, random_alive
+from mmfisher.core import (ChannelMasks, FisherTaps, analyze, compare_masked_slimmed, find_rule, input_forward,
+                           random_alive)
 from mmfisher.core.layers import ALIVE_ATTR
 
 
@@ -477,8 +478,8 @@ def test_positional_encoding_and_query_embedding_follow_the_stream(check_exact):
 
 
 class WidthFromInput(nn.Module):
-    """timm-style attention output ``reshape(B, N, C)`` with ``C`` the input's width: heads and the stream can no
-    longer be pruned apart, so both are kept and named (no adapter knows this class)."""
+    """timm-style attention output ``reshape(B, N, C)`` with ``C`` the input's width (no class adapter knows this
+    class): the slimmed module infers those sizes from its tensors, so heads and the stream are pruned apart."""
 
     def __init__(self):
         super().__init__()
@@ -496,10 +497,20 @@ class WidthFromInput(nn.Module):
         return self.out(x + self.proj(y))
 
 
-def test_a_size_read_off_other_channels_keeps_both():
-    g = analyze(WidthFromInput(), input_forward(torch.randn(2, 3, 5)))
-    for name in ('inp', 'qkv'):
-        assert 'width of other channels' in g.unprunable.get(name, ''), g.unprunable
+def test_a_size_read_off_other_channels_is_inferred_when_slimmed():
+    # (until the timm sweep both were kept, "sizes them by the width of other channels")
+    model = WidthFromInput().eval()
+    g = analyze(model, input_forward(torch.randn(2, 3, 5)))
+    assert not {'inp', 'qkv'} & set(g.unprunable), g.unprunable
+    stream = next(u for u in g.units if 'inp' in u.producers)
+    heads = next(u for u in g.units if 'qkv' in u.producers)
+    alive = np.ones(g.num_atoms, dtype=bool)
+    alive[stream.atoms[:5]] = False  # 11 of 16 stream channels, 2 of 4 heads: no longer one width
+    alive[heads.atoms[:2]] = False
+    res = compare_masked_slimmed(model, g, input_forward(torch.randn(2, 3, 5)), alive)
+    assert res['ok'], (res['max_abs_diff'], res['scale'])
+    assert res['slim'].inp.out_features == 11 and res['slim'].qkv.out_features == 24
+    assert res['config']['forwards'] == {'': {'infer_sizes': [[3, 2], [5, 4]]}}
 
 
 def test_split_of_a_parameter_by_a_stream_width_keeps_the_stream():
