@@ -164,6 +164,7 @@ TIMM_CASES = {
     'gmlp_ti16_224': 0.95,          # Linear over tokens, channels passing through: 14% before
     'cait_xxs24_224': 0.95,         # reshape(B, N, C) after attention, inferred when slimmed: 44% before
     'caformer_s18': 0.95,           # the same and LayerNorm2dNoBias: 50% before
+    'davit_tiny': 0.85,             # the same after channel attention (a kept tensor): 35% before
     'nf_resnet26': 'ScaledStdConv2d: a conv/linear-like layer whose forward the engine does not know',
 }
 

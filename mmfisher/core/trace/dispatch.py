@@ -123,6 +123,26 @@ def _mixed_is_constant(flat_in: list, in_infos: list, outs: list) -> bool:
     return True
 
 
+def _sized_by_counts(state: TraceState, name: str, args: tuple, kwargs: Dict[str, Any]) -> None:
+    """A width read off traced channels (:class:`ChannelCount`) shapes a tensor of kept (mixed) channels: in a
+    view/reshape with that one such size and no -1, the slimmed module infers it (``reshape(B, N, C)`` after
+    XCiT's channel attention: ``constraints.SizeCheck``'s inference); anywhere else those channels keep their
+    width."""
+    counts = channel_counts((args[1:], kwargs))
+    if not counts:
+        return
+    rest = list(args[1:])
+    sizes = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)) else rest
+    at = [k for k, v in enumerate(sizes) if isinstance(v, ChannelCount)]
+    if name in ('view', 'reshape') and not kwargs and len(counts) == 1 and len(at) == 1 and \
+            all(isinstance(v, int) and int(v) != -1 for v in sizes) and not state.owner_adapted():
+        state.inferred.setdefault(state.running_owner(), set()).add((len(sizes), at[0]))
+        return
+    for c in counts:
+        for cmap, _ in c.sources:
+            state.uf.flag(cmap, f'op {name} sizes a tensor of kept channels by their width')
+
+
 def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, Any], out: Any) -> None:
     """Update the infos of ``out`` (and of an in-place op's input) after ``func(*args, **kwargs)`` ran."""
     name, inplace = op_name(func)
@@ -165,9 +185,7 @@ def record_op(state: TraceState, func: Callable, args: tuple, kwargs: Dict[str, 
     if any(isinstance(i, Mixed) for i in in_infos):
         for i in in_infos:
             state.use(i)
-        for c in channel_counts((args[1:], kwargs)):  # a width read off channels shapes a kept (mixed) tensor:
-            for cmap, _ in c.sources:                 # those channels must keep that width
-                state.uf.flag(cmap, f'op {name} sizes a tensor of kept channels by their width')
+        _sized_by_counts(state, name, args, kwargs)
         if handler is op_contract and any(isinstance(i, ChannelInfo) for i in in_infos):
             in_infos = [None if isinstance(i, Mixed) else i for i in in_infos]  # fixed-size operands
         elif handler is op_pointwise and _mixed_is_constant(flat_in, in_infos, outs):
