@@ -216,3 +216,12 @@ def dist_train_probes(cfg: str, work: str, timeout: float = 400):
     assert r0['world_size'] == r1['world_size'] == 2
     return r0, r1
 
+
+def assert_ranks_agree(r0, r1, max_iters: int, min_masked: int, first_samples: List[int]) -> None:
+    """Both ranks finished before ``max_iters`` with the same masking order and alive mask (more than
+    ``min_masked`` atoms), their Fisher sample counts over both ranks starting with ``first_samples``."""
+    assert r0['done'] and r1['done'] and r0['iter'] == r1['iter'] < max_iters
+    assert r0['order'] == r1['order'] and len(r0['order']) > min_masked
+    assert torch.equal(r0['alive'], r1['alive'])
+    assert r0['samples'][:len(first_samples)] == r1['samples'][:len(first_samples)] == first_samples
+

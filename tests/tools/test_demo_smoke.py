@@ -40,3 +40,14 @@ def test_demo_quick_runs_every_phase(tmp_path):
         assert read['train_dataset'] == 'mmfisher.UnlabeledImages' and read['images_read'] > 0
         assert read['other_files_read'] == [] and read['distiller_saw_labels'] is False
     assert os.path.isfile(work / 'label_free' / 'student.pth') and 'label-free' in proc.stdout
+    # balanced one-shot pruning of the same model to the same FLOPs (calibration batches, no training), fine-tuned
+    bal = summary['balanced']
+    for key in ('flops_ratio', 'metric_after_prune', 'metric_after_finetune', 'prune_wall_s', 'calibration_batches',
+                'tau'):
+        assert bal[key] is not None, key
+    # the tau search meets the target from below (3 grid points here: coarse steps; the benchmark's is within 1%)
+    assert bal['target'] - 0.1 < bal['flops_ratio'] <= bal['target'] + 1e-9
+    assert bal['calibration_batches'] == 2 and bal['search_steps'] >= 1 and bal['mode'] == 'measured'
+    assert os.path.getsize(osp.join(ROOT, bal['curves_plot'])) > 10_000
+    assert os.path.isfile(work / 'balanced' / 'prune' / 'channels.json') and 'balanced' in proc.stdout
+
