@@ -225,3 +225,32 @@ def assert_ranks_agree(r0, r1, max_iters: int, min_masked: int, first_samples: L
     assert torch.equal(r0['alive'], r1['alive'])
     assert r0['samples'][:len(first_samples)] == r1['samples'][:len(first_samples)] == first_samples
 
+
+def small_cls_cfg(cfg, work_dir: str, max_iters: int, data_root: str) -> None:
+    """Make a tiny classification config short in place: ``max_iters`` iterations of batch 8 from ``data_root``
+    (the bundled shapes set, generated if missing), no validation, no scheduler, no checkpoints, log every step."""
+    from mmfisher.data_gen import make_all
+    make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_cls'])
+    cfg.merge_from_dict({'work_dir': work_dir, 'train_dataloader.num_workers': 0, 'train_dataloader.batch_size': 8,
+                         'train_dataloader.persistent_workers': False, 'default_hooks.logger.interval': 1,
+                         'train_dataloader.dataset.data_root': data_root})
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100000)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100000, by_epoch=False)
+    cfg.param_scheduler = None
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+
+
+def finetune_config(path: str, base: str, channels: str, load_from: Optional[str] = None):
+    """Write and load the fine-tune config pattern users write after pruning: ``base`` + fisher_finetune.py with
+    the model wrapped in ``mmfisher.Pruned(channels)`` (and ``load_from``)."""
+    import textwrap
+    from mmengine.config import Config
+    tail = f'load_from = {load_from!r}\n' if load_from else ''
+    with open(path, 'w') as f:
+        f.write(textwrap.dedent(f"""\
+            _base_ = [{base!r}, 'mmfisher::_base_/fisher_finetune.py']
+            model = dict(_delete_=True, type='mmfisher.Pruned', architecture={{{{_base_.model}}}},
+                         channels={channels!r})
+            """) + tail)
+    return Config.fromfile(path)
+

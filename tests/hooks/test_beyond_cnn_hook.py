@@ -3,7 +3,6 @@ shapes data (embedding width, whole heads, MLP widths), the slimmed pair compute
 the ``Pruned`` fine-tune config trains it, and the slimmed ViT exports to ONNX (checked with onnxruntime)."""
 import copy
 import os.path as osp
-import textwrap
 
 import pytest
 import torch
@@ -11,7 +10,9 @@ from mmengine.config import Config
 from mmengine.registry import MODELS
 from mmengine.runner import Runner
 
-from _hook_helpers import ROOT, assert_same_outputs, get_hook
+from mmfisher.models import TensorMode
+
+from _hook_helpers import ROOT, assert_same_outputs, finetune_config, get_hook, small_cls_cfg
 
 VIT_CFG = osp.join(ROOT, 'configs', 'tiny', 'vit_tiny_shapes_cls.py')
 PRUNE_CFG = osp.join(ROOT, 'configs', 'tiny', 'vit_tiny_cls_prune.py')
@@ -19,15 +20,7 @@ DATA = osp.join(ROOT, 'data', 'generated', 'shapes_cls')
 
 
 def _small(cfg, work_dir: str, max_iters: int) -> None:
-    from mmfisher.data_gen import make_all
-    make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_cls'])
-    cfg.merge_from_dict({'work_dir': work_dir, 'train_dataloader.num_workers': 0, 'train_dataloader.batch_size': 8,
-                         'train_dataloader.persistent_workers': False, 'default_hooks.logger.interval': 1,
-                         'train_dataloader.dataset.data_root': DATA})
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100000)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100000, by_epoch=False)
-    cfg.param_scheduler = None
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    small_cls_cfg(cfg, work_dir, max_iters, DATA)
     cfg.load_from = None
 
 
@@ -69,14 +62,7 @@ def test_prune_finetune_and_export_a_vit(tmp_path):
     assert backbone.cls_token.shape[-1] == backbone.pos_embed.shape[-1] == stream
 
     # the fine-tune config pattern trains the slimmed ViT
-    ft_path = str(tmp_path / 'finetune.py')
-    with open(ft_path, 'w') as f:
-        f.write(textwrap.dedent(f"""\
-            _base_ = [{VIT_CFG!r}, 'mmfisher::_base_/fisher_finetune.py']
-            model = dict(_delete_=True, type='mmfisher.Pruned', architecture={{{{_base_.model}}}},
-                         channels={osp.join(work, 'channels.json')!r})
-            """))
-    ft = Config.fromfile(ft_path)
+    ft = finetune_config(str(tmp_path / 'finetune.py'), VIT_CFG, osp.join(work, 'channels.json'))
     _small(ft, str(tmp_path / 'ft'), max_iters=3)
     ft.load_from = osp.join(work, 'pruned.pth')
     ft_runner = Runner.from_cfg(ft)
@@ -88,20 +74,12 @@ def test_prune_finetune_and_export_a_vit(tmp_path):
     onnx = pytest.importorskip('onnx')
     ort = pytest.importorskip('onnxruntime')
 
-    class TensorMode(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, inputs):
-            return self.model(inputs, mode='tensor')
-
-    net = TensorMode(slim.eval()).eval()
+    net = TensorMode(slim.eval()).eval()  # forward(x) -> the flat tuple of model(x, mode='tensor')'s tensors
     path = str(tmp_path / 'vit_slim.onnx')
     with torch.no_grad():
         torch.onnx.export(net, (x,), path, input_names=['inputs'], output_names=['scores'], opset_version=17,
                           dynamo=False)
-        expect = net(x)
+        expect = net(x)[0]
     onnx.checker.check_model(onnx.load(path))
     got = ort.InferenceSession(path, providers=['CPUExecutionProvider']).run(None, {'inputs': x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), expect, rtol=1e-3, atol=1e-4)

@@ -2,7 +2,6 @@
 config pattern through a Runner."""
 import copy
 import os.path as osp
-import textwrap
 
 import torch
 from mmengine.config import Config
@@ -10,22 +9,14 @@ from mmengine.hooks import Hook
 from mmengine.registry import MODELS
 from mmengine.runner import Runner
 
-from _hook_helpers import ROOT, assert_same_outputs, get_hook
+from _hook_helpers import ROOT, assert_same_outputs, finetune_config, get_hook, small_cls_cfg
 
 CLS_CFG = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_shapes_cls.py')
 DATA = osp.join(ROOT, 'data', 'generated', 'shapes_cls')
 
 
 def _small(cfg, work_dir: str, max_iters: int) -> None:
-    from mmfisher.data_gen import make_all
-    make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_cls'])
-    cfg.merge_from_dict({'work_dir': work_dir, 'train_dataloader.num_workers': 0, 'train_dataloader.batch_size': 8,
-                         'train_dataloader.persistent_workers': False, 'default_hooks.logger.interval': 1,
-                         'train_dataloader.dataset.data_root': DATA})
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100000)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100000, by_epoch=False)
-    cfg.param_scheduler = None
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    small_cls_cfg(cfg, work_dir, max_iters, DATA)
 
 
 class CaptureWeights(Hook):
@@ -47,15 +38,8 @@ def test_prune_and_finetune_a_classifier(tmp_path):
     masked = copy.deepcopy(runner.model)
 
     # fine-tune config: the Runner hands the top-level data_preprocessor to Pruned, which passes it on
-    ft_path = str(tmp_path / 'finetune.py')
-    with open(ft_path, 'w') as f:
-        f.write(textwrap.dedent(f"""\
-            _base_ = [{CLS_CFG!r}, 'mmfisher::_base_/fisher_finetune.py']
-            model = dict(_delete_=True, type='mmfisher.Pruned', architecture={{{{_base_.model}}}},
-                         channels={osp.join(work, 'channels.json')!r})
-            load_from = {osp.join(work, 'pruned.pth')!r}
-            """))
-    ft = Config.fromfile(ft_path)
+    ft = finetune_config(str(tmp_path / 'finetune.py'), CLS_CFG, osp.join(work, 'channels.json'),
+                         load_from=osp.join(work, 'pruned.pth'))
     _small(ft, str(tmp_path / 'ft'), max_iters=2)
     ft_runner = Runner.from_cfg(ft)
     capture = CaptureWeights()
