@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .copying import non_leaf_attributes
-from .layers import LayerRule
+from .layers import LayerRule, find_rule
 from .trace import ModuleRecord, TraceResult, failure_of, forward_error, is_meta_limitation, trace_channels
 
 
@@ -201,7 +201,6 @@ def _unruled_layers(model: nn.Module, ruled: Dict[str, LayerRule]) -> Dict[str, 
     """Layers with weights of their own that no rule covers: conv/linear subclasses with an unknown forward
     (timm's ``ScaledStdConv2d``: weight standardisation) and deformable convs; ``{name: (class, out channels)}``.
     Children of such a layer are not listed again."""
-    from .layers import find_rule
     out: Dict[str, Tuple[str, int]] = {}
     for name, m in model.named_modules():
         if name in ruled or any(name.startswith(p + '.') for p in out):

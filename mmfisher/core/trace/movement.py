@@ -305,7 +305,7 @@ def attribute_slice(state: TraceState, src: Optional[ChannelInfo], out: ChannelI
               if isinstance(b, int) and not isinstance(b, bool)]
     if bounds != [k]:  # the slice's one literal bound is k
         return False
-    owner = next((name for name, rule, *_ in reversed(state.stack) if rule is None), '')
+    owner = state.running_owner()
     module = state.module_objs.get(owner)
     names = [a for a, v in (vars(module).items() if module is not None else ())
              if not a.startswith('_') and isinstance(v, int) and not isinstance(v, bool) and v == k]
@@ -325,7 +325,7 @@ def split_sizes_bound(state: TraceState, pargs: tuple, infos: List[ChannelInfo])
         return False
     if len({i.dims for i in infos}) != 1 or len(infos[0].dims) != 1:
         return False
-    owner = next((n for n, rule, *_ in reversed(state.stack) if rule is None), '')
+    owner = state.running_owner()
     module = state.module_objs.get(owner)
     attrs = [k for k, v in (vars(module).items() if module is not None else ())
              if not k.startswith('_') and isinstance(v, (list, tuple)) and list(v) == [int(x) for x in sizes]]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .channels import channel_counts
+from .channels import ChannelCount, channel_counts
 from .optable import LIST_DATA, MOVE, NARY, UNARY
 from .records import ParamUse
 
@@ -104,7 +104,6 @@ def _note_literal_sizes(state, out: ParamRef, args: tuple, kwargs: Dict[str, Any
     that sizes a result dim running along a parameter dim is that dim's width, which would not follow pruning
     unless an attribute holding it is updated (see :func:`record_param_use`). Sizes read off traced tensors
     (:class:`ChannelCount`) and -1 follow by themselves."""
-    from .channels import ChannelCount
     sizes = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else list(args)
     if not sizes:
         sizes = list(kwargs.get('size', kwargs.get('shape', ())) or ())

@@ -144,7 +144,7 @@ class TraceState:
         """(running module's name, its int attributes equal to ``size`` whose names contain one of ``words``).
         An int inside a list or tuple attribute (Swin's ``num_features[i]``) is named ``attr[i]`` when it is the
         only one of that value there."""
-        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), '')  # '': the model itself
+        owner = self.running_owner()
         module = self.module_objs.get(owner)
         names: List[str] = []
         for k, v in (vars(module).items() if module is not None else ()):
@@ -167,7 +167,7 @@ class TraceState:
         """Whether the running unruled module gets a slimming forward (``layers.ForwardAdapter``) that reads its
         sizes from its layers instead of its input (Swin's window attention)."""
         from ..layers import has_adapter
-        owner = next((n for n, rule, *_ in reversed(self.stack) if rule is None), '')
+        owner = self.running_owner()
         module = self.module_objs.get(owner)
         return module is not None and has_adapter(module)
 
