@@ -5,16 +5,17 @@ Tasks (``--tasks``): ``cls`` (the tiny ResNet on the bundled 3-class shapes set,
 RetinaNet on the bundled detection set, bbox mAP). Per task, identical for every method except the choice of
 channels:
 
-1. one baseline trained from scratch, shared with benchmarks/quality.py (the same cached ``base.pth``), or
-   ``--baseline-from DIR``'s (``benchmarks/label_free.py``'s converged ones: the quality baseline is far from
-   converged, so the iterative runs' training while they prune can put them ahead by itself);
+1. one converged baseline trained from scratch, shared with benchmarks/label_free.py (the config's schedule x3
+   for cls, x2 for det; the same cached ``work_dirs/bench/label_free/<task>/base.pth``, trained when missing),
+   or ``--baseline-from DIR``'s, or with ``--quality-baseline`` benchmarks/quality.py's (far from converged, so
+   the iterative runs' training while they prune can put them ahead by itself);
 2. pruning to ``--target`` (0.5) of the baseline's conv/linear FLOPs (mmfisher's cost model at the data's size):
 
    * ``balanced``: BalancedPruningHook, ``mode='measured'`` (``--calibration-batches`` training batches, the
      default grid), through an mmengine Runner (no training iteration);
    * ``balanced_estimated``: the same with ``mode='estimated'`` (the Fisher pass only);
-   * ``fisher_k1``: FisherPruningHook, one atom every ``--fisher-interval`` iterations (the paper's k=1), the
-     model training meanwhile;
+   * ``fisher_k1``: FisherPruningHook, one atom every ``--fisher-interval`` iterations (the paper's k=1 and
+     interval 10, the hook's defaults), the model training meanwhile;
    * ``fisher_adaptive``: FisherPruningHook with the AdaptiveK schedule (``--adaptive-share`` of the eligible
      atoms per step);
    * ``l1``: Li et al.'s uniform L1 (the same share of every unit, bisected to the target);
@@ -70,7 +71,7 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
     res = hook.result
     return dict(pruning_iters=int(runner.iter), pruning_wall_s=wall, method_wall_s=hook.wall.get('prune'),
                 ratios=res.ratios, atoms_masked=len(res.pruned), tau=res.tau, search_steps=res.search_steps,
-                forwards=res.forwards, base_loss=res.base_loss, combined_loss=res.combined_loss,
+                forwards=res.forwards, points_measured=res.points, grid_points=res.grid_points, base_loss=res.base_loss, combined_loss=res.combined_loss,
                 sum_unit_variations=res.sum_variations, units=len(res.curves),
                 calibration_batches=res.batches, channels=hook.outputs['channels'],
                 weights=hook.outputs['weights'])
@@ -104,7 +105,7 @@ def summarise(runs, target):
             flops_ratio=statistics.fmean(r['ratios']['flops'] for r in rs),
             flops_ratio_max_error=max(abs(r['ratios']['flops'] - target) for r in rs),
             pruning_iters_mean=statistics.fmean(r['pruning_iters'] for r in rs))
-        for key in ('tau', 'search_steps', 'forwards'):
+        for key in ('tau', 'search_steps', 'forwards', 'points_measured', 'grid_points'):
             if all(key in r for r in rs):
                 out[method][key + ('_mean' if key != 'tau' else 's')] = (
                     [r[key] for r in rs] if key == 'tau' else statistics.fmean(r[key] for r in rs))
@@ -202,24 +203,34 @@ def time_r50(images, batch, grid_points_timed, threads):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--tasks', nargs='+', choices=list(TASKS), default=['cls', 'det'])
+    p.add_argument('--tasks', nargs='*', choices=list(TASKS), default=['cls', 'det'],
+                   help='none with --merge-from: only merge the given result files into --out')
     p.add_argument('--methods', nargs='+', choices=METHODS, default=None)
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--target', type=float, default=0.5)
     p.add_argument('--ft-iters', type=int, default=120)
     p.add_argument('--calibration-batches', type=int, default=8)
     p.add_argument('--grid', nargs='+', type=float, default=None, help='default: the hook default (0.1 ... 0.9)')
-    p.add_argument('--fisher-interval', type=int, default=2)
+    p.add_argument('--fisher-interval', type=int, default=10,
+                   help="iterations between Group Fisher steps (default 10: the paper's and the hook's default)")
     p.add_argument('--adaptive-share', type=float, default=0.02)
     p.add_argument('--taylor-batches', type=int, default=4)
     p.add_argument('--no-r50', dest='r50', action='store_false')
     p.add_argument('--r50-images', type=int, default=8)
+    p.add_argument('--r50-from', default=None, metavar='JSON',
+                   help="carry the R50 timing over from an earlier result file instead of timing it again")
     p.add_argument('--r50-points', type=int, default=2, help='measured curve points timed on R50')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--quick', action='store_true', help='tiny budgets, 1 seed (smoke test)')
     p.add_argument('--baseline-from', default=None, metavar='DIR',
                    help='take DIR/<task>/base.pth (+ .json) as the baseline instead of training one: e.g. '
                         "work_dirs/bench/label_free, benchmarks/label_free.py's converged (3x / 2x schedule) ones")
+    p.add_argument('--quality-baseline', action='store_true',
+                   help="benchmarks/quality.py's baseline (the config's schedule at quality's iterations: not "
+                        "converged) instead of the default, label_free.py's converged one (trained and cached "
+                        'at work_dirs/bench/label_free/<task>/base.pth when missing)')
+    p.add_argument('--merge-from', nargs='+', default=[], metavar='JSON',
+                   help='result files of this setup (other tasks run in parallel): their tasks are merged in')
     p.add_argument('--out')
     args = p.parse_args()
     import torch
@@ -232,7 +243,8 @@ def main() -> None:
         args.fisher_interval, args.adaptive_share, args.taylor_batches = 1, 0.2, 1
         args.r50_images, args.r50_points = 2, 1
     res = Result('balanced', args.out, args.quick)
-    res['setup'] = dict(vars(args), methods=methods,
+    same = {k: v for k, v in vars(args).items() if k not in ('tasks', 'out', 'merge_from', 'r50', 'r50_from')}
+    res['setup'] = dict(same, methods=methods,
                         flops='mmfisher CostModel (conv/linear multiply-adds) at the data input size',
                         finetune='the same --ft-iters for every method (constant lr after a 20-iteration warm-up)')
     for task in args.tasks:
@@ -241,7 +253,13 @@ def main() -> None:
         # the baseline benchmarks/quality.py trains (same path, iterations and seed: reused when cached)
         base_work = osp.join(ROOT, 'work_dirs', 'bench', f'quality_{task}' + ('_quick' if args.quick else ''))
         base = osp.join(base_work, 'base.pth')
-        if args.baseline_from:  # a converged baseline trained elsewhere (benchmarks/label_free.py's cached ones)
+        if not args.baseline_from and not args.quality_baseline and not args.quick:
+            # the converged baseline benchmarks/label_free.py trains and caches (config schedule x3 cls, x2 det)
+            from label_free import TASKS as LF_TASKS, train_converged_baseline
+            base = osp.join(ROOT, 'work_dirs', 'bench', 'label_free', task, 'base.pth')
+            info = dict(train_converged_baseline(t['config'], base, 0, LF_TASKS[task]['base_x']),
+                        path=osp.relpath(base, ROOT))
+        elif args.baseline_from:  # a converged baseline trained elsewhere (benchmarks/label_free.py's cached ones)
             base = osp.join(args.baseline_from, task, 'base.pth')
             if not osp.isfile(base) or not osp.isfile(base + '.json'):
                 raise SystemExit(f'--baseline-from: {base} (and its .json) not found; run benchmarks/label_free.py '
@@ -278,7 +296,25 @@ def main() -> None:
                   flush=True)
         print(task, 'goals', entry['goals'], flush=True)
         res.save(final=False)
-    if args.r50:
+    for other_path in args.merge_from:  # whole tasks of a run with the same setup (e.g. det while cls ran here)
+        with open(other_path) as f:
+            other = json.load(f)
+        if other.get('setup') != json.loads(json.dumps(res['setup'])):
+            raise SystemExit(f'--merge-from: {other_path} was written with another setup; rerun it with this one')
+        for task, entry in other.get('tasks', {}).items():
+            if task in res.data.get('tasks', {}):
+                raise SystemExit(f'--merge-from: task {task!r} of {other_path} was also run here')
+            res.data.setdefault('tasks', {})[task] = dict(entry, merged_from=osp.relpath(osp.abspath(other_path),
+                                                                                         ROOT))
+    if args.r50_from:  # the R50 timing does not depend on the tasks' runs: carried from an earlier result file
+        with open(args.r50_from) as f:
+            old = json.load(f)
+        if 'retinanet_r50_calibration' not in old:
+            raise SystemExit(f'--r50-from: {args.r50_from} has no retinanet_r50_calibration entry')
+        res['retinanet_r50_calibration'] = dict(old['retinanet_r50_calibration'], carried_from=dict(
+            file=osp.relpath(osp.abspath(args.r50_from), ROOT), command=old.get('command'),
+            finished=old.get('finished')))
+    elif args.r50:
         print('RetinaNet R50-FPN calibration timing at 800x1333', flush=True)
         res['retinanet_r50_calibration'] = time_r50(args.r50_images, 1, args.r50_points, max(args.threads, 1))
         print(res['retinanet_r50_calibration'], flush=True)

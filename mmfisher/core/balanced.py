@@ -12,7 +12,11 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    :meth:`ChannelMasks.trial`) for ``k`` on a grid of shares ``r`` of the unit's atoms (``grid``, plus the most the
    unit may lose). The curve is made monotone (running maximum, from ``V(0) = 0``) and read at every ``k`` by
    linear interpolation between measured points. The unit's rate at a threshold ``tau`` is the largest ``k`` with
-   ``V_u(k) <= tau``.
+   ``V_u(k) <= tau``. The points are measured in rounds, lowest share first; after each round ``tau_up``, the
+   threshold that meets the target even if no unit loses more than its measured points show, bounds the final
+   ``tau``, and a unit whose curve already rose above it is not measured further (its rate at every
+   ``tau <= tau_up`` is fixed): the same structure as the whole grid gives, at a fraction of the forwards
+   (``full_curves=True`` measures everything).
    ``mode='estimated'`` replaces the measured curves with the second-order estimate from the Fisher sums,
    ``V_u(k) = 0.5 * sum_{first k atoms} F / N`` (``N`` calibration samples): no forward per grid point, every
    ``k`` exact, but the cross terms between atoms and everything beyond second order are ignored.
@@ -26,7 +30,7 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    masks equal the structure even with a divisor), then measure the combined structure's real calibration loss
    and report it beside the sum of the units' variations (the method's additivity assumption).
 
-Which mode fits: ``measured`` costs ``units x grid points x batches`` forwards (no backward except the
+Which mode fits: ``measured`` costs at most ``units x grid points x batches`` forwards (no backward except the
 Fisher pass) and sees every nonlinearity: use it whenever that fits the time (all tiny and ImageNet/COCO-size
 models on a GPU, small ones on a CPU). ``estimated`` costs one forward + backward per batch (the Fisher pass)
 whatever the model: use it when the measured curves are too slow (a large detector on a CPU, many units); its
@@ -116,6 +120,7 @@ class UnitCurve:
         self.variation = np.zeros(0)
         self.monotone = np.zeros(0)
         self.dense: Optional[np.ndarray] = None
+        self.grid_ks = np.zeros(0, dtype=np.int64)  # every grid point (measured or not: see BalancedPruning)
         self.chosen = 0
 
     def set_points(self, ks: np.ndarray, variation: np.ndarray, dense: Optional[np.ndarray] = None) -> None:
@@ -156,6 +161,8 @@ class UnitCurve:
         return {'unit': self.unit, 'name': self.name, 'atoms': self.size, 'max_prunable': self.k_max,
                 'k': self.ks.tolist(), 'share': [round(k / self.size, 6) for k in self.ks.tolist()],
                 'variation': [num(v) for v in self.variation], 'monotone': [num(v) for v in self.monotone],
+                'grid_k': self.grid_ks.tolist(),
+                'unmeasured_k': [k for k in self.grid_ks.tolist() if k > (self.ks[-1] if self.ks.size else 0)],
                 'chosen_k': int(self.chosen), 'chosen_share': self.chosen / self.size,
                 'variation_at_rate': num(self.at(self.chosen))}
 
@@ -179,6 +186,8 @@ class BalancedResult:
         self.batches = 0
         self.samples = 0
         self.forwards = 0
+        self.points = 0
+        self.grid_points = 0
         self.wall: Dict[str, float] = {}
         self.importance = ''
         self.grid: Tuple[float, ...] = ()
@@ -202,6 +211,7 @@ class BalancedResult:
             'search': self.search, 'base_loss': num(self.base_loss), 'combined_loss': num(self.combined_loss),
             'combined_variation': num(self.combined_variation), 'sum_unit_variations': num(self.sum_variations),
             'calibration_batches': self.batches, 'calibration_samples': self.samples, 'forwards': self.forwards,
+            'points_measured': self.points, 'grid_points': self.grid_points,
             'pruned_atoms': len(self.pruned), 'wall_s': dict(self.wall), 'warnings': list(self.warnings),
             'units': [c.to_json() for c in self.curves]}
 
@@ -221,11 +231,14 @@ class BalancedPruning:
         tolerance: the achieved ratio may lie at most this far below the target before a warning (the search
             meets it to one atom; a divisor or a big atom can make steps coarser). Defaults to 0.01.
         seed: torch's RNG is seeded with ``seed + batch index`` for every loss evaluation (restored after).
+        full_curves: measure every grid point of every unit. Defaults to False: a unit's points above the
+            threshold the target needs at most are skipped (the same tau and structure, fewer forwards; the
+            curves JSON lists them as ``unmeasured_k``).
     """
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
                  grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
-                 tolerance: float = 0.01, seed: int = 0) -> None:
+                 tolerance: float = 0.01, seed: int = 0, full_curves: bool = False) -> None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -245,6 +258,8 @@ class BalancedPruning:
             raise ValueError(f'tolerance={tolerance!r} must be a number in (0, 1), e.g. 0.01')
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f'seed={seed!r} must be an int')
+        if not isinstance(full_curves, bool):
+            raise TypeError(f'full_curves={full_curves!r} must be True or False')
         self.target = float(target)
         self.target_metric = target_metric
         self.mode = mode
@@ -252,6 +267,7 @@ class BalancedPruning:
         self.importance = importance if importance is not None else GroupFisher(delta='none')
         self.tolerance = float(tolerance)
         self.seed = seed
+        self.full_curves = full_curves
 
     def __repr__(self) -> str:
         return (f'BalancedPruning(target={self.target:g}, target_metric={self.target_metric!r}, '
@@ -309,7 +325,7 @@ class BalancedPruning:
         curves = self._rank(state, limits)
         t0 = time.perf_counter()
         if self.mode == 'measured':
-            self._measure(state, model, curves, batches, loss_fn, reduce, device, res, log)
+            self._measure(state, model, curves, batches, loss_fn, reduce, device, res, log, fisher)
         else:
             self._estimate(curves, fisher, res)
         res.wall['curves'] = time.perf_counter() - t0
@@ -390,7 +406,8 @@ class BalancedPruning:
                        log: Callable) -> Optional[torch.Tensor]:
         """The unpruned loss, and (when the criterion or the estimate needs them) the mask gradients.
 
-        Returns the Fisher sums (``sum_n (dL_n/dm)^2``, summed over ranks) when ``mode='estimated'``."""
+        Returns the Fisher sums (``sum_n (dL_n/dm)^2``, summed over ranks) when ``mode='estimated'`` or the
+        criterion is Group Fisher, else None."""
         self.importance.attach(module, state.graph, state.masks)
         crits: List[Importance] = [self.importance] if isinstance(self.importance, GradientImportance) else []
         fisher_crit: Optional[GroupFisher] = None
@@ -441,6 +458,8 @@ class BalancedPruning:
         res.samples = int(getattr(crits[0], 'samples', 0))
         log(f'balanced: unpruned calibration loss {res.base_loss:.5g} over {res.batches} batches '
             f'({res.samples} samples); gradients for {", ".join(repr(c) for c in crits)}')
+        if fisher_crit is None and isinstance(self.importance, GroupFisher):
+            fisher_crit = self.importance  # the measured mode orders its points by the estimate from these sums
         return fisher_crit.sums.clone() if fisher_crit is not None else None
 
     def _check_base(self, total: float, local: torch.Tensor, res: BalancedResult) -> None:
@@ -467,33 +486,59 @@ class BalancedPruning:
 
     def _measure(self, state: PruningState, model: nn.Module, curves: List[UnitCurve], batches: Sequence[Any],
                  loss_fn: Callable, reduce: Callable, device: torch.device, res: BalancedResult,
-                 log: Callable) -> None:
-        points = [(ci, k) for ci, c in enumerate(curves) for k in self._grid_ks(c).tolist()]
-        log(f'balanced: measuring {len(points)} points on {len(curves)} units x {len(batches)} batches on this '
-            f'rank ({len(points) * len(batches)} forwards)')
-        local = torch.zeros(len(points), dtype=torch.float64)
+                 log: Callable, fisher: Optional[torch.Tensor] = None) -> None:
+        """Measure the curves' grid points one at a time, each unit's points in order (lowest share first).
+
+        Unless ``full_curves``, a unit stops being measured once its curve rises above ``tau_up``: the smallest
+        threshold that meets the target even if no unit lost more than its measured points show (a lower bound
+        on every rate, so the final tau is <= tau_up). Its rate at any tau <= tau_up is already fixed by the
+        points it has (the first one above tau_up included), so the search finds the same tau and the same
+        atoms as on the whole grid, in any measuring order. The next point is the open units' one with the
+        lowest second-order estimate from the Fisher sums (``fisher``; without them, the lowest share), so that
+        tau_up falls early and sensitive units are closed after few points."""
+        grids = [self._grid_ks(c) for c in curves]
+        for c, ks in zip(curves, grids):
+            c.grid_ks = ks
+        if fisher is not None:
+            f = fisher.double().numpy()
+            prior = [np.cumsum(f[c.ranked[:c.k_max]])[ks - 1] for c, ks in zip(curves, grids)]
+        else:
+            prior = [ks / c.size for c, ks in zip(curves, grids)]
+        values: List[List[float]] = [[] for _ in curves]
+        total = int(sum(ks.size for ks in grids))
+        log(f'balanced: up to {total} points on {len(curves)} units x {len(batches)} batches on this rank '
+            f'({total * len(batches)} forwards if every point is needed)')
         base_alive = state.alive
         t0 = time.perf_counter()
+        measured, tau_up, every = 0, math.inf, max(1, total // 5)
         with eval_mode(model), torch.no_grad():
-            for p, (ci, k) in enumerate(points):
+            while True:
+                if not self.full_curves:
+                    found = self._prefix(state, curves)
+                    tau_up = math.inf if found is None else found[1]
+                open_units = [ci for ci, c in enumerate(curves) if len(values[ci]) < grids[ci].size and not (
+                    c.monotone.size and not c.monotone[-1] <= tau_up)]
+                if not open_units:
+                    break
+                ci = min(open_units, key=lambda u: (prior[u][len(values[u])], len(values[u]), u))
                 alive = base_alive.copy()
-                alive[curves[ci].ranked[:k]] = False
+                alive[curves[ci].ranked[:grids[ci][len(values[ci])]]] = False
                 with state.masks.trial(alive):
                     s = 0.0
                     for i, batch in enumerate(batches):
                         with _seeded(self.seed + i, device):
                             s += _as_float(loss_fn(batch))
-                local[p] = s
-                if p + 1 == len(points) or (p + 1) % max(1, len(points) // 5) == 0:
-                    log(f'balanced: {p + 1}/{len(points)} points measured ({time.perf_counter() - t0:.1f} s)')
-        res.forwards += len(points) * len(batches)
-        summed = reduce(local)
-        mean = (summed / res.batches).numpy()
-        start = 0
-        for ci, c in enumerate(curves):
-            ks = self._grid_ks(c)
-            c.set_points(ks, mean[start:start + ks.size] - res.base_loss)
-            start += ks.size
+                summed = reduce(torch.tensor([s], dtype=torch.float64))
+                values[ci].append(float(summed[0]) / res.batches - res.base_loss)
+                curves[ci].set_points(grids[ci][:len(values[ci])], np.array(values[ci]))
+                measured += 1
+                if measured % every == 0:
+                    log(f'balanced: {measured} points measured ({time.perf_counter() - t0:.1f} s; {len(open_units)} '
+                        f'units open, tau_up {tau_up:.5g})')
+        log(f'balanced: {measured} of {total} grid points measured in {time.perf_counter() - t0:.1f} s')
+        res.forwards += measured * len(batches)
+        res.points = measured
+        res.grid_points = total
 
     def _estimate(self, curves: List[UnitCurve], fisher: torch.Tensor, res: BalancedResult) -> None:
         f = fisher.numpy()
@@ -501,36 +546,45 @@ class BalancedPruning:
         for c in curves:
             dense = 0.5 * np.cumsum(f[c.ranked[:c.k_max]]) / n
             ks = self._grid_ks(c)
+            c.grid_ks = ks
             c.set_points(ks, dense[ks - 1], dense=dense)
 
-    def _search(self, state: PruningState, curves: List[UnitCurve], res: BalancedResult
-                ) -> Tuple[List[int], float]:
-        """Bisection over the sorted breakpoints: (atoms to mask, in rate order; tau)."""
+    def _prefix(self, state: PruningState, curves: List[UnitCurve]
+                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]], List[int]]]:
+        """Bisection over the sorted breakpoints of the curves as they are: (atoms to mask, in rate order; tau;
+        the steps; every finite row's atom) for the shortest prefix that meets the target, or None if none does."""
         rows = []
         for ci, c in enumerate(curves):
             v = c.values()
-            for k in range(1, c.k_max + 1):
-                if math.isfinite(v[k - 1]):
-                    rows.append((v[k - 1], k / c.size, ci, k))
+            for k in np.nonzero(np.isfinite(v))[0].tolist():
+                rows.append((float(v[k]), (k + 1) / c.size, ci, k + 1))
         rows.sort()
         atoms = [int(curves[ci].ranked[k - 1]) for _, _, ci, k in rows]
         taus = [r[0] for r in rows]
-        if not rows:
-            best = self._ratio_with(state, [])
-            raise TargetUnreachable(self._unreachable(best, state, 'every measured point had a NaN/inf loss'))
-        full = self._ratio_with(state, atoms)
-        if full > self.target:
-            raise TargetUnreachable(self._unreachable(
-                full, state, 'with every unit pruned as far as its loss stayed finite'))
+        if not rows or self._ratio_with(state, atoms) > self.target:
+            return None
         lo, hi = 0, len(rows)  # ratio(prefix lo) > target (lo = 0: the unpruned model), ratio(prefix hi) <= target
-        res.search = []
+        steps: List[Dict[str, float]] = []
         while hi - lo > 1:
             mid = (lo + hi) // 2
             r = self._ratio_with(state, atoms[:mid])
-            res.search.append({'step': len(res.search) + 1, 'tau': float(taus[mid - 1]), 'ratio': float(r),
-                               'atoms': mid})
+            steps.append({'step': len(steps) + 1, 'tau': float(taus[mid - 1]), 'ratio': float(r), 'atoms': mid})
             if r <= self.target:
                 hi = mid
             else:
                 lo = mid
-        return atoms[:hi], float(taus[hi - 1])
+        return atoms[:hi], float(taus[hi - 1]), steps, atoms
+
+    def _search(self, state: PruningState, curves: List[UnitCurve], res: BalancedResult
+                ) -> Tuple[List[int], float]:
+        """The tau search on the final curves: (atoms to mask, in rate order; tau)."""
+        found = self._prefix(state, curves)
+        if found is None:
+            finite = [int(c.ranked[k]) for c in curves for k in np.nonzero(np.isfinite(c.values()))[0].tolist()]
+            if not finite:
+                best = self._ratio_with(state, [])
+                raise TargetUnreachable(self._unreachable(best, state, 'every measured point had a NaN/inf loss'))
+            raise TargetUnreachable(self._unreachable(
+                self._ratio_with(state, finite), state, 'with every unit pruned as far as its loss stayed finite'))
+        atoms, tau, res.search, _ = found
+        return atoms, tau

@@ -82,6 +82,9 @@ class BalancedPruningHook(Hook):
             Defaults to 8.
         grid (Sequence[float]): shares of a unit's atoms at which the curve is measured (the unit's limit is
             always added). Defaults to 0.1, ..., 0.9.
+        full_curves (bool): measure every grid point of every unit. Defaults to False: a unit is not measured
+            past the first point above the largest threshold the target can need (the same structure, fewer
+            forwards; ``balanced_curves.json`` lists the skipped points as ``unmeasured_k``).
         importance (dict, optional): the ranking criterion from ``IMPORTANCE`` (``dict(type='L1Norm')``,
             ``dict(type='BNScale')``, ...). Defaults to ``GroupFisher(delta='none')`` on the calibration batches.
         input_shape (Sequence[int]): ``(C, H, W)`` of the trace and of the cost counts. Defaults to (3, 800, 1333).
@@ -101,6 +104,7 @@ class BalancedPruningHook(Hook):
                  mode: str = 'measured',
                  calibration_batches: int = 8,
                  grid: Sequence[float] = DEFAULT_GRID,
+                 full_curves: bool = False,
                  importance: Optional[Union[dict, Importance]] = None,
                  input_shape: Sequence[int] = (3, 800, 1333),
                  skip: Sequence[str] = (),
@@ -131,7 +135,7 @@ class BalancedPruningHook(Hook):
             grid = tuple(grid)
         # the method checks target, target_metric, mode, grid, tolerance, seed with messages naming them
         self.method = BalancedPruning(target=target, target_metric=target_metric, mode=mode, grid=grid,
-                                      importance=crit, tolerance=tolerance, seed=seed)
+                                      importance=crit, tolerance=tolerance, seed=seed, full_curves=full_curves)
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
         self.input_shape = check_input_shape(input_shape)
@@ -279,10 +283,11 @@ class BalancedPruningHook(Hook):
         res = self.result
         n = len(res.curves)
         pruned_units = sorted(res.curves, key=lambda c: -c.chosen / c.size)
+        points = f' ({res.points} of {res.grid_points} grid points measured)' if self.mode == 'measured' else ''
         lines = [f'BalancedPruningHook: pruned in one shot ({self.mode}) to {ratio_text(res.ratios)} '
                  f'(target {self.target_metric} <= {self.target:g}); tau={res.tau:.6g} after {res.search_steps} '
                  f'search steps',
-                 f'  calibration: {res.batches} batches, {res.forwards} forwards on rank 0; loss {res.base_loss:.5g} '
+                 f'  calibration: {res.batches} batches, {res.forwards} forwards on rank 0{points}; loss {res.base_loss:.5g} '
                  f'-> {res.combined_loss:.5g} (combined variation {res.combined_variation:.5g}, sum of the units\' '
                  f'variations {res.sum_variations:.5g})',
                  f'  {n} units measured; most pruned: ' + short_list(

@@ -130,6 +130,30 @@ def test_measured_curves_search_and_one_shot_prune(trained):
     assert js['units'][0]['k'] and js['combined_loss'] == res.combined_loss
 
 
+@pytest.mark.parametrize('target', [0.5, 0.3])
+def test_skipping_points_above_the_needed_threshold_gives_the_whole_grid_structure(trained, target):
+    """The rounds stop measuring a unit once its curve is above tau_up; tau, the atoms and the loss are those of
+    the whole grid, with fewer forwards."""
+    found = {}
+    for full in (True, False):
+        net, graph, state, batches, loss_fn, calls = setup(trained)
+        res = BalancedPruning(target=target, full_curves=full).run(state, net, batches, loss_fn)
+        found[full] = (res, state.alive.copy(), len(calls))
+    (whole, alive_whole, calls_whole), (lazy, alive_lazy, calls_lazy) = found[True], found[False]
+    assert np.array_equal(alive_whole, alive_lazy) and lazy.pruned == whole.pruned
+    assert lazy.tau == whole.tau and lazy.combined_loss == pytest.approx(whole.combined_loss, rel=1e-9)
+    assert whole.points == whole.grid_points == sum(c.grid_ks.size for c in whole.curves)
+    assert lazy.grid_points == whole.grid_points and lazy.points < whole.points
+    assert calls_lazy == lazy.forwards == len(batches) * (lazy.points + 2) < calls_whole
+    for cl, cw in zip(lazy.curves, whole.curves):
+        n = cl.ks.size
+        # a measured prefix of the grid, identical to the whole grid's; a unit cut short ends above tau
+        assert np.array_equal(cl.ks, cw.ks[:n]) and np.allclose(cl.variation, cw.variation[:n], rtol=1e-9)
+        assert n == cw.ks.size or cl.monotone[-1] > lazy.tau
+        assert cl.chosen == cw.chosen
+        assert cl.to_json()['unmeasured_k'] == cw.ks[n:].tolist()
+
+
 def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
     net, graph, state, batches, loss_fn, calls = setup(trained)
     crit = GroupFisher(delta='none')
@@ -255,6 +279,12 @@ def test_non_finite_loss_of_the_unpruned_model(trained, bad, mode):
     (dict(tolerance=0), 'tolerance')])
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f'^{field}='):
+        BalancedPruning(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs, field', [(dict(full_curves='yes'), 'full_curves'), (dict(seed=1.5), 'seed')])
+def test_bad_flag_types_name_the_field(kwargs, field):
+    with pytest.raises(TypeError, match=f'^{field}='):
         BalancedPruning(**kwargs)
 
 
