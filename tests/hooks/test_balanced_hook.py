@@ -81,6 +81,10 @@ def test_hook_prunes_before_training_writes_the_pair_and_stops(tmp_path, checkpo
     assert curves['sum_unit_variations'] == pytest.approx(res.sum_variations)
     assert {u['name'] for u in curves['units']} and all(u['k'] and u['variation'] for u in curves['units'])
     assert 'trace' in curves['wall_s'] and 'curves' in curves['wall_s']
+    # the points measured, and the grid points skipped above the threshold the target could need
+    assert curves['points_measured'] == res.points == sum(len(u['k']) for u in curves['units']) >= 1
+    assert curves['grid_points'] == res.grid_points == sum(len(u['grid_k']) for u in curves['units'])
+    assert all(u['k'] + u['unmeasured_k'] == u['grid_k'] for u in curves['units'])
     cfg = load_channel_config(osp.join(work, 'channels.json'))
     meta = cfg['meta']
     assert meta['mmfisher'] == 'BalancedPruningHook' and meta['flops_ratio'] == pytest.approx(res.ratios['flops'])
