@@ -48,6 +48,7 @@ def test_demo_quick_runs_every_phase(tmp_path):
     # the tau search meets the target from below (3 grid points here: coarse steps; the benchmark's is within 1%)
     assert bal['target'] - 0.1 < bal['flops_ratio'] <= bal['target'] + 1e-9
     assert bal['calibration_batches'] == 2 and bal['search_steps'] >= 1 and bal['mode'] == 'measured'
+    assert 1 <= bal['points_measured'] <= bal['grid_points']
     assert os.path.getsize(osp.join(ROOT, bal['curves_plot'])) > 10_000
     assert os.path.isfile(work / 'balanced' / 'prune' / 'channels.json') and 'balanced' in proc.stdout
 
