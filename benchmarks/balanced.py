@@ -56,13 +56,15 @@ from quality import TASKS, prune_core  # noqa: E402
 METHODS = ['balanced', 'balanced_estimated', 'fisher_k1', 'fisher_adaptive', 'l1', 'tp_magnitude', 'tp_taylor']
 
 
-def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None):
+def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook)."""
     from mmfisher.hooks import BalancedPruningHook
     cfg = tiny_runner_cfg(config, work, 1, seed=seed)
     cfg.load_from = base
     runner = build_runner(cfg)
     kw = dict(grid=tuple(grid)) if grid else {}
+    if max_share is not None:
+        kw['max_share'] = max_share
     hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
     runner.register_hook(hook, priority='NORMAL')
     t0 = time.perf_counter()
@@ -82,7 +84,7 @@ def prune(method, task, base, work, args, seed):
     if method.startswith('balanced'):
         return run_balanced(t['config'], base, work, args.target, t['shape'], seed,
                             'estimated' if method == 'balanced_estimated' else 'measured',
-                            args.calibration_batches, args.grid)
+                            args.calibration_batches, args.grid, args.max_share)
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -207,10 +209,13 @@ def main() -> None:
                    help='none with --merge-from: only merge the given result files into --out')
     p.add_argument('--methods', nargs='+', choices=METHODS, default=None)
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--k1-seeds', nargs='+', type=int, default=None,
+                   help='seeds of fisher_k1 only (default: --seeds): its interval-10 runs are the long ones')
     p.add_argument('--target', type=float, default=0.5)
     p.add_argument('--ft-iters', type=int, default=120)
     p.add_argument('--calibration-batches', type=int, default=8)
     p.add_argument('--grid', nargs='+', type=float, default=None, help='default: the hook default (0.1 ... 0.9)')
+    p.add_argument('--max-share', type=float, default=None, help="balanced: the hook's max_share (default: its own)")
     p.add_argument('--fisher-interval', type=int, default=10,
                    help="iterations between Group Fisher steps (default 10: the paper's and the hook's default)")
     p.add_argument('--adaptive-share', type=float, default=0.02)
@@ -273,7 +278,7 @@ def main() -> None:
         print(task, 'baseline', info, flush=True)
         runs = {}
         for method in methods:
-            for seed in args.seeds:
+            for seed in (args.k1_seeds or args.seeds) if method == 'fisher_k1' else args.seeds:
                 mwork = osp.join(work, f'{method}_s{seed}')
                 t0 = time.perf_counter()
                 r = prune(method, task, base, mwork, args, seed)

@@ -231,6 +231,8 @@ class BalancedPruning:
         tolerance: the achieved ratio may lie at most this far below the target before a warning (the search
             meets it to one atom; a divisor or a big atom can make steps coarser). Defaults to 0.01.
         seed: torch's RNG is seeded with ``seed + batch index`` for every loss evaluation (restored after).
+        max_share: the largest share of a unit's atoms that may be pruned (its curve ends there). Defaults to 1
+            (only ``min_keep`` atoms kept).
         full_curves: measure every grid point of every unit. Defaults to False: a unit's points above the
             threshold the target needs at most are skipped (the same tau and structure, fewer forwards; the
             curves JSON lists them as ``unmeasured_k``).
@@ -238,7 +240,8 @@ class BalancedPruning:
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
                  grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
-                 tolerance: float = 0.01, seed: int = 0, full_curves: bool = False) -> None:
+                 tolerance: float = 0.01, seed: int = 0, full_curves: bool = False,
+                 max_share: float = 1.0) -> None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -258,6 +261,9 @@ class BalancedPruning:
             raise ValueError(f'tolerance={tolerance!r} must be a number in (0, 1), e.g. 0.01')
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f'seed={seed!r} must be an int')
+        if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 1:
+            raise ValueError(f'max_share={max_share!r} must be a number in (0, 1]: the largest share of a unit\'s '
+                             'atoms that may be pruned, e.g. max_share=0.8 keeps at least a fifth of every unit')
         if not isinstance(full_curves, bool):
             raise TypeError(f'full_curves={full_curves!r} must be True or False')
         self.target = float(target)
@@ -268,6 +274,7 @@ class BalancedPruning:
         self.tolerance = float(tolerance)
         self.seed = seed
         self.full_curves = full_curves
+        self.max_share = float(max_share)
 
     def __repr__(self) -> str:
         return (f'BalancedPruning(target={self.target:g}, target_metric={self.target_metric!r}, '
@@ -374,7 +381,8 @@ class BalancedPruning:
         for u, atoms in enumerate(state.unit_atoms):
             atoms = np.asarray(atoms, dtype=np.int64)
             mine = atoms[cand[atoms]]
-            k_max = min(mine.size, int(alive[atoms].sum()) - state.min_keep)
+            k_max = min(mine.size, int(alive[atoms].sum()) - state.min_keep,
+                        int(math.floor(self.max_share * atoms.size + 1e-9)))
             if k_max >= 1:
                 out.append(UnitCurve(u, state.graph.units[u].name, atoms.size, mine, k_max))
         return out

@@ -82,6 +82,7 @@ class BalancedPruningHook(Hook):
             Defaults to 8.
         grid (Sequence[float]): shares of a unit's atoms at which the curve is measured (the unit's limit is
             always added). Defaults to 0.1, ..., 0.9.
+        max_share (float): the largest share of a unit's channels that may be pruned. Defaults to 1.0.
         full_curves (bool): measure every grid point of every unit. Defaults to False: a unit is not measured
             past the first point above the largest threshold the target can need (the same structure, fewer
             forwards; ``balanced_curves.json`` lists the skipped points as ``unmeasured_k``).
@@ -105,6 +106,7 @@ class BalancedPruningHook(Hook):
                  calibration_batches: int = 8,
                  grid: Sequence[float] = DEFAULT_GRID,
                  full_curves: bool = False,
+                 max_share: float = 1.0,
                  importance: Optional[Union[dict, Importance]] = None,
                  input_shape: Sequence[int] = (3, 800, 1333),
                  skip: Sequence[str] = (),
@@ -135,7 +137,8 @@ class BalancedPruningHook(Hook):
             grid = tuple(grid)
         # the method checks target, target_metric, mode, grid, tolerance, seed with messages naming them
         self.method = BalancedPruning(target=target, target_metric=target_metric, mode=mode, grid=grid,
-                                      importance=crit, tolerance=tolerance, seed=seed, full_curves=full_curves)
+                                      importance=crit, tolerance=tolerance, seed=seed, full_curves=full_curves,
+                                      max_share=max_share)
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
         self.input_shape = check_input_shape(input_shape)

@@ -154,6 +154,16 @@ def test_skipping_points_above_the_needed_threshold_gives_the_whole_grid_structu
         assert cl.to_json()['unmeasured_k'] == cw.ks[n:].tolist()
 
 
+def test_max_share_caps_every_unit(trained):
+    net, graph, state, batches, loss_fn, _ = setup(trained)
+    res = BalancedPruning(target=0.6, max_share=0.5).run(state, net, batches, loss_fn)
+    assert res.ratios['flops'] <= 0.6
+    for c in res.curves:
+        assert c.k_max <= c.size // 2 and c.chosen <= c.size // 2 and c.ks.max() <= c.size // 2
+    for atoms in state.unit_atoms:  # at least half of every unit is alive
+        assert 2 * int(state.alive[atoms].sum()) >= atoms.size
+
+
 def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
     net, graph, state, batches, loss_fn, calls = setup(trained)
     crit = GroupFisher(delta='none')
@@ -276,7 +286,7 @@ def test_non_finite_loss_of_the_unpruned_model(trained, bad, mode):
 @pytest.mark.parametrize('kwargs, field', [
     (dict(target=1.2), 'target'), (dict(target=0), 'target'), (dict(target_metric='latency'), 'target_metric'),
     (dict(mode='exact'), 'mode'), (dict(grid=(0.5, 1.5)), 'grid'), (dict(grid=()), 'grid'),
-    (dict(tolerance=0), 'tolerance')])
+    (dict(tolerance=0), 'tolerance'), (dict(max_share=0), 'max_share'), (dict(max_share=1.5), 'max_share')])
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f'^{field}='):
         BalancedPruning(**kwargs)
