@@ -12,11 +12,11 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    :meth:`ChannelMasks.trial`) for ``k`` on a grid of shares ``r`` of the unit's atoms (``grid``, plus the most the
    unit may lose). The curve is made monotone (running maximum, from ``V(0) = 0``) and read at every ``k`` by
    linear interpolation between measured points. The unit's rate at a threshold ``tau`` is the largest ``k`` with
-   ``V_u(k) <= tau``. The points are measured in rounds, lowest share first; after each round ``tau_up``, the
-   threshold that meets the target even if no unit loses more than its measured points show, bounds the final
-   ``tau``, and a unit whose curve already rose above it is not measured further (its rate at every
-   ``tau <= tau_up`` is fixed): the same structure as the whole grid gives, at a fraction of the forwards
-   (``full_curves=True`` measures everything).
+   ``V_u(k) <= tau``. The points are measured one at a time (each unit's lowest share first; next, the open unit's
+   point with the lowest second-order estimate); after each, ``tau_up``, the threshold that meets the target even
+   if no unit loses more than its measured points show, bounds the final ``tau``, and a unit whose curve already
+   rose above it is not measured further (its rate at every ``tau <= tau_up`` is fixed): the same structure as
+   the whole grid gives, at a fraction of the forwards (``full_curves=True`` measures everything).
    ``mode='estimated'`` replaces the measured curves with the second-order estimate from the Fisher sums,
    ``V_u(k) = 0.5 * sum_{first k atoms} F / N`` (``N`` calibration samples): no forward per grid point, every
    ``k`` exact, but the cross terms between atoms and everything beyond second order are ignored.
@@ -395,8 +395,9 @@ class BalancedPruning:
     def _unreachable(self, best: float, state: PruningState, how: str) -> str:
         return (f'target={self.target:g} ({self.target_metric}) cannot be reached: the best reachable ratio is '
                 f'{best:.4f} ({how}; units keep at least {state.min_keep} atom(s), divisor={state.divisor}, '
-                f'skip={state.skip}, prune_frozen={state.prune_frozen}). Fix: set target >= {best:.4f}, or relax '
-                'skip / divisor / prune_frozen, or use another target_metric')
+                f'skip={state.skip}, prune_frozen={state.prune_frozen}, max_share={self.max_share:g}). Fix: set '
+                f'target >= {best:.4f}, or relax skip / divisor / prune_frozen / max_share, or use another '
+                'target_metric')
 
     def _loss_sum(self, model: nn.Module, batches: Sequence[Any], loss_fn: Callable, reduce: Callable,
                   device: torch.device) -> Tuple[float, torch.Tensor]:
