@@ -15,7 +15,8 @@
 # search steps, the combined loss beside the sum of the units' variations), balanced_curves.png and
 # kept_channels.png. Then the run ends. Arguments and defaults: mmfisher.hooks.BalancedPruningHook's docstring.
 #
-# Cost: mode='measured' runs units x grid points x batches forwards (no backward besides one Fisher pass);
+# Cost: mode='measured' runs at most units x grid points x batches forwards (no backward besides one Fisher pass;
+# a unit is not measured past the first point above the largest threshold the target can need: full_curves=True);
 # mode='estimated' replaces the measured curves with the second-order estimate 0.5 * sum F / N from the Fisher pass
 # (one forward + backward per batch, whatever the model): use it when the measured curves take too long (a large
 # detector on a CPU). The loss is the model's own mode='loss' loss: a label-free distiller's distillation loss when
