@@ -305,18 +305,28 @@ def main() -> None:
                   flush=True)
         print(task, 'goals', entry['goals'], flush=True)
         res.save(final=False)
-    for other_path in args.merge_from:  # whole tasks of a run with the same setup (e.g. det while cls ran here)
+    # runs of other invocations with the same setup (other tasks, or other methods / seeds of a task, run in
+    # parallel) are united by (task, method, seed), the first one kept; summaries and goals are recomputed
+    free = ('methods', 'seeds', 'k1_seeds')
+    mine_setup = {k: v for k, v in json.loads(json.dumps(res['setup'])).items() if k not in free}
+    for other_path in args.merge_from:
         with open(other_path) as f:
             other = json.load(f)
-        if other.get('setup') != json.loads(json.dumps(res['setup'])):
+        if {k: v for k, v in other.get('setup', {}).items() if k not in free} != mine_setup:
             raise SystemExit(f'--merge-from: {other_path} was written with another setup; rerun it with this one')
         for task, entry in other.get('tasks', {}).items():
-            if task in res.data.get('tasks', {}):
-                raise SystemExit(f'--merge-from: task {task!r} of {other_path} was also run here')
-            entry = dict(entry, merged_from=osp.relpath(osp.abspath(other_path), ROOT))
-            if 'methods' in entry:  # the goals as this version of the script states them
-                entry['goals'] = goals(entry['methods'], args.target)
-            res.data.setdefault('tasks', {})[task] = entry
+            have = res.data.setdefault('tasks', {}).setdefault(task, {'baseline': entry.get('baseline'), 'runs': {}})
+            if have.get('baseline', {}).get('path') != entry.get('baseline', {}).get('path') or \
+                    have.get('baseline', {}).get('value') != entry.get('baseline', {}).get('value'):
+                raise SystemExit(f'--merge-from: task {task!r} of {other_path} has another baseline')
+            have.setdefault('merged_from', []).append(osp.relpath(osp.abspath(other_path), ROOT))
+            for method, rs in entry.get('runs', {}).items():
+                runs = have.setdefault('runs', {}).setdefault(method, [])
+                seeds = {r['seed'] for r in runs}
+                runs.extend(r for r in rs if r['seed'] not in seeds)
+            have['runs'] = {m: sorted(have['runs'][m], key=lambda r: r['seed']) for m in METHODS if m in have['runs']}
+            have['methods'] = summarise(have['runs'], args.target)
+            have['goals'] = goals(have['methods'], args.target)
     if args.r50_from:  # the R50 timing does not depend on the tasks' runs: carried from an earlier result file
         with open(args.r50_from) as f:
             old = json.load(f)
