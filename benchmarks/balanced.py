@@ -140,6 +140,26 @@ def goals(summary, target):
     return g
 
 
+def markdown(tasks) -> str:
+    """The result table of every task (benchmarks/README.md's)."""
+    lines = []
+    for task, entry in tasks.items():
+        base = entry.get('baseline') or {}
+        lines += [f"**{task}** (baseline {base.get('metric')} {base.get('value', float('nan')):.4g}, "
+                  f"{base.get('schedule', '')})", '',
+                  '| method | after fine-tune (mean ± std) | seeds | right after pruning | pruning wall s | flops | '
+                  'points measured / grid |', '|---|---|---|---|---|---|---|']
+        for m, r in entry.get('methods', {}).items():
+            pts = (f"{r['points_measured_mean']:.0f} / {r['grid_points_mean']:.0f}"
+                   if r.get('grid_points_mean') else '')
+            lines.append(f"| {m} | {r['metric_mean']:.4g} ± {r['metric_std']:.2g} | {r['n']} | "
+                         f"{r['before_finetune_mean']:.4g} | {r['prune_wall_s']:.1f} | {r['flops_ratio']:.4f} | {pts} |")
+        ok = [k for k, v in entry.get('goals', {}).items() if v['ok']]
+        bad = [k for k, v in entry.get('goals', {}).items() if not v['ok']]
+        lines += ['', f"goals met: {', '.join(ok) or 'none'}; not met: {', '.join(bad) or 'none'}", '']
+    return '\n'.join(lines)
+
+
 def time_r50(images, batch, grid_points_timed, threads):
     """Calibration cost of RetinaNet R50-FPN at 800x1333 on this CPU (random weights: timing only)."""
     import numpy as np
@@ -339,6 +359,7 @@ def main() -> None:
         print('RetinaNet R50-FPN calibration timing at 800x1333', flush=True)
         res['retinanet_r50_calibration'] = time_r50(args.r50_images, 1, args.r50_points, max(args.threads, 1))
         print(res['retinanet_r50_calibration'], flush=True)
+    print(markdown(res.data.get('tasks', {})), flush=True)
     print('wrote', res.save())
 
 
