@@ -141,3 +141,24 @@ def test_label_free(tmp_path):
         assert g['pruning_iters_ratio'] == pytest.approx(t['pruning']['gf_k1']['pruning_iters']
                                                          / t['pruning']['lf_anchors']['pruning_iters'])
         assert isinstance(g['met'], bool) and isinstance(g['all_within_2std'], bool)
+
+
+def test_balanced_and_its_merge(tmp_path):
+    d = run('balanced', tmp_path, '--tasks', 'cls', '--no-r50', '--methods', 'balanced', 'l1')
+    entry = d['tasks']['cls']
+    bal = entry['methods']['balanced']
+    assert set(entry['methods']) == {'balanced', 'l1'} and bal['n'] == 1
+    for key in ('metric_mean', 'metric_std', 'prune_wall_s', 'flops_ratio'):
+        assert math.isfinite(bal[key]), key
+    assert 1 <= bal['points_measured_mean'] <= bal['grid_points_mean'] and bal['flops_ratio'] <= 0.8
+    assert entry['goals']['balanced_tau_search_within_1pct']['max_error'] == bal['flops_ratio_max_error']
+    # merging a run of the same setup unites runs by (task, method, seed) and recomputes the summary
+    merged = str(tmp_path / 'merged.json')
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced.py'), '--quick', '--tasks',
+                           '--no-r50', '--merge-from', str(tmp_path / 'balanced.json'), '--out', merged],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(merged) as f:
+        m = json.load(f)['tasks']['cls']
+    assert m['methods'] == entry['methods'] and m['merged_from'] == [osp.relpath(str(tmp_path / 'balanced.json'),
+                                                                                  ROOT)]
