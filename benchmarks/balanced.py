@@ -73,7 +73,8 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
     res = hook.result
     return dict(pruning_iters=int(runner.iter), pruning_wall_s=wall, method_wall_s=hook.wall.get('prune'),
                 ratios=res.ratios, atoms_masked=len(res.pruned), tau=res.tau, search_steps=res.search_steps,
-                forwards=res.forwards, points_measured=res.points, grid_points=res.grid_points, base_loss=res.base_loss, combined_loss=res.combined_loss,
+                forwards=res.forwards, points_measured=res.points, grid_points=res.grid_points,
+                base_loss=res.base_loss, combined_loss=res.combined_loss,
                 sum_unit_variations=res.sum_variations, units=len(res.curves),
                 calibration_batches=res.batches, channels=hook.outputs['channels'],
                 weights=hook.outputs['weights'])
@@ -153,7 +154,8 @@ def markdown(tasks) -> str:
             pts = (f"{r['points_measured_mean']:.0f} / {r['grid_points_mean']:.0f}"
                    if r.get('grid_points_mean') else '')
             lines.append(f"| {m} | {r['metric_mean']:.4g} ± {r['metric_std']:.2g} | {r['n']} | "
-                         f"{r['before_finetune_mean']:.4g} | {r['prune_wall_s']:.1f} | {r['flops_ratio']:.4f} | {pts} |")
+                         f"{r['before_finetune_mean']:.4g} | {r['prune_wall_s']:.1f} | {r['flops_ratio']:.4f} | "
+                         f"{pts} |")
         ok = [k for k, v in entry.get('goals', {}).items() if v['ok']]
         bad = [k for k, v in entry.get('goals', {}).items() if not v['ok']]
         lines += ['', f"goals met: {', '.join(ok) or 'none'}; not met: {', '.join(bad) or 'none'}", '']

@@ -290,7 +290,8 @@ class BalancedPruningHook(Hook):
         lines = [f'BalancedPruningHook: pruned in one shot ({self.mode}) to {ratio_text(res.ratios)} '
                  f'(target {self.target_metric} <= {self.target:g}); tau={res.tau:.6g} after {res.search_steps} '
                  f'search steps',
-                 f'  calibration: {res.batches} batches, {res.forwards} forwards on rank 0{points}; loss {res.base_loss:.5g} '
+                 f'  calibration: {res.batches} batches, {res.forwards} forwards on rank 0{points}; loss '
+                 f'{res.base_loss:.5g} '
                  f'-> {res.combined_loss:.5g} (combined variation {res.combined_variation:.5g}, sum of the units\' '
                  f'variations {res.sum_variations:.5g})',
                  f'  {n} units measured; most pruned: ' + short_list(
