@@ -11,7 +11,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RESULTS = osp.join(ROOT, 'benchmarks', 'results')
@@ -98,6 +98,15 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+def unite_runs(into: Dict[str, List[Dict[str, Any]]], runs: Dict[str, List[Dict[str, Any]]]) -> None:
+    """Add ``runs`` (method -> its runs, each with a ``seed``) to ``into``, keeping the run already there for a
+    (method, seed) both hold: how the benchmarks' ``--merge-from`` unites parallel invocations."""
+    for method, rs in runs.items():
+        have = into.setdefault(method, [])
+        seeds = {r['seed'] for r in have}
+        have.extend(r for r in rs if r['seed'] not in seeds)
 
 
 def ensure_data() -> None:

@@ -50,7 +50,7 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import (ROOT, Result, build_runner, finetune_eval, pruning_hook, run_hook_pruning,  # noqa: E402
-                     tiny_runner_cfg, train_baseline)
+                     tiny_runner_cfg, train_baseline, unite_runs)
 from quality import TASKS, prune_core  # noqa: E402
 
 METHODS = ['balanced', 'balanced_estimated', 'fisher_k1', 'fisher_adaptive', 'l1', 'tp_magnitude', 'tp_taylor']
@@ -197,7 +197,7 @@ def time_r50(images, batch, grid_points_timed, threads):
 
     method = BalancedPruning(target=0.5, mode='estimated')
     limits = method._limits(state)
-    ks = [method._grid_ks(c) for c in limits]
+    ks = [c.grid_ks for c in limits]
     units, points = len(limits), int(sum(k.size for k in ks))
     # a few measured curve points on the unpruned model first (each: every calibration batch forward, no grad;
     # the masks are undone exactly), then the estimated mode end to end, which prunes the model
@@ -342,10 +342,7 @@ def main() -> None:
                     have.get('baseline', {}).get('value') != entry.get('baseline', {}).get('value'):
                 raise SystemExit(f'--merge-from: task {task!r} of {other_path} has another baseline')
             have.setdefault('merged_from', []).append(osp.relpath(osp.abspath(other_path), ROOT))
-            for method, rs in entry.get('runs', {}).items():
-                runs = have.setdefault('runs', {}).setdefault(method, [])
-                seeds = {r['seed'] for r in runs}
-                runs.extend(r for r in rs if r['seed'] not in seeds)
+            unite_runs(have.setdefault('runs', {}), entry.get('runs', {}))
             have['runs'] = {m: sorted(have['runs'][m], key=lambda r: r['seed']) for m in METHODS if m in have['runs']}
             have['methods'] = summarise(have['runs'], args.target)
             have['goals'] = goals(have['methods'], args.target)

@@ -64,7 +64,7 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import (CLS_CFG, DET_CFG, ROOT, Result, build_runner, ensure_data, finetune_eval,  # noqa: E402
-                     metric_key, pruning_hook, run_hook_pruning, tiny_runner_cfg, train_baseline)
+                     metric_key, pruning_hook, run_hook_pruning, tiny_runner_cfg, train_baseline, unite_runs)
 
 TINY = osp.join(ROOT, 'configs', 'tiny')
 TASKS = {
@@ -349,10 +349,7 @@ def main() -> None:
             raise SystemExit(f'--merge-from: {other_path} was written with another setup; rerun it with this one')
         for task, entry in other.get('tasks', {}).items():  # runs united by (method, seed); the first one kept
             mine = tasks.setdefault(task, {k: v for k, v in entry.items() if k != 'runs'})
-            for method, rs in entry.get('runs', {}).items():
-                have = mine.setdefault('runs', {}).setdefault(method, [])
-                seeds = {r['seed'] for r in have}
-                have.extend(r for r in rs if r['seed'] not in seeds)
+            unite_runs(mine.setdefault('runs', {}), entry.get('runs', {}))
         res.data.setdefault('invocations', []).append(
             dict(command=other['command'], started=other['started'], merged_from=other_path))
     res['tasks'] = tasks

@@ -99,6 +99,12 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def _second_order(c: 'UnitCurve', fisher: np.ndarray, samples: int) -> np.ndarray:
+    """The estimate ``V(k) = 0.5 * sum_{first k ranked atoms} F / N`` for ``k = 1..k_max`` (``fisher``: the sums
+    over ``N = samples`` calibration samples)."""
+    return 0.5 * np.cumsum(fisher[c.ranked[:c.k_max]]) / max(samples, 1)
+
+
 def _as_float(loss: Any) -> float:
     if isinstance(loss, torch.Tensor):
         return float(loss.detach().float().sum())
@@ -385,6 +391,7 @@ class BalancedPruning:
                         int(math.floor(self.max_share * atoms.size + 1e-9)))
             if k_max >= 1:
                 out.append(UnitCurve(u, state.graph.units[u].name, atoms.size, mine, k_max))
+                out[-1].grid_ks = self._grid_ks(out[-1])
         return out
 
     def _ratio_with(self, state: PruningState, masked: Sequence[int]) -> float:
@@ -505,14 +512,12 @@ class BalancedPruning:
         atoms as on the whole grid, in any measuring order. The next point is the open units' one with the
         lowest second-order estimate from the Fisher sums (``fisher``; without them, the lowest share), so that
         tau_up falls early and sensitive units are closed after few points."""
-        grids = [self._grid_ks(c) for c in curves]
-        for c, ks in zip(curves, grids):
-            c.grid_ks = ks
+        grids = [c.grid_ks for c in curves]
         if fisher is not None:
             f = fisher.double().numpy()
-            prior = [np.cumsum(f[c.ranked[:c.k_max]])[ks - 1] for c, ks in zip(curves, grids)]
+            prior = [_second_order(c, f, res.samples)[c.grid_ks - 1] for c in curves]
         else:
-            prior = [ks / c.size for c, ks in zip(curves, grids)]
+            prior = [c.grid_ks / c.size for c in curves]
         values: List[List[float]] = [[] for _ in curves]
         total = int(sum(ks.size for ks in grids))
         log(f'balanced: up to {total} points on {len(curves)} units x {len(batches)} batches on this rank '
@@ -551,17 +556,14 @@ class BalancedPruning:
 
     def _estimate(self, curves: List[UnitCurve], fisher: torch.Tensor, res: BalancedResult) -> None:
         f = fisher.numpy()
-        n = max(res.samples, 1)
         for c in curves:
-            dense = 0.5 * np.cumsum(f[c.ranked[:c.k_max]]) / n
-            ks = self._grid_ks(c)
-            c.grid_ks = ks
-            c.set_points(ks, dense[ks - 1], dense=dense)
+            dense = _second_order(c, f, res.samples)
+            c.set_points(c.grid_ks, dense[c.grid_ks - 1], dense=dense)
 
     def _prefix(self, state: PruningState, curves: List[UnitCurve]
-                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]], List[int]]]:
+                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]]]]:
         """Bisection over the sorted breakpoints of the curves as they are: (atoms to mask, in rate order; tau;
-        the steps; every finite row's atom) for the shortest prefix that meets the target, or None if none does."""
+        the steps) for the shortest prefix that meets the target, or None if none does."""
         rows = []
         for ci, c in enumerate(curves):
             v = c.values()
@@ -582,7 +584,7 @@ class BalancedPruning:
                 hi = mid
             else:
                 lo = mid
-        return atoms[:hi], float(taus[hi - 1]), steps, atoms
+        return atoms[:hi], float(taus[hi - 1]), steps
 
     def _search(self, state: PruningState, curves: List[UnitCurve], res: BalancedResult
                 ) -> Tuple[List[int], float]:
@@ -595,5 +597,5 @@ class BalancedPruning:
                 raise TargetUnreachable(self._unreachable(best, state, 'every measured point had a NaN/inf loss'))
             raise TargetUnreachable(self._unreachable(
                 self._ratio_with(state, finite), state, 'with every unit pruned as far as its loss stayed finite'))
-        atoms, tau, res.search, _ = found
+        atoms, tau, res.search = found
         return atoms, tau
