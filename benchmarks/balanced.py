@@ -54,9 +54,12 @@ from _common import (ROOT, Result, build_runner, finetune_eval, pruning_hook, ru
 from quality import TASKS, prune_core  # noqa: E402
 
 METHODS = ['balanced', 'balanced_estimated', 'fisher_k1', 'fisher_adaptive', 'l1', 'tp_magnitude', 'tp_taylor']
+# settings that only the balanced methods read
+BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms')
 
 
-def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None):
+def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
+                 norm_stats=None, recalibrate_norms=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook)."""
     from mmfisher.hooks import BalancedPruningHook
     cfg = tiny_runner_cfg(config, work, 1, seed=seed)
@@ -65,6 +68,10 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
     kw = dict(grid=tuple(grid)) if grid else {}
     if max_share is not None:
         kw['max_share'] = max_share
+    if norm_stats is not None:
+        kw['norm_stats'] = norm_stats
+    if recalibrate_norms is not None:
+        kw['recalibrate_norms'] = recalibrate_norms
     hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
     runner.register_hook(hook, priority='NORMAL')
     t0 = time.perf_counter()
@@ -85,7 +92,8 @@ def prune(method, task, base, work, args, seed):
     if method.startswith('balanced'):
         return run_balanced(t['config'], base, work, args.target, t['shape'], seed,
                             'estimated' if method == 'balanced_estimated' else 'measured',
-                            args.calibration_batches, args.grid, args.max_share)
+                            args.calibration_batches, args.grid, args.max_share, args.norm_stats,
+                            args.recalibrate_norms)
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -238,10 +246,16 @@ def main() -> None:
     p.add_argument('--k1-seeds', nargs='+', type=int, default=None,
                    help='seeds of fisher_k1 only (default: --seeds): its interval-10 runs are the long ones')
     p.add_argument('--target', type=float, default=0.5)
-    p.add_argument('--ft-iters', type=int, default=120)
+    p.add_argument('--ft-iters', type=int, default=480)
+    p.add_argument('--no-ft-decay', dest='ft_decay', action='store_false',
+                   help='fine-tune at a constant lr (default: 10x drop at 75%%, as benchmarks/label_free.py)')
     p.add_argument('--calibration-batches', type=int, default=8)
     p.add_argument('--grid', nargs='+', type=float, default=None, help='default: the hook default (0.1 ... 0.9)')
     p.add_argument('--max-share', type=float, default=None, help="balanced: the hook's max_share (default: its own)")
+    p.add_argument('--norm-stats', choices=['running', 'batch'], default=None,
+                   help="balanced: the hook's norm_stats (default: its own)")
+    p.add_argument('--recalibrate-norms', type=lambda v: {'true': True, 'false': False}[v.lower()], default=None,
+                   metavar='{true,false}', help="balanced: the hook's recalibrate_norms (default: its own)")
     p.add_argument('--fisher-interval', type=int, default=10,
                    help="iterations between Group Fisher steps (default 10: the paper's and the hook's default)")
     p.add_argument('--adaptive-share', type=float, default=0.02)
@@ -262,6 +276,11 @@ def main() -> None:
                         'at work_dirs/bench/label_free/<task>/base.pth when missing)')
     p.add_argument('--merge-from', nargs='+', default=[], metavar='JSON',
                    help='result files of this setup (other tasks run in parallel): their tasks are merged in')
+    p.add_argument('--equal-training', default=None, metavar='JSON',
+                   help="fine-tune every run --ft-iters + (that result file's fisher_k1 pruning iterations of the "
+                        "same task and seed - its own): equal total training, as benchmarks/label_free.py")
+    p.add_argument('--work-suffix', default='', help='work_dirs/bench/balanced_<task>_<suffix>: for invocations '
+                   'run in parallel on the same task')
     p.add_argument('--out')
     args = p.parse_args()
     import torch
@@ -273,14 +292,23 @@ def main() -> None:
         args.grid = args.grid or [0.5]
         args.fisher_interval, args.adaptive_share, args.taylor_batches = 1, 0.2, 1
         args.r50_images, args.r50_points = 2, 1
+    import inspect
+    from mmfisher.hooks import BalancedPruningHook
+    hook_default = inspect.signature(BalancedPruningHook).parameters
+    for key in ('norm_stats', 'recalibrate_norms'):  # recorded as the values used
+        if getattr(args, key) is None:
+            setattr(args, key, hook_default[key].default)
     res = Result('balanced', args.out, args.quick)
-    same = {k: v for k, v in vars(args).items() if k not in ('tasks', 'out', 'merge_from', 'r50', 'r50_from')}
+    same = {k: v for k, v in vars(args).items() if k not in ('tasks', 'out', 'merge_from', 'r50', 'r50_from',
+                                                                  'work_suffix')}
     res['setup'] = dict(same, methods=methods,
                         flops='mmfisher CostModel (conv/linear multiply-adds) at the data input size',
-                        finetune='the same --ft-iters for every method (constant lr after a 20-iteration warm-up)')
+                        finetune='the same --ft-iters for every method (20-iteration warm-up, then the config lr, '
+                                 + ('10x lower after 75% of the iterations)' if args.ft_decay else 'constant)'))
     for task in args.tasks:
         t = TASKS[task]
-        work = osp.join(ROOT, 'work_dirs', 'bench', f'balanced_{task}' + ('_quick' if args.quick else ''))
+        work = osp.join(ROOT, 'work_dirs', 'bench', f'balanced_{task}' + ('_quick' if args.quick else '')
+                        + (f'_{args.work_suffix}' if args.work_suffix else ''))
         # the baseline benchmarks/quality.py trains (same path, iterations and seed: reused when cached)
         base_work = osp.join(ROOT, 'work_dirs', 'bench', f'quality_{task}' + ('_quick' if args.quick else ''))
         base = osp.join(base_work, 'base.pth')
@@ -303,6 +331,14 @@ def main() -> None:
         entry['baseline'] = info
         print(task, 'baseline', info, flush=True)
         runs = {}
+        k1_iters = None
+        if args.equal_training:
+            with open(args.equal_training) as f:
+                k1_runs = json.load(f).get('tasks', {}).get(task, {}).get('runs', {}).get('fisher_k1', [])
+            k1_iters = {r['seed']: r['pruning_iters'] for r in k1_runs}
+            if missing := [s_ for s_ in args.seeds if s_ not in k1_iters]:
+                raise SystemExit(f'--equal-training: {args.equal_training} has no fisher_k1 run of task {task!r} '
+                                 f'for seeds {missing}')
         for method in methods:
             for seed in (args.k1_seeds or args.seeds) if method == 'fisher_k1' else args.seeds:
                 mwork = osp.join(work, f'{method}_s{seed}')
@@ -310,8 +346,11 @@ def main() -> None:
                 r = prune(method, task, base, mwork, args, seed)
                 before = finetune_eval(t['config'], r['channels'], r['weights'], osp.join(mwork, 'no_ft'), 0, seed)
                 r['value_before_finetune'] = before['value']
+                ft_iters = args.ft_iters
+                if k1_iters is not None:  # equal total training: pruning + fine-tune iterations = k=1's
+                    ft_iters = max(args.ft_iters + k1_iters[seed] - r['pruning_iters'], 0)
                 r.update(finetune_eval(t['config'], r['channels'], r['weights'], osp.join(mwork, 'ft'),
-                                       args.ft_iters, seed))
+                                       ft_iters, seed, decay=args.ft_decay))
                 r['seed'] = seed
                 r['total_wall_s'] = time.perf_counter() - t0
                 runs.setdefault(method, []).append({k: v for k, v in r.items() if k not in ('channels', 'weights')})
@@ -330,12 +369,23 @@ def main() -> None:
     # runs of other invocations with the same setup (other tasks, or other methods / seeds of a task, run in
     # parallel) are united by (task, method, seed), the first one kept; summaries and goals are recomputed
     free = ('methods', 'seeds', 'k1_seeds')
-    mine_setup = {k: v for k, v in json.loads(json.dumps(res['setup'])).items() if k not in free}
+    mine_setup = json.loads(json.dumps(res['setup']))
     for other_path in args.merge_from:
         with open(other_path) as f:
             other = json.load(f)
-        if {k: v for k, v in other.get('setup', {}).items() if k not in free} != mine_setup:
-            raise SystemExit(f'--merge-from: {other_path} was written with another setup; rerun it with this one')
+        theirs = other.get('setup', {})
+        # the balanced methods' own settings matter only if a balanced run of that file is kept (not one this
+        # invocation, or a file merged before, has for the same task and seed)
+        kept = any(r['seed'] not in {x['seed'] for x in res.data.get('tasks', {}).get(task, {}).get('runs', {})
+                                     .get(m, [])}
+                   for task, e in other.get('tasks', {}).items() for m, rs in e.get('runs', {}).items()
+                   if m.startswith('balanced') for r in rs)
+        ignore = free + (() if kept else BALANCED_ONLY)
+        differ = sorted(k for k in set(mine_setup) | set(theirs)
+                        if k not in ignore and mine_setup.get(k) != theirs.get(k))
+        if differ:
+            raise SystemExit(f'--merge-from: {other_path} was written with another setup ({", ".join(differ)}); '
+                             'rerun it with this one')
         for task, entry in other.get('tasks', {}).items():
             have = res.data.setdefault('tasks', {}).setdefault(task, {'baseline': entry.get('baseline'), 'runs': {}})
             if have.get('baseline', {}).get('path') != entry.get('baseline', {}).get('path') or \

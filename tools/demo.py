@@ -218,6 +218,7 @@ def balanced(ckpt: str, target: float, wd: str, quick: bool) -> Dict[str, Any]:
             'finetune_wall_s': t_ft, 'finetune_epochs': epochs, 'calibration_batches': curves['calibration_batches'],
             'tau': curves['tau'], 'search_steps': curves['search_steps'], 'mode': curves['mode'],
             'points_measured': curves['points_measured'], 'grid_points': curves['grid_points'],
+            'norm_stats': curves['norm_stats'], 'norms_recalibrated': curves['norms_recalibrated'],
             'base_loss': curves['base_loss'], 'combined_loss': curves['combined_loss'],
             'sum_unit_variations': curves['sum_unit_variations'], 'channels': osp.relpath(channels, ROOT),
             'curves_plot': osp.relpath(osp.join(out, 'prune', 'balanced_curves.png'), ROOT)}

@@ -9,11 +9,14 @@
 # No training happens: before the first iteration the hook takes `calibration_batches` batches of the training
 # dataloader (in total over all ranks), ranks every unit's channels (Group Fisher from those batches by default),
 # measures for each unit alone the loss variation of masking its lowest share r (r on `grid`, real forwards in eval
-# mode), searches the threshold tau whose per-unit rates meet `target` (bisection over the cached curves), prunes
-# every unit at its rate at once and writes, into work_dir, channels.json + pruned.pth (fine-tune them with
-# mmfisher::_base_/fisher_finetune.py, as after FisherPruningHook), balanced_curves.json (the curves, tau, the
-# search steps, the combined loss beside the sum of the units' variations), balanced_curves.png and
-# kept_channels.png. Then the run ends. Arguments and defaults: mmfisher.hooks.BalancedPruningHook's docstring.
+# mode; the batch norms that train normalise with each batch's own statistics: norm_stats='batch'), searches the
+# threshold tau whose per-unit rates meet `target` (bisection over the cached curves), prunes every unit at its rate
+# at once, re-estimates the trained batch norms' statistics for that structure (recalibrate_norms; norms frozen by
+# norm_eval=True, frozen_stages or requires_grad=False, as in the zoo detectors' backbones, keep their stored
+# statistics in both) and writes, into work_dir, channels.json + pruned.pth (fine-tune them with
+# mmfisher::_base_/fisher_finetune.py, as after FisherPruningHook), balanced_curves.json (the curves, tau, the search
+# steps, the combined loss beside the sum of the units' variations), balanced_curves.png and kept_channels.png. Then
+# the run ends. Arguments and defaults: mmfisher.hooks.BalancedPruningHook's docstring.
 #
 # Cost: mode='measured' runs at most units x grid points x batches forwards (no backward besides one Fisher pass;
 # a unit is not measured past the first point above the largest threshold the target can need: full_curves=True);
@@ -33,6 +36,8 @@ custom_hooks = [
         mode='measured',             # 'measured' (real loss variations) | 'estimated' (0.5 * sum F / N)
         calibration_batches=8,       # training batches in total over all ranks
         grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),  # shares of a unit's channels measured
+        norm_stats='batch',          # BN statistics in the calibration forwards: 'batch' (each batch's) | 'running'
+        recalibrate_norms=True,      # re-estimate BN statistics of the pruned structure before writing it
         importance=None,             # None: GroupFisher(delta='none'); or dict(type='L1Norm'), dict(type='BNScale')
         input_shape=(3, 800, 1333),  # (C, H, W) of the trace and of the FLOPs / activation counts
         skip=(),                     # fnmatch patterns of units / layers never pruned

@@ -9,17 +9,19 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    ``BNScale``, ...).
 2. **Curves.** For each unit *alone*, the loss variation ``V_u(k) = L(mask the unit's k lowest atoms) - L`` is
    measured on the calibration batches (real forwards in eval mode, the masks undone exactly after each:
-   :meth:`ChannelMasks.trial`) for ``k`` on a grid of shares ``r`` of the unit's atoms (``grid``, plus the most the
-   unit may lose). The curve is made monotone (running maximum, from ``V(0) = 0``) and read at every ``k`` by
-   linear interpolation between measured points. The unit's rate at a threshold ``tau`` is the largest ``k`` with
-   ``V_u(k) <= tau``. The points are measured one at a time (each unit's lowest share first; next, the open unit's
-   point with the lowest second-order estimate); after each, ``tau_up``, the threshold that meets the target even
-   if no unit loses more than its measured points show, bounds the final ``tau``, and a unit whose curve already
-   rose above it is not measured further (its rate at every ``tau <= tau_up`` is fixed): the same structure as
-   the whole grid gives, at a fraction of the forwards (``full_curves=True`` measures everything).
-   ``mode='estimated'`` replaces the measured curves with the second-order estimate from the Fisher sums,
-   ``V_u(k) = 0.5 * sum_{first k atoms} F / N`` (``N`` calibration samples): no forward per grid point, every
-   ``k`` exact, but the cross terms between atoms and everything beyond second order are ignored.
+   :meth:`ChannelMasks.trial`; the batch norms that train normalise with each batch's own statistics, as once
+   re-estimated for the candidate: ``norm_stats='batch'``, :mod:`mmfisher.core.norm_stats`) for ``k`` on a grid of
+   shares ``r`` of the unit's atoms (``grid``, plus the most the unit may lose). The curve is made monotone (running
+   maximum, from ``V(0) = 0``) and read at every ``k`` by linear interpolation between measured points. The unit's
+   rate at a threshold ``tau`` is the largest ``k`` with ``V_u(k) <= tau``. The points are measured one at a time
+   (each unit's lowest share first; next, the open unit's point with the lowest second-order estimate); after each,
+   ``tau_up``, the threshold that meets the target even if no unit loses more than its measured points show, bounds
+   the final ``tau``, and a unit whose curve already rose above it is not measured further (its rate at every ``tau
+   <= tau_up`` is fixed): the same structure as the whole grid gives, at a fraction of the forwards
+   (``full_curves=True`` measures everything). ``mode='estimated'`` replaces the measured curves with the
+   second-order estimate from the Fisher sums, ``V_u(k) = 0.5 * sum_{first k atoms} F / N`` (``N`` calibration
+   samples): no forward per grid point, every ``k`` exact, but the cross terms between atoms and everything beyond
+   second order are ignored.
 3. **Search.** The remaining ``metric`` ratio (flops / acts / params of the written structure, after the
    divisor's rounding: :meth:`PruningState.ratios`) falls monotonically as ``tau`` grows. ``tau`` is found by
    bisection over the sorted breakpoints of the cached curves (the values at which some unit's rate changes), so
@@ -27,7 +29,8 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    numpy cost evaluation and no forward. Ties at the final ``tau`` are split in the order of the units' shares
    (evenly over the tied units), so the target is met to one atom.
 4. **Prune** every unit at its rate at once (only atoms the written structure really removes are masked, so the
-   masks equal the structure even with a divisor), then measure the combined structure's real calibration loss
+   masks equal the structure even with a divisor), re-estimate the trained batch norms' stored statistics for
+   it (``recalibrate_norms``), then measure the combined structure's real calibration loss
    and report it beside the sum of the units' variations (the method's additivity assumption).
 
 Which mode fits: ``measured`` costs at most ``units x grid points x batches`` forwards (no backward except the
@@ -50,6 +53,7 @@ import torch
 from torch import nn
 
 from .importance import GradientImportance, GroupFisher, Importance
+from .norm_stats import batch_statistics, recalibrate, trained_norms
 from .state import METRICS, PruningState
 
 __all__ = ['BalancedPruning', 'BalancedResult', 'UnitCurve', 'TargetUnreachable', 'NonFiniteLoss',
@@ -57,6 +61,7 @@ __all__ = ['BalancedPruning', 'BalancedResult', 'UnitCurve', 'TargetUnreachable'
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODES = ('measured', 'estimated')
+NORM_STATS = ('running', 'batch')
 
 
 class TargetUnreachable(ValueError):
@@ -197,6 +202,8 @@ class BalancedResult:
         self.wall: Dict[str, float] = {}
         self.importance = ''
         self.grid: Tuple[float, ...] = ()
+        self.norm_stats = 'running'
+        self.norms_recalibrated = 0
         self.warnings: List[str] = []
 
     @property
@@ -217,8 +224,9 @@ class BalancedResult:
             'search': self.search, 'base_loss': num(self.base_loss), 'combined_loss': num(self.combined_loss),
             'combined_variation': num(self.combined_variation), 'sum_unit_variations': num(self.sum_variations),
             'calibration_batches': self.batches, 'calibration_samples': self.samples, 'forwards': self.forwards,
-            'points_measured': self.points, 'grid_points': self.grid_points,
-            'pruned_atoms': len(self.pruned), 'wall_s': dict(self.wall), 'warnings': list(self.warnings),
+            'points_measured': self.points, 'grid_points': self.grid_points, 'norm_stats': self.norm_stats,
+            'norms_recalibrated': self.norms_recalibrated, 'pruned_atoms': len(self.pruned),
+            'wall_s': dict(self.wall), 'warnings': list(self.warnings),
             'units': [c.to_json() for c in self.curves]}
 
 
@@ -242,12 +250,19 @@ class BalancedPruning:
         full_curves: measure every grid point of every unit. Defaults to False: a unit's points above the
             threshold the target needs at most are skipped (the same tau and structure, fewer forwards; the
             curves JSON lists them as ``unmeasured_k``).
+        norm_stats: the statistics the trained batch norms (:func:`~mmfisher.core.norm_stats.trained_norms`)
+            normalise with in every calibration forward: ``'running'`` (the stored ones of the unpruned model) or
+            ``'batch'`` (default: each batch's own, as after re-estimating them for the candidate, "adaptive BN";
+            same cost; the units' variations then add up to the combined one far better).
+        recalibrate_norms: re-estimate the trained batch norms' stored statistics of the pruned structure from
+            the calibration batches (one forward each) before the combined loss is measured, so the written
+            weights fit the structure. Defaults to True.
     """
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
                  grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
                  tolerance: float = 0.01, seed: int = 0, full_curves: bool = False,
-                 max_share: float = 1.0) -> None:
+                 max_share: float = 1.0, norm_stats: str = 'batch', recalibrate_norms: bool = True) -> None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -272,6 +287,11 @@ class BalancedPruning:
                              'atoms that may be pruned, e.g. max_share=0.8 keeps at least a fifth of every unit')
         if not isinstance(full_curves, bool):
             raise TypeError(f'full_curves={full_curves!r} must be True or False')
+        if norm_stats not in NORM_STATS:
+            raise ValueError(f"norm_stats={norm_stats!r} is unknown: use 'running' (the unpruned model's stored "
+                             "batch-norm statistics) or 'batch' (each calibration batch's own)")
+        if not isinstance(recalibrate_norms, bool):
+            raise TypeError(f'recalibrate_norms={recalibrate_norms!r} must be True or False')
         self.target = float(target)
         self.target_metric = target_metric
         self.mode = mode
@@ -281,6 +301,9 @@ class BalancedPruning:
         self.seed = seed
         self.full_curves = full_curves
         self.max_share = float(max_share)
+        self.norm_stats = norm_stats
+        self.recalibrate_norms = recalibrate_norms
+        self._norms: List[nn.Module] = []
 
     def __repr__(self) -> str:
         return (f'BalancedPruning(target={self.target:g}, target_metric={self.target_metric!r}, '
@@ -319,7 +342,9 @@ class BalancedPruning:
         res = BalancedResult()
         res.mode, res.target, res.target_metric, res.grid = self.mode, self.target, self.target_metric, self.grid
         res.importance = repr(self.importance)
+        res.norm_stats = self.norm_stats
         batches = list(batches)
+        self._norms = trained_norms(model) if self.norm_stats == 'batch' or self.recalibrate_norms else []
         counts = reduce(torch.tensor([float(len(batches))], dtype=torch.float64))
         res.batches = int(round(float(counts[0])))
         if res.batches == 0:
@@ -368,6 +393,10 @@ class BalancedPruning:
                                 f'{self.tolerance:g} below target={self.target:g} (coarse steps: a large divisor '
                                 'or atoms of very different cost); lower the divisor or give a finer grid')
         t0 = time.perf_counter()
+        if self.recalibrate_norms and self._norms:  # no forward when no batch norm trains (a frozen backbone)
+            with eval_mode(model):
+                res.norms_recalibrated = recalibrate(self._norms, batches, loss_fn, reduce)
+            res.forwards += len(batches)
         total, _ = self._loss_sum(model, batches, loss_fn, reduce, device)
         res.combined_loss = total / res.batches
         res.forwards += len(batches)
@@ -379,6 +408,10 @@ class BalancedPruning:
         return res
 
     # ------------------------------------------------------------------ parts
+    def _statistics(self) -> contextlib.AbstractContextManager:
+        """The batch norms' statistics in a calibration forward (``norm_stats``)."""
+        return batch_statistics(self._norms) if self.norm_stats == 'batch' else contextlib.nullcontext()
+
     def _limits(self, state: PruningState) -> List[UnitCurve]:
         """A curve stub per unit that may lose atoms: its candidate atoms in index order and its limit."""
         cand = state.candidates()
@@ -410,7 +443,7 @@ class BalancedPruning:
                   device: torch.device) -> Tuple[float, torch.Tensor]:
         """(sum over every rank's batches of the loss, this rank's per-batch losses), no gradients, eval mode."""
         local = torch.zeros(len(batches), dtype=torch.float64)
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), self._statistics():
             for i, batch in enumerate(batches):
                 with _seeded(self.seed + i, device):
                     local[i] = _as_float(loss_fn(batch))
@@ -442,7 +475,7 @@ class BalancedPruning:
         saved = [p.grad for p in params]
         local = torch.zeros(len(batches), dtype=torch.float64)
         try:
-            with eval_mode(model), torch.enable_grad():
+            with eval_mode(model), torch.enable_grad(), self._statistics():
                 for i, batch in enumerate(batches):
                     for p in params:
                         p.grad = None
@@ -525,7 +558,7 @@ class BalancedPruning:
         base_alive = state.alive
         t0 = time.perf_counter()
         measured, tau_up, every = 0, math.inf, max(1, total // 5)
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), self._statistics():
             while True:
                 if not self.full_curves:
                     found = self._prefix(state, curves)

@@ -67,9 +67,10 @@ class BalancedPruningHook(Hook):
     (``mode='estimated'``); the threshold ``tau`` that meets ``target`` is found by bisection over the cached
     curves; every unit is pruned at its rate at ``tau`` at once. See :mod:`mmfisher.core.balanced`.
 
-    The loss is the runner model's own ``mode='loss'`` loss on the calibration batches (eval mode, so BN
-    statistics do not move): the task loss, or the distillation loss when the model is a label-free distiller
-    (its student is pruned: :func:`mmfisher.models.pruned_module`).
+    The loss is the runner model's own ``mode='loss'`` loss on the calibration batches (eval mode; the batch
+    norms that train use each batch's statistics, stored ones untouched: ``norm_stats``): the task loss, or the
+    distillation loss when the model is a label-free distiller (its student is pruned:
+    :func:`mmfisher.models.pruned_module`).
 
     Args:
         target (float): the remaining ``target_metric`` ratio, in (0, 1). Defaults to 0.5.
@@ -83,6 +84,15 @@ class BalancedPruningHook(Hook):
         grid (Sequence[float]): shares of a unit's atoms at which the curve is measured (the unit's limit is
             always added). Defaults to 0.1, ..., 0.9.
         max_share (float): the largest share of a unit's channels that may be pruned. Defaults to 1.0.
+        norm_stats (str): the statistics the trained batch norms use in the calibration forwards: ``'running'``
+            (the unpruned model's stored ones) or ``'batch'`` (each batch's own: how a candidate does once its
+            statistics are re-estimated; same cost). Defaults to ``'batch'``: the combined structure's loss
+            variation is then close to the sum of the units' (the method's additivity assumption; see
+            benchmarks/README.md) and the metric right after pruning higher. Norms that do not train
+            (``norm_eval=True``, ``frozen_stages``, ``requires_grad=False``, a teacher) keep their statistics.
+        recalibrate_norms (bool): re-estimate the trained batch norms' statistics of the pruned structure on
+            the calibration batches before it is written (``pruned.pth`` then fits the structure as it is).
+            Defaults to True.
         full_curves (bool): measure every grid point of every unit. Defaults to False: a unit is not measured
             past the first point above the largest threshold the target can need (the same structure, fewer
             forwards; ``balanced_curves.json`` lists the skipped points as ``unmeasured_k``).
@@ -107,6 +117,8 @@ class BalancedPruningHook(Hook):
                  grid: Sequence[float] = DEFAULT_GRID,
                  full_curves: bool = False,
                  max_share: float = 1.0,
+                 norm_stats: str = 'batch',
+                 recalibrate_norms: bool = True,
                  importance: Optional[Union[dict, Importance]] = None,
                  input_shape: Sequence[int] = (3, 800, 1333),
                  skip: Sequence[str] = (),
@@ -138,7 +150,8 @@ class BalancedPruningHook(Hook):
         # the method checks target, target_metric, mode, grid, tolerance, seed with messages naming them
         self.method = BalancedPruning(target=target, target_metric=target_metric, mode=mode, grid=grid,
                                       importance=crit, tolerance=tolerance, seed=seed, full_curves=full_curves,
-                                      max_share=max_share)
+                                      max_share=max_share, norm_stats=norm_stats,
+                                      recalibrate_norms=recalibrate_norms)
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
         self.input_shape = check_input_shape(input_shape)

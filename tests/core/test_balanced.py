@@ -89,7 +89,8 @@ def test_measured_curves_search_and_one_shot_prune(trained):
     net, graph, state, batches, loss_fn, calls = setup(trained)
     original = copy.deepcopy(net)
     net.train()
-    res = BalancedPruning(target=0.5).run(state, net, batches, loss_fn)
+    # the stored BN statistics (eval mode) here; norm_stats='batch' (the default): the next test
+    res = BalancedPruning(target=0.5, norm_stats='running', recalibrate_norms=False).run(state, net, batches, loss_fn)
     # the target is met within 1% and to one atom, in log2(breakpoints) search steps
     assert 0.49 <= res.ratios['flops'] <= 0.5
     assert_met(state, res, 0.5)
@@ -130,6 +131,62 @@ def test_measured_curves_search_and_one_shot_prune(trained):
     assert js['units'][0]['k'] and js['combined_loss'] == res.combined_loss
 
 
+def test_batch_norm_statistics_in_the_curves_and_recalibrated_after(trained):
+    """norm_stats='batch': every calibration forward normalises with the batch's statistics (a measured point is
+    the loss of the masked model with its norms adapted), the stored statistics do not move; recalibrate_norms
+    re-estimates them for the pruned structure, which then gives (nearly) the batch-statistics loss."""
+    net, graph, state, batches, loss_fn, calls = setup(trained)
+    original = copy.deepcopy(net)
+    res = BalancedPruning(target=0.5, norm_stats='batch', recalibrate_norms=False).run(state, net, batches, loss_fn)
+    assert res.norm_stats == 'batch' and res.norms_recalibrated == 0
+    assert_met(state, res, 0.5)
+
+    def batch_loss(model):
+        model.train()  # BN with batch statistics; nothing else in Net depends on the flag
+        with torch.no_grad():
+            out = float(np.mean([float(F.mse_loss(model(x), y)) for x, y in batches]))
+        return out
+    probe = copy.deepcopy(original)
+    assert res.base_loss == pytest.approx(batch_loss(probe), rel=1e-6)
+    assert res.base_loss != pytest.approx(mean_loss(original, batches), rel=1e-3)
+    c = max(res.curves, key=lambda c: c.size)
+    k = int(c.ks[0])
+    probe = copy.deepcopy(original)
+    one = np.ones(graph.num_atoms, dtype=bool)
+    one[c.ranked[:k]] = False
+    ChannelMasks(probe, graph).set_alive(one)
+    assert c.variation[0] == pytest.approx(batch_loss(probe) - res.base_loss, rel=1e-6, abs=1e-9)
+    for name in ('bn', 'bna', 'bnb', 'bnc'):  # stored statistics untouched
+        assert torch.equal(getattr(net, name).running_mean, getattr(original, name).running_mean)
+        assert torch.equal(getattr(net, name).num_batches_tracked, getattr(original, name).num_batches_tracked)
+
+    net2, _, state2, _, loss_fn2, calls2 = setup(trained)
+    res2 = BalancedPruning(target=0.5).run(state2, net2, batches, loss_fn2)  # the defaults: batch + recalibrate
+    assert res2.norms_recalibrated == 4 and res2.pruned == res.pruned
+    assert not torch.equal(net2.bnc.running_var, original.bnc.running_var)
+    assert res2.forwards == res.forwards + len(batches) == len(calls2)
+    # with the re-estimated statistics, eval mode is close to the batch-statistics loss the method measured
+    assert mean_loss(net2, batches) == pytest.approx(res2.combined_loss, rel=0.05)
+    assert abs(mean_loss(net2, batches) - res2.combined_loss) < abs(mean_loss(net, batches) - res.combined_loss)
+
+
+def test_frozen_batch_norms_keep_their_statistics_and_cost_no_forward(trained):
+    """With every BN frozen (requires_grad=False, as a frozen backbone), 'batch' statistics and re-estimation
+    leave them alone: the run equals norm_stats='running' without re-estimation, forward for forward."""
+    out = []
+    for kw in (dict(), dict(norm_stats='running', recalibrate_norms=False)):
+        net, graph, state, batches, loss_fn, calls = setup(trained)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.requires_grad_(False)
+        res = BalancedPruning(target=0.5, **kw).run(state, net, batches, loss_fn)
+        out.append((res, len(calls), {k: v.clone() for k, v in net.state_dict().items() if 'running' in k}))
+    (a, calls_a, stats_a), (b, calls_b, stats_b) = out
+    assert a.norms_recalibrated == 0 and calls_a == calls_b == a.forwards
+    assert a.pruned == b.pruned and a.base_loss == b.base_loss and a.combined_loss == b.combined_loss
+    assert all(torch.equal(stats_a[k], stats_b[k]) for k in stats_a)
+
+
 @pytest.mark.parametrize('target', [0.5, 0.3])
 def test_skipping_points_above_the_needed_threshold_gives_the_whole_grid_structure(trained, target):
     """The rounds stop measuring a unit once its curve is above tau_up; tau, the atoms and the loss are those of
@@ -144,7 +201,7 @@ def test_skipping_points_above_the_needed_threshold_gives_the_whole_grid_structu
     assert lazy.tau == whole.tau and lazy.combined_loss == pytest.approx(whole.combined_loss, rel=1e-9)
     assert whole.points == whole.grid_points == sum(c.grid_ks.size for c in whole.curves)
     assert lazy.grid_points == whole.grid_points and lazy.points < whole.points
-    assert calls_lazy == lazy.forwards == len(batches) * (lazy.points + 2) < calls_whole
+    assert calls_lazy == lazy.forwards == len(batches) * (lazy.points + 3) < calls_whole  # + Fisher, BN, combined
     for cl, cw in zip(lazy.curves, whole.curves):
         n = cl.ks.size
         # a measured prefix of the grid, identical to the whole grid's; a unit cut short ends above tau
@@ -168,7 +225,7 @@ def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
     net, graph, state, batches, loss_fn, calls = setup(trained)
     crit = GroupFisher(delta='none')
     res = BalancedPruning(target=0.5, mode='estimated', importance=crit).run(state, net, batches, loss_fn)
-    assert res.forwards == len(calls) == 2 * len(batches)  # the Fisher pass and the combined loss only
+    assert res.forwards == len(calls) == 3 * len(batches)  # the Fisher pass, BN re-estimation, combined loss
     assert res.samples == 64 and crit.samples == 64
     f = crit.sums.numpy()
     for c in res.curves:
@@ -200,28 +257,35 @@ def test_l1_and_bn_scale_rankings_need_no_gradients(trained, crit):
     raw = ref.raw_scores()  # of the unpruned model (pruning changes the readers' filters)
     res = BalancedPruning(target=0.5, importance=crit, grid=(0.25, 0.5, 0.75)).run(state, net, batches, loss_fn)
     assert res.samples == 0 and all(p.grad is None for p in net.parameters())
-    assert res.forwards == len(calls) == len(batches) * (sum(len(c.ks) for c in res.curves) + 2)
+    assert res.forwards == len(calls) == len(batches) * (sum(len(c.ks) for c in res.curves) + 3)
     for c in res.curves:
         assert np.all(np.diff(raw[c.ranked]) >= 0)
     assert_met(state, res, 0.5)
 
 
 def test_a_loss_callable_against_a_frozen_teacher(trained):
-    """Label-free: the loss is any callable, e.g. distillation from a frozen copy of the unpruned model."""
-    net, graph, state, batches, _, _ = setup(trained)
-    wrapper = nn.ModuleDict({'student': net, 'teacher': copy.deepcopy(net)})
-    wrapper['teacher'].requires_grad_(False)
-    wrapper.train()
+    """Label-free: the loss is any callable, e.g. distillation from a frozen copy of the unpruned model. The
+    frozen teacher's BN statistics are never used from the batch nor re-estimated."""
+    for norm_stats in ('running', 'batch'):
+        net, graph, state, batches, _, _ = setup(trained)
+        wrapper = nn.ModuleDict({'student': net, 'teacher': copy.deepcopy(net)})
+        wrapper['teacher'].requires_grad_(False)
+        wrapper.train()
 
-    def distill(batch):
-        with torch.no_grad():
-            target = wrapper['teacher'](batch[0])
-        return F.mse_loss(wrapper['student'](batch[0]), target)
-    res = BalancedPruning(target=0.6, grid=(0.25, 0.5, 0.75)).run(state, net, batches, distill, model=wrapper)
-    assert res.base_loss == 0.0 and res.combined_loss > 0
-    assert res.ratios['flops'] <= 0.6 and all(m.training for m in wrapper.modules())
-    assert all(torch.equal(a, b) for a, b in zip(wrapper['teacher'].state_dict().values(),
-                                                 trained[0].state_dict().values()))
+        def distill(batch):
+            with torch.no_grad():
+                target = wrapper['teacher'](batch[0])
+            return F.mse_loss(wrapper['student'](batch[0]), target)
+        res = BalancedPruning(target=0.6, grid=(0.25, 0.5, 0.75), norm_stats=norm_stats).run(
+            state, net, batches, distill, model=wrapper)
+        if norm_stats == 'running':  # the unpruned student is the teacher
+            assert res.base_loss == 0.0
+        else:  # the student with batch statistics against the teacher with its stored ones
+            assert 0 < res.base_loss < res.combined_loss
+        assert res.combined_loss > 0 and res.norms_recalibrated == 4
+        assert res.ratios['flops'] <= 0.6 and all(m.training for m in wrapper.modules())
+        assert all(torch.equal(a, b) for a, b in zip(wrapper['teacher'].state_dict().values(),
+                                                     trained[0].state_dict().values()))
 
 
 def test_points_with_a_non_finite_loss_are_never_chosen(trained):
@@ -286,13 +350,15 @@ def test_non_finite_loss_of_the_unpruned_model(trained, bad, mode):
 @pytest.mark.parametrize('kwargs, field', [
     (dict(target=1.2), 'target'), (dict(target=0), 'target'), (dict(target_metric='latency'), 'target_metric'),
     (dict(mode='exact'), 'mode'), (dict(grid=(0.5, 1.5)), 'grid'), (dict(grid=()), 'grid'),
-    (dict(tolerance=0), 'tolerance'), (dict(max_share=0), 'max_share'), (dict(max_share=1.5), 'max_share')])
+    (dict(tolerance=0), 'tolerance'), (dict(max_share=0), 'max_share'), (dict(max_share=1.5), 'max_share'),
+    (dict(norm_stats='adaptive'), 'norm_stats')])
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f'^{field}='):
         BalancedPruning(**kwargs)
 
 
-@pytest.mark.parametrize('kwargs, field', [(dict(full_curves='yes'), 'full_curves'), (dict(seed=1.5), 'seed')])
+@pytest.mark.parametrize('kwargs, field', [(dict(full_curves='yes'), 'full_curves'), (dict(seed=1.5), 'seed'),
+                                           (dict(recalibrate_norms=1), 'recalibrate_norms')])
 def test_bad_flag_types_name_the_field(kwargs, field):
     with pytest.raises(TypeError, match=f'^{field}='):
         BalancedPruning(**kwargs)
