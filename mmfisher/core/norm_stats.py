@@ -45,13 +45,16 @@ def trained_norms(model: nn.Module) -> List[_BatchNorm]:
 
 
 def _batch_forward(norm: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() <= x.shape[1]:  # one value per channel (e.g. a BatchNorm1d on one sample): no batch statistics
+        return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
     return F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
 
 
 @contextlib.contextmanager
 def batch_statistics(norms: Sequence[_BatchNorm]) -> Iterator[None]:
     """For the block, each of ``norms`` normalises with its input batch's own statistics (whatever its train
-    flag); stored statistics and ``num_batches_tracked`` are not changed."""
+    flag; an input with one value per channel, which has none, uses the stored ones); stored statistics and
+    ``num_batches_tracked`` are not changed."""
     patched = []
     try:
         for norm in norms:
@@ -88,9 +91,10 @@ def recalibrate(norms: Sequence[_BatchNorm], batches: Sequence[Any], forward: Ca
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0].detach().double()
             dims = [d for d in range(x.dim()) if d != 1]
-            n = x.numel() // max(x.shape[1], 1)
+            if x.numel() // max(x.shape[1], 1) <= 1:
+                return  # one value per channel: no variance to estimate (this batch is not counted)
             mean = x.mean(dims)
-            var = x.var(dims, unbiased=True) if n > 1 else torch.zeros_like(mean)
+            var = x.var(dims, unbiased=True)
             s = torch.stack([mean, var]).cpu()
             sums[i] = s if sums[i] is None else sums[i] + s
             counts[i] += 1

@@ -129,3 +129,18 @@ def test_recalibrate_sums_over_ranks():
         recalibrate(trained_norms(net), [batches[ranks.index(net)]], net, lambda t: total.clone())
         assert torch.allclose(net.bn.running_mean, one.bn.running_mean, atol=1e-5)
         assert torch.allclose(net.bn.running_var, one.bn.running_var, atol=1e-5)
+
+
+def test_one_value_per_channel_falls_back_to_the_stored_statistics():
+    """A BatchNorm1d on one sample has no batch statistics (training mode would raise): the stored ones are used."""
+    bn = nn.BatchNorm1d(5).eval()
+    bn.running_mean.fill_(1.0)
+    x = torch.randn(1, 5)
+    with torch.no_grad(), batch_statistics([bn]):
+        out = bn(x)
+    assert torch.allclose(out, (x - 1.0) / torch.sqrt(torch.tensor(1.0 + bn.eps)))
+    # and such a batch does not count in the re-estimation (a variance of 0 would be wrong)
+    batches = [torch.randn(1, 5), torch.randn(4, 5)]
+    assert recalibrate([bn], batches, bn) == 1
+    assert torch.allclose(bn.running_var, batches[1].var(0), atol=1e-6)
+    assert torch.allclose(bn.running_mean, batches[1].mean(0), atol=1e-6)
