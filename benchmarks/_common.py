@@ -200,11 +200,13 @@ def run_hook_pruning(config: str, base: str, work_dir: str, hook, seed: int = 0,
 
 
 def finetune_eval(config: str, channels: Optional[str], weights: str, work_dir: str, iters: int, seed: int = 0,
-                  decay: bool = False) -> Dict[str, Any]:
+                  decay: bool = False, lr_scale: float = 1.0) -> Dict[str, Any]:
     """Fine-tune the slimmed model (``mmfisher.Pruned`` from ``channels`` + ``weights``; the unpruned model when
     ``channels`` is None) for ``iters`` iterations, then evaluate on the val set. ``decay``: the learning rate
-    drops 10x after 75% of the iterations (a converging schedule), instead of staying constant."""
+    drops 10x after 75% of the iterations (a converging schedule), instead of staying constant. ``lr_scale``: the
+    fine-tune's learning rate is the config's times this."""
     cfg = tiny_runner_cfg(config, work_dir, max(iters, 1), seed=seed, val=True)
+    cfg.optim_wrapper.optimizer.lr = cfg.optim_wrapper.optimizer.lr * lr_scale
     if decay:
         cfg.param_scheduler = cfg.param_scheduler + [
             dict(type='MultiStepLR', milestones=[int(0.75 * iters)], gamma=0.1, by_epoch=False)]
@@ -225,7 +227,7 @@ def finetune_eval(config: str, channels: Optional[str], weights: str, work_dir: 
     key = metric_key(cfg)
     # CocoMetric returns {} when the model detects nothing: that is an mAP of 0
     return dict(metric=key, value=float(metrics.get(key, 0.0)), no_predictions=key not in metrics,
-                finetune_iters=iters, finetune_wall_s=wall, finetune_lr_decay=decay)
+                finetune_iters=iters, finetune_wall_s=wall, finetune_lr_decay=decay, finetune_lr_scale=lr_scale)
 
 
 def pruning_hook(k=1, frac=None, fixed=False, **kw):

@@ -5,15 +5,19 @@ Tasks (``--tasks``): ``cls`` (the tiny ResNet on the bundled 3-class shapes set,
 RetinaNet on the bundled detection set, bbox mAP). Per task, identical for every method except the choice of
 channels:
 
-1. one converged baseline trained from scratch, shared with benchmarks/label_free.py (the config's schedule x3
-   for cls, x2 for det; the same cached ``work_dirs/bench/label_free/<task>/base.pth``, trained when missing),
-   or ``--baseline-from DIR``'s, or with ``--quality-baseline`` benchmarks/quality.py's (far from converged, so
-   the iterative runs' training while they prune can put them ahead by itself);
+1. one baseline trained from scratch: by default benchmarks/label_free.py's (the config's schedule x3 for cls,
+   x2 for det; the same cached ``work_dirs/bench/label_free/<task>/base.pth``, trained when missing); with
+   ``--base-x TASK=N`` one trained for the config's schedule x N (cached at
+   ``work_dirs/bench/balanced_base_xN/TASK/base.pth``: longer, so that the iterative runs' training while they
+   prune cannot by itself put them ahead); ``--baseline-from DIR``'s; or with ``--quality-baseline``
+   benchmarks/quality.py's (far from converged);
 2. pruning to ``--target`` (0.5) of the baseline's conv/linear FLOPs (mmfisher's cost model at the data's size):
 
    * ``balanced``: BalancedPruningHook, ``mode='measured'`` (``--calibration-batches`` training batches, the
      default grid), through an mmengine Runner (no training iteration);
    * ``balanced_estimated``: the same with ``mode='estimated'`` (the Fisher pass only);
+   * ``balanced_per_cost``: the measured mode with ``allocation='variation_per_cost'`` (the threshold on the loss
+     variation per FLOPs share freed instead of on the variation);
    * ``fisher_k1``: FisherPruningHook, one atom every ``--fisher-interval`` iterations (the paper's k=1 and
      interval 10, the hook's defaults), the model training meanwhile;
    * ``fisher_adaptive``: FisherPruningHook with the AdaptiveK schedule (``--adaptive-share`` of the eligible
@@ -21,9 +25,13 @@ channels:
    * ``l1``: Li et al.'s uniform L1 (the same share of every unit, bisected to the target);
    * ``tp_magnitude`` / ``tp_taylor``: Torch-Pruning's one-shot global magnitude (L2) / Taylor pruning
      (``benchmarks/quality.py``'s implementations, mapped onto mmfisher's atoms);
+   * ``unpruned``: no pruning, a reference: the baseline through the same fine-tune (a fine-tune that lowers it
+     disturbs a trained model more than it restores a pruned one, and the comparison then measures recovery from
+     that disturbance rather than the structures);
 
 3. the slimmed model evaluated as it is (``before_finetune``), then fine-tuned ``--ft-iters`` (the same for
-   every method: the iterative runs' pruning iterations are not added) and evaluated; ``metric_mean`` /
+   every method: the iterative runs' pruning iterations are not added; ``--ft-lr-scale`` times the config's lr)
+   and evaluated; ``metric_mean`` /
    ``metric_std`` over ``--seeds``. ``prune_wall_s``: the pruning run's wall time (Runner set-up excluded for the
    hook runs' model building; the iterative runs include their training iterations, the method's cost).
 
@@ -53,13 +61,16 @@ from _common import (ROOT, Result, build_runner, finetune_eval, pruning_hook, ru
                      tiny_runner_cfg, train_baseline, unite_runs)
 from quality import TASKS, prune_core  # noqa: E402
 
-METHODS = ['balanced', 'balanced_estimated', 'fisher_k1', 'fisher_adaptive', 'l1', 'tp_magnitude', 'tp_taylor']
+METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'fisher_k1', 'fisher_adaptive', 'l1', 'tp_magnitude', 'tp_taylor',
+           'unpruned']
+# 'unpruned': the baseline itself through the same fine-tune, a reference (not pruned, not in the goals): a
+# fine-tune that lowers it disturbs a trained model more than it recovers a pruned one
 # settings that only the balanced methods read
 BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms')
 
 
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
-                 norm_stats=None, recalibrate_norms=None):
+                 norm_stats=None, recalibrate_norms=None, allocation=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook)."""
     from mmfisher.hooks import BalancedPruningHook
     cfg = tiny_runner_cfg(config, work, 1, seed=seed)
@@ -72,6 +83,8 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
         kw['norm_stats'] = norm_stats
     if recalibrate_norms is not None:
         kw['recalibrate_norms'] = recalibrate_norms
+    if allocation is not None:
+        kw['allocation'] = allocation
     hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
     runner.register_hook(hook, priority='NORMAL')
     t0 = time.perf_counter()
@@ -89,11 +102,15 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
 
 def prune(method, task, base, work, args, seed):
     t = TASKS[task]
+    if method == 'unpruned':
+        return dict(pruning_iters=0, pruning_wall_s=0.0, ratios=dict(flops=1.0, acts=1.0, params=1.0),
+                    atoms_masked=0, channels=None, weights=base)
     if method.startswith('balanced'):
         return run_balanced(t['config'], base, work, args.target, t['shape'], seed,
                             'estimated' if method == 'balanced_estimated' else 'measured',
                             args.calibration_batches, args.grid, args.max_share, args.norm_stats,
-                            args.recalibrate_norms)
+                            args.recalibrate_norms,
+                            'variation_per_cost' if method == 'balanced_per_cost' else 'variation')
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -125,10 +142,10 @@ def summarise(runs, target):
 
 def goals(summary, target):
     """The issue's goals, each with the figures it compares, for each mode (``balanced`` = measured; keys of
-    ``balanced_estimated`` prefixed with it)."""
+    ``balanced_estimated`` / ``balanced_per_cost`` prefixed with it)."""
     g = {}
     fk1 = summary.get('fisher_k1')
-    for m in ('balanced', 'balanced_estimated'):
+    for m in ('balanced', 'balanced_estimated', 'balanced_per_cost'):
         bal = summary.get(m)
         if not bal:
             continue
@@ -249,6 +266,12 @@ def main() -> None:
     p.add_argument('--ft-iters', type=int, default=480)
     p.add_argument('--no-ft-decay', dest='ft_decay', action='store_false',
                    help='fine-tune at a constant lr (default: 10x drop at 75%%, as benchmarks/label_free.py)')
+    p.add_argument('--ft-lr-scale', type=float, default=1.0,
+                   help="the fine-tune's learning rate: the config's times this (default 1)")
+    p.add_argument('--base-x', nargs='+', default=[], metavar='TASK=N',
+                   help="train (or reuse) the baseline of TASK with the config's schedule x N, cached at "
+                        'work_dirs/bench/balanced_base_xN/TASK/base.pth, instead of label_free.py\'s (cls x3, '
+                        'det x2)')
     p.add_argument('--calibration-batches', type=int, default=8)
     p.add_argument('--grid', nargs='+', type=float, default=None, help='default: the hook default (0.1 ... 0.9)')
     p.add_argument('--max-share', type=float, default=None, help="balanced: the hook's max_share (default: its own)")
@@ -287,6 +310,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     methods = args.methods or list(METHODS)
+    base_x = {}
+    for item in args.base_x:
+        task_, _, n = item.partition('=')
+        if task_ not in TASKS or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f'--base-x {item!r}: expected TASK=N with TASK in {sorted(TASKS)} and N >= 1, e.g. '
+                             'det=6')
+        base_x[task_] = int(n)
     if args.quick:
         args.seeds, args.ft_iters, args.target, args.calibration_batches = [0], 2, 0.8, 2
         args.grid = args.grid or [0.5]
@@ -299,11 +329,13 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, hook_default[key].default)
     res = Result('balanced', args.out, args.quick)
+    # (the baseline, --base-x's or not, is recorded and compared per task)
     same = {k: v for k, v in vars(args).items() if k not in ('tasks', 'out', 'merge_from', 'r50', 'r50_from',
-                                                                  'work_suffix')}
+                                                                  'work_suffix', 'base_x')}
     res['setup'] = dict(same, methods=methods,
                         flops='mmfisher CostModel (conv/linear multiply-adds) at the data input size',
-                        finetune='the same --ft-iters for every method (20-iteration warm-up, then the config lr, '
+                        finetune='the same --ft-iters for every method (20-iteration warm-up, then the config lr'
+                                 + (f' x {args.ft_lr_scale:g}' if args.ft_lr_scale != 1 else '') + ', '
                                  + ('10x lower after 75% of the iterations)' if args.ft_decay else 'constant)'))
     for task in args.tasks:
         t = TASKS[task]
@@ -313,10 +345,14 @@ def main() -> None:
         base_work = osp.join(ROOT, 'work_dirs', 'bench', f'quality_{task}' + ('_quick' if args.quick else ''))
         base = osp.join(base_work, 'base.pth')
         if not args.baseline_from and not args.quality_baseline and not args.quick:
-            # the converged baseline benchmarks/label_free.py trains and caches (config schedule x3 cls, x2 det)
+            # the converged baseline benchmarks/label_free.py trains and caches (config schedule x3 cls, x2 det),
+            # or with --base-x a longer one of its own
             from label_free import TASKS as LF_TASKS, train_converged_baseline
-            base = osp.join(ROOT, 'work_dirs', 'bench', 'label_free', task, 'base.pth')
-            info = dict(train_converged_baseline(t['config'], base, 0, LF_TASKS[task]['base_x']),
+            if task in base_x:
+                base = osp.join(ROOT, 'work_dirs', 'bench', f'balanced_base_x{base_x[task]}', task, 'base.pth')
+            else:
+                base = osp.join(ROOT, 'work_dirs', 'bench', 'label_free', task, 'base.pth')
+            info = dict(train_converged_baseline(t['config'], base, 0, base_x.get(task, LF_TASKS[task]['base_x'])),
                         path=osp.relpath(base, ROOT))
         elif args.baseline_from:  # a converged baseline trained elsewhere (benchmarks/label_free.py's cached ones)
             base = osp.join(args.baseline_from, task, 'base.pth')
@@ -350,7 +386,7 @@ def main() -> None:
                 if k1_iters is not None:  # equal total training: pruning + fine-tune iterations = k=1's
                     ft_iters = max(args.ft_iters + k1_iters[seed] - r['pruning_iters'], 0)
                 r.update(finetune_eval(t['config'], r['channels'], r['weights'], osp.join(mwork, 'ft'),
-                                       ft_iters, seed, decay=args.ft_decay))
+                                       ft_iters, seed, decay=args.ft_decay, lr_scale=args.ft_lr_scale))
                 r['seed'] = seed
                 r['total_wall_s'] = time.perf_counter() - t0
                 runs.setdefault(method, []).append({k: v for k, v in r.items() if k not in ('channels', 'weights')})

@@ -38,6 +38,7 @@ custom_hooks = [
         grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),  # shares of a unit's channels measured
         norm_stats='batch',          # BN statistics in the calibration forwards: 'batch' (each batch's) | 'running'
         recalibrate_norms=True,      # re-estimate BN statistics of the pruned structure before writing it
+        allocation='variation',      # tau bounds each unit's loss variation | 'variation_per_cost': per FLOP freed
         importance=None,             # None: GroupFisher(delta='none'); or dict(type='L1Norm'), dict(type='BNScale')
         input_shape=(3, 800, 1333),  # (C, H, W) of the trace and of the FLOPs / activation counts
         skip=(),                     # fnmatch patterns of units / layers never pruned

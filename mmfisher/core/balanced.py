@@ -13,7 +13,10 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    re-estimated for the candidate: ``norm_stats='batch'``, :mod:`mmfisher.core.norm_stats`) for ``k`` on a grid of
    shares ``r`` of the unit's atoms (``grid``, plus the most the unit may lose). The curve is made monotone (running
    maximum, from ``V(0) = 0``) and read at every ``k`` by linear interpolation between measured points. The unit's
-   rate at a threshold ``tau`` is the largest ``k`` with ``V_u(k) <= tau``. The points are measured one at a time
+   rate at a threshold ``tau`` is the largest ``k`` with ``V_u(k) <= tau`` (``allocation='variation'``, the
+   seed's rule), or with ``max_{j<=k} V_u(j) / C_u(j) <= tau`` (``allocation='variation_per_cost'``: ``C_u(k)``
+   is the share of the target metric the unit's ``k`` atoms free alone, so every unit stops at the same loss
+   rise per FLOP saved, the condition for the least total rise at the target). The points are measured one at a time
    (each unit's lowest share first; next, the open unit's point with the lowest second-order estimate); after each,
    ``tau_up``, the threshold that meets the target even if no unit loses more than its measured points show, bounds
    the final ``tau``, and a unit whose curve already rose above it is not measured further (its rate at every ``tau
@@ -62,6 +65,7 @@ __all__ = ['BalancedPruning', 'BalancedResult', 'UnitCurve', 'TargetUnreachable'
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODES = ('measured', 'estimated')
 NORM_STATS = ('running', 'batch')
+ALLOCATIONS = ('variation', 'variation_per_cost')
 
 
 class TargetUnreachable(ValueError):
@@ -133,6 +137,9 @@ class UnitCurve:
         self.dense: Optional[np.ndarray] = None
         self.grid_ks = np.zeros(0, dtype=np.int64)  # every grid point (measured or not: see BalancedPruning)
         self.chosen = 0
+        # allocation='variation_per_cost': the target metric's share (of the unpruned model's) freed by masking
+        # the first k atoms alone, k = 1..k_max; None: the threshold is on the variation itself
+        self.freed: Optional[np.ndarray] = None
 
     def set_points(self, ks: np.ndarray, variation: np.ndarray, dense: Optional[np.ndarray] = None) -> None:
         self.ks = np.asarray(ks, dtype=np.int64)
@@ -158,10 +165,25 @@ class UnitCurve:
         out[ok] = np.interp(k[ok], xs, ys)
         return out
 
-    def rate(self, tau: float) -> int:
-        """The largest ``k`` with ``V(k) <= tau``."""
+    def keys(self) -> np.ndarray:
+        """What the threshold compares, for ``k = 1..k_max``, monotone: ``V(k)``, or with ``freed`` set the
+        running maximum of ``V(k) / freed(k)`` (loss variation per share of the target metric freed)."""
         v = self.values()
-        return int(np.searchsorted(v, tau, side='right'))
+        if self.freed is None:
+            return v
+        with np.errstate(divide='ignore', invalid='ignore'):
+            per = np.where(self.freed > 0, v / self.freed, np.inf)
+        return np.maximum.accumulate(np.where(np.isnan(per), np.inf, per))
+
+    def rate(self, tau: float) -> int:
+        """The largest ``k`` whose key (:meth:`keys`) is ``<= tau``."""
+        return int(np.searchsorted(self.keys(), tau, side='right'))
+
+    def closed_above(self, tau: float) -> bool:
+        """Whether the key at the last measured point already exceeds ``tau`` (no point beyond can matter)."""
+        if not self.ks.size:
+            return False
+        return not self.keys()[int(self.ks[-1]) - 1] <= tau
 
     def at(self, k: int) -> float:
         return 0.0 if k <= 0 else float(self.values()[k - 1])
@@ -175,7 +197,10 @@ class UnitCurve:
                 'grid_k': self.grid_ks.tolist(),
                 'unmeasured_k': [k for k in self.grid_ks.tolist() if k > (self.ks[-1] if self.ks.size else 0)],
                 'chosen_k': int(self.chosen), 'chosen_share': self.chosen / self.size,
-                'variation_at_rate': num(self.at(self.chosen))}
+                'variation_at_rate': num(self.at(self.chosen)),
+                **({} if self.freed is None else {'freed_at_rate': float(self.freed[self.chosen - 1])
+                                                  if self.chosen else 0.0,
+                                                  'freed_per_atom': float(self.freed[-1] / self.k_max)})}
 
 
 class BalancedResult:
@@ -183,6 +208,7 @@ class BalancedResult:
 
     def __init__(self) -> None:
         self.mode = 'measured'
+        self.allocation = 'variation'
         self.target_metric = 'flops'
         self.target = 0.5
         self.tau = 0.0
@@ -218,7 +244,8 @@ class BalancedResult:
         def num(x: float) -> Optional[float]:
             return float(x) if math.isfinite(x) else None
         return {
-            'method': 'balanced one-shot pruning (seed 003)', 'mode': self.mode, 'importance': self.importance,
+            'method': 'balanced one-shot pruning (seed 003)', 'mode': self.mode, 'allocation': self.allocation,
+            'importance': self.importance,
             'grid': list(self.grid), 'target': self.target, 'target_metric': self.target_metric,
             'tau': num(self.tau), 'ratios': dict(self.ratios), 'search_steps': self.search_steps,
             'search': self.search, 'base_loss': num(self.base_loss), 'combined_loss': num(self.combined_loss),
@@ -257,12 +284,19 @@ class BalancedPruning:
         recalibrate_norms: re-estimate the trained batch norms' stored statistics of the pruned structure from
             the calibration batches (one forward each) before the combined loss is measured, so the written
             weights fit the structure. Defaults to True.
+        allocation: what the one threshold ``tau`` bounds in every unit: ``'variation'`` (the seed's: the loss
+            variation ``V_u(k)``, every unit pruned to the same loss rise) or ``'variation_per_cost'`` (``V_u(k)``
+            divided by the share of ``target_metric`` the unit's ``k`` atoms free alone: the same loss rise per
+            FLOP saved, the Lagrangian condition of the least total rise for the target; a unit whose channels
+            cost a lot, e.g. a residual stream read by many layers, is pruned further). Same forwards either way.
+            Defaults to ``'variation'``.
     """
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
                  grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
                  tolerance: float = 0.01, seed: int = 0, full_curves: bool = False,
-                 max_share: float = 1.0, norm_stats: str = 'batch', recalibrate_norms: bool = True) -> None:
+                 max_share: float = 1.0, norm_stats: str = 'batch', recalibrate_norms: bool = True,
+                 allocation: str = 'variation') -> None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -292,6 +326,10 @@ class BalancedPruning:
                              "batch-norm statistics) or 'batch' (each calibration batch's own)")
         if not isinstance(recalibrate_norms, bool):
             raise TypeError(f'recalibrate_norms={recalibrate_norms!r} must be True or False')
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation={allocation!r} is unknown: use 'variation' (every unit pruned to the same "
+                             "loss variation) or 'variation_per_cost' (to the same loss variation per share of "
+                             'the target metric freed)')
         self.target = float(target)
         self.target_metric = target_metric
         self.mode = mode
@@ -303,11 +341,13 @@ class BalancedPruning:
         self.max_share = float(max_share)
         self.norm_stats = norm_stats
         self.recalibrate_norms = recalibrate_norms
+        self.allocation = allocation
         self._norms: List[nn.Module] = []
 
     def __repr__(self) -> str:
         return (f'BalancedPruning(target={self.target:g}, target_metric={self.target_metric!r}, '
-                f'mode={self.mode!r}, grid={self.grid}, importance={self.importance!r})')
+                f'mode={self.mode!r}, allocation={self.allocation!r}, grid={self.grid}, '
+                f'importance={self.importance!r})')
 
     # ------------------------------------------------------------------ the whole method
     def run(self, state: PruningState, module: nn.Module, batches: Sequence[Any], loss_fn: Callable[[Any], Any],
@@ -341,6 +381,7 @@ class BalancedPruning:
             device = next((p.device for p in model.parameters()), torch.device('cpu'))
         res = BalancedResult()
         res.mode, res.target, res.target_metric, res.grid = self.mode, self.target, self.target_metric, self.grid
+        res.allocation = self.allocation
         res.importance = repr(self.importance)
         res.norm_stats = self.norm_stats
         batches = list(batches)
@@ -425,6 +466,13 @@ class BalancedPruning:
             if k_max >= 1:
                 out.append(UnitCurve(u, state.graph.units[u].name, atoms.size, mine, k_max))
                 out[-1].grid_ks = self._grid_ks(out[-1])
+        if self.allocation == 'variation_per_cost':
+            full = state.ratios()[self.target_metric]
+            for c in out:
+                # a unit's atoms free the same cost each while the other units are whole (linear in k); the share
+                # at k_max is counted exactly (its own rounding and grouping included)
+                freed = max(full - self._ratio_with(state, c.ranked[:c.k_max].tolist()), 0.0)
+                c.freed = freed * np.arange(1, c.k_max + 1) / c.k_max
         return out
 
     def _ratio_with(self, state: PruningState, masked: Sequence[int]) -> float:
@@ -563,8 +611,8 @@ class BalancedPruning:
                 if not self.full_curves:
                     found = self._prefix(state, curves)
                     tau_up = math.inf if found is None else found[1]
-                open_units = [ci for ci, c in enumerate(curves) if len(values[ci]) < grids[ci].size and not (
-                    c.monotone.size and not c.monotone[-1] <= tau_up)]
+                open_units = [ci for ci, c in enumerate(curves)
+                              if len(values[ci]) < grids[ci].size and not c.closed_above(tau_up)]
                 if not open_units:
                     break
                 ci = min(open_units, key=lambda u: (prior[u][len(values[u])], len(values[u]), u))
@@ -599,7 +647,7 @@ class BalancedPruning:
         the steps) for the shortest prefix that meets the target, or None if none does."""
         rows = []
         for ci, c in enumerate(curves):
-            v = c.values()
+            v = c.keys()
             for k in np.nonzero(np.isfinite(v))[0].tolist():
                 rows.append((float(v[k]), (k + 1) / c.size, ci, k + 1))
         rows.sort()
@@ -624,7 +672,7 @@ class BalancedPruning:
         """The tau search on the final curves: (atoms to mask, in rate order; tau)."""
         found = self._prefix(state, curves)
         if found is None:
-            finite = [int(c.ranked[k]) for c in curves for k in np.nonzero(np.isfinite(c.values()))[0].tolist()]
+            finite = [int(c.ranked[k]) for c in curves for k in np.nonzero(np.isfinite(c.keys()))[0].tolist()]
             if not finite:
                 best = self._ratio_with(state, [])
                 raise TargetUnreachable(self._unreachable(best, state, 'every measured point had a NaN/inf loss'))

@@ -93,6 +93,11 @@ class BalancedPruningHook(Hook):
         recalibrate_norms (bool): re-estimate the trained batch norms' statistics of the pruned structure on
             the calibration batches before it is written (``pruned.pth`` then fits the structure as it is).
             Defaults to True.
+        allocation (str): what the one threshold ``tau`` bounds in every unit: ``'variation'`` (the loss
+            variation: every unit pruned to the same loss rise, the seed's rule) or ``'variation_per_cost'`` (the
+            loss variation per share of ``target_metric`` the unit's channels free: the same rise per FLOP saved,
+            so units whose channels cost more, e.g. residual streams, are pruned further). Defaults to
+            ``'variation'``.
         full_curves (bool): measure every grid point of every unit. Defaults to False: a unit is not measured
             past the first point above the largest threshold the target can need (the same structure, fewer
             forwards; ``balanced_curves.json`` lists the skipped points as ``unmeasured_k``).
@@ -119,6 +124,7 @@ class BalancedPruningHook(Hook):
                  max_share: float = 1.0,
                  norm_stats: str = 'batch',
                  recalibrate_norms: bool = True,
+                 allocation: str = 'variation',
                  importance: Optional[Union[dict, Importance]] = None,
                  input_shape: Sequence[int] = (3, 800, 1333),
                  skip: Sequence[str] = (),
@@ -151,7 +157,7 @@ class BalancedPruningHook(Hook):
         self.method = BalancedPruning(target=target, target_metric=target_metric, mode=mode, grid=grid,
                                       importance=crit, tolerance=tolerance, seed=seed, full_curves=full_curves,
                                       max_share=max_share, norm_stats=norm_stats,
-                                      recalibrate_norms=recalibrate_norms)
+                                      recalibrate_norms=recalibrate_norms, allocation=allocation)
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
         self.input_shape = check_input_shape(input_shape)

@@ -221,6 +221,45 @@ def test_max_share_caps_every_unit(trained):
         assert 2 * int(state.alive[atoms].sum()) >= atoms.size
 
 
+@pytest.mark.parametrize('full', [True, False])
+def test_variation_per_cost_allocation_thresholds_the_variation_per_share_freed(trained, full):
+    """allocation='variation_per_cost': every unit at the largest k whose running maximum of V(k) / freed(k) stays
+    <= tau (freed(k): the FLOPs share its k atoms free alone, counted exactly); the target is met to one atom, and
+    skipping points above the needed threshold still gives the whole grid's structure."""
+    found = {}
+    for whole in (True, full):
+        net, graph, state, batches, loss_fn, _ = setup(trained)
+        full_ratio = state.ratios()['flops']
+        res = BalancedPruning(target=0.5, allocation='variation_per_cost', full_curves=whole).run(
+            state, net, batches, loss_fn)
+        found[whole] = (res, state)
+    (res, state), (whole_res, whole_state) = found[full], found[True]
+    assert np.array_equal(state.alive, whole_state.alive) and res.tau == whole_res.tau
+    assert_met(state, res, 0.5)
+    probe = PruningState(net, graph, input_shape=SHAPE)  # unpruned, for the freed shares
+    assert res.allocation == 'variation_per_cost' and res.to_json()['allocation'] == 'variation_per_cost'
+    for c in res.curves:
+        # freed(k) is the real FLOPs share of masking the unit's first k atoms alone (linear in k here)
+        for k in (1, c.k_max):
+            one = np.ones(graph.num_atoms, dtype=bool)
+            one[c.ranked[:k]] = False
+            assert c.freed[k - 1] == pytest.approx(full_ratio - probe.ratios(one)['flops'], rel=1e-9)
+        keys = np.maximum.accumulate(c.values() / c.freed)
+        np.testing.assert_allclose(c.keys(), keys, rtol=1e-12)
+        assert c.chosen == 0 or keys[c.chosen - 1] <= res.tau * (1 + 1e-12)
+        assert c.chosen == c.k_max or keys[c.chosen] >= res.tau
+        js = c.to_json()
+        assert js['freed_per_atom'] == pytest.approx(c.freed[-1] / c.k_max)
+    assert 0.49 <= res.ratios['flops'] <= 0.5
+    # the same curves under the seed's rule (the threshold on V itself) choose differently: a unit whose atoms
+    # free more per loss rise loses more of them here
+    net, graph, state, batches, loss_fn, _ = setup(trained)
+    plain = BalancedPruning(target=0.5, full_curves=True).run(state, net, batches, loss_fn)
+    assert [c.chosen for c in plain.curves] != [c.chosen for c in whole_res.curves]
+    for cp, cw in zip(plain.curves, whole_res.curves):
+        np.testing.assert_allclose(cp.variation, cw.variation, rtol=1e-9)
+
+
 def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
     net, graph, state, batches, loss_fn, calls = setup(trained)
     crit = GroupFisher(delta='none')
@@ -351,7 +390,7 @@ def test_non_finite_loss_of_the_unpruned_model(trained, bad, mode):
     (dict(target=1.2), 'target'), (dict(target=0), 'target'), (dict(target_metric='latency'), 'target_metric'),
     (dict(mode='exact'), 'mode'), (dict(grid=(0.5, 1.5)), 'grid'), (dict(grid=()), 'grid'),
     (dict(tolerance=0), 'tolerance'), (dict(max_share=0), 'max_share'), (dict(max_share=1.5), 'max_share'),
-    (dict(norm_stats='adaptive'), 'norm_stats')])
+    (dict(norm_stats='adaptive'), 'norm_stats'), (dict(allocation='flops'), 'allocation')])
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f'^{field}='):
         BalancedPruning(**kwargs)

@@ -101,9 +101,13 @@ def test_hook_prunes_before_training_writes_the_pair_and_stops(tmp_path, checkpo
 
 def test_estimated_mode_with_l1_ranking_from_a_config_dict(tmp_path, checkpoint):
     work = str(tmp_path / 'w')
-    runner = toy_runner(work, load_from=checkpoint, mode='estimated', importance=dict(type='L1Norm'), target=0.6)
+    runner = toy_runner(work, load_from=checkpoint, mode='estimated', importance=dict(type='L1Norm'), target=0.6,
+                        allocation='variation_per_cost')
     runner.train()
     res = get_hook(runner).result
+    assert res.allocation == 'variation_per_cost' and all(c.freed is not None for c in res.curves)
+    with open(osp.join(work, 'balanced_curves.json')) as f:
+        assert json.load(f)['allocation'] == 'variation_per_cost'
     # the Fisher pass, the BN re-estimation of the pruned structure, the combined loss: 3 batches each
     assert res.mode == 'estimated' and res.forwards == 3 * 3 and res.ratios['flops'] <= 0.6
     assert res.norms_recalibrated == 1
@@ -131,7 +135,8 @@ def test_calibration_batches_must_be_a_positive_int(value):
 
 @pytest.mark.parametrize('kwargs, field', [(dict(target=1.5), 'target'), (dict(mode='fast'), 'mode'),
                                            (dict(grid=[0.5, 2]), 'grid'), (dict(input_shape=(3, 12)), 'input_shape'),
-                                           (dict(importance=dict(type='Nope')), 'importance')])
+                                           (dict(importance=dict(type='Nope')), 'importance'),
+                                           (dict(allocation='cost'), 'allocation')])
 def test_bad_hook_arguments_name_the_field(kwargs, field):
     from mmfisher.registry import HOOKS
     with pytest.raises(ValueError, match=f'^{field}'):
