@@ -5,6 +5,9 @@ Two data sets are drawn from the same shape primitives on noisy backgrounds:
 * ``shapes_det``: COCO-format detection, ``annotations/{train,val}.json`` + ``{train,val}/*.png``; several
   non-overlapping objects per image, tight boxes, polygon segmentations.
 * ``shapes_cls``: mmpretrain ``CustomDataset`` folder format, ``{train,val}/<class>/*.png``; one shape per image.
+* ``shapes_cls_hard``: the same format and drawing with smaller shapes (24-48 px in 64 px) and a larger val split
+  (400 per class), for benchmarks whose methods a converged model on ``shapes_cls`` (about 99% top-1 on 150 val
+  images) cannot tell apart.
 * ``shapes_unlabeled``: plain images for label-free pruning (``mmfisher.UnlabeledImages``), no annotation at all:
   ``det/*.png`` drawn like ``shapes_det`` and ``cls/*.png`` like ``shapes_cls`` (the class of each image is drawn
   and thrown away), from their own random streams, so they are new images of the same distributions.
@@ -227,9 +230,14 @@ def make_det(out_dir: str, spec: DetSpec = DetSpec(), seed: int = 0, force: bool
     return True
 
 
-def make_cls(out_dir: str, spec: ClsSpec = ClsSpec(), seed: int = 0, force: bool = False) -> bool:
-    """Generate the folder-format classification set into ``out_dir``; False if already there."""
-    manifest = _manifest('shapes_cls', spec, seed)
+HARD_CLS = ClsSpec(train_per_class=200, val_per_class=400, min_size=24, max_size=48)
+
+
+def make_cls(out_dir: str, spec: ClsSpec = ClsSpec(), seed: int = 0, force: bool = False,
+             kind: str = 'shapes_cls') -> bool:
+    """Generate the folder-format classification set into ``out_dir``; False if already there. ``kind`` names the
+    set in its manifest and in its images' random streams (``shapes_cls_hard`` draws its own images)."""
+    manifest = _manifest(kind, spec, seed)
     if not force and _is_current(out_dir, manifest):
         return False
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -240,7 +248,8 @@ def make_cls(out_dir: str, spec: ClsSpec = ClsSpec(), seed: int = 0, force: bool
             folder = os.path.join(tmp, split, name)
             os.makedirs(folder)
             for idx in range(per_class):
-                img = draw_cls_image(spec, _rng(seed, 'cls', split, label, idx), label)
+                keys = ('cls', split, label, idx) if kind == 'shapes_cls' else (kind, split, label, idx)
+                img = draw_cls_image(spec, _rng(seed, *keys), label)
                 _save_png(img, os.path.join(folder, f'{idx:05d}.png'))
     with open(os.path.join(tmp, 'classes.txt'), 'w') as f:
         f.write('\n'.join(spec.classes) + '\n')
@@ -274,12 +283,19 @@ def make_unlabeled(out_dir: str, spec: UnlabeledSpec = UnlabeledSpec(), seed: in
     return True
 
 
-MAKERS = dict(shapes_det=make_det, shapes_cls=make_cls, shapes_unlabeled=make_unlabeled)
+def make_cls_hard(out_dir: str, seed: int = 0, force: bool = False) -> bool:
+    """Generate ``shapes_cls_hard`` (:data:`HARD_CLS`) into ``out_dir``; False if already there."""
+    return make_cls(out_dir, HARD_CLS, seed=seed, force=force, kind='shapes_cls_hard')
+
+
+MAKERS = dict(shapes_det=make_det, shapes_cls=make_cls, shapes_unlabeled=make_unlabeled,
+              shapes_cls_hard=make_cls_hard)
 
 
 def make_all(root: str = 'data/generated', seed: int = 0, force: bool = False,
              which: Optional[Sequence[str]] = None) -> Dict[str, bool]:
-    """Generate ``shapes_det``, ``shapes_cls`` and ``shapes_unlabeled`` (or those in ``which``) under ``root``;
+    """Generate ``shapes_det``, ``shapes_cls``, ``shapes_unlabeled`` and ``shapes_cls_hard`` (or those in
+    ``which``) under ``root``;
     maps each name to whether it was (re)made."""
     makers = MAKERS
     names = list(which) if which else list(makers)

@@ -194,8 +194,33 @@ def test_make_all_and_make_data_know_the_unlabeled_set(tmp_path):
     import subprocess
     import sys
     from mmfisher.data_gen import MAKERS
-    assert set(MAKERS) == {'shapes_det', 'shapes_cls', 'shapes_unlabeled'}
+    assert set(MAKERS) == {'shapes_det', 'shapes_cls', 'shapes_unlabeled', 'shapes_cls_hard'}
     root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
     out = subprocess.run([sys.executable, osp.join(root, 'tools', 'make_data.py'), '--help'], capture_output=True,
                          text=True, cwd=root)
-    assert out.returncode == 0 and 'shapes_unlabeled' in out.stdout
+    assert out.returncode == 0 and 'shapes_unlabeled' in out.stdout and 'shapes_cls_hard' in out.stdout
+
+
+def test_hard_classification_set_draws_its_own_smaller_shapes(tmp_path):
+    """shapes_cls_hard: the folder format of shapes_cls, the spec's smaller shapes and larger val split, its own
+    random streams (no image equals the easy set's), and its own manifest kind."""
+    from mmfisher.data_gen import HARD_CLS
+    spec = ClsSpec(train_per_class=3, val_per_class=2, min_size=HARD_CLS.min_size, max_size=HARD_CLS.max_size)
+    make_cls(str(tmp_path / 'easy'), spec, seed=0)
+    make_cls(str(tmp_path / 'hard'), spec, seed=0, kind='shapes_cls_hard')
+    easy, hard = tree_digest(str(tmp_path / 'easy')), tree_digest(str(tmp_path / 'hard'))
+    pngs = [k for k in hard if k.endswith('.png')]
+    assert easy.keys() == hard.keys() and len(pngs) == 3 * (3 + 2)
+    assert all(easy[k] != hard[k] for k in pngs)
+    assert json.load(open(osp.join(tmp_path, 'hard', 'manifest.json')))['kind'] == 'shapes_cls_hard'
+    assert HARD_CLS.max_size < ClsSpec().max_size and HARD_CLS.min_size < ClsSpec().min_size
+    assert HARD_CLS.val_per_class > ClsSpec().val_per_class
+    made = make_all(str(tmp_path / 'all'), which=['shapes_cls_hard'])
+    assert made == {'shapes_cls_hard': True}
+    root = tmp_path / 'all' / 'shapes_cls_hard'
+    assert len(os.listdir(root / 'val' / 'circle')) == HARD_CLS.val_per_class
+    # a drawn shape's extent stays within the spec's sizes (the background is a near-flat colour + noise)
+    img = np.asarray(Image.open(root / 'val' / 'square' / '00000.png').convert('L'), dtype=np.float32)
+    fg = np.abs(img - np.median(img)) > 40
+    ys, xs = np.nonzero(fg)
+    assert HARD_CLS.min_size - 2 <= max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= HARD_CLS.max_size + 2
