@@ -66,6 +66,8 @@ DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODES = ('measured', 'estimated')
 NORM_STATS = ('running', 'batch')
 ALLOCATIONS = ('variation', 'variation_per_cost')
+# estimated mode: warn when the combined structure's real loss rise exceeds the units' estimates this many times
+ESTIMATE_TRUST = 10.0
 
 
 class TargetUnreachable(ValueError):
@@ -442,6 +444,16 @@ class BalancedPruning:
         res.combined_loss = total / res.batches
         res.forwards += len(batches)
         res.wall['combined'] = time.perf_counter() - t0
+        if self.mode == 'estimated' and res.combined_variation > max(
+                ESTIMATE_TRUST * res.sum_variations, 0.1 * abs(res.base_loss)):
+            # the estimate holds near the trained weights only: a unit it calls free can carry the loss (measured
+            # on the tiny detector: a head branch cut to one channel, estimated 6e-7, real rise 1.13)
+            res.warnings.append(
+                f'the second-order estimate is far off for this structure: the calibration loss rose '
+                f'{res.combined_variation:.4g} ({res.base_loss:.4g} -> {res.combined_loss:.4g}) where the units\' '
+                f'estimates sum to {res.sum_variations:.4g}; units at the largest estimated shares: '
+                f'{", ".join(self._deepest(curves))}. Fix: use mode=\'measured\' (real loss variations), or '
+                'max_share < 1 to keep part of every unit')
         log(f'balanced: tau={tau:.6g} after {res.search_steps} search steps; {self.target_metric} '
             f'{achieved:.4f} (target {self.target:g}); calibration loss {res.base_loss:.5g} -> '
             f'{res.combined_loss:.5g} (combined variation {res.combined_variation:.5g}, sum of the units\' '
@@ -449,6 +461,12 @@ class BalancedPruning:
         return res
 
     # ------------------------------------------------------------------ parts
+    @staticmethod
+    def _deepest(curves: List[UnitCurve], n: int = 3) -> List[str]:
+        """The ``n`` units pruned to the largest share, as 'name (kept/atoms)'."""
+        top = sorted(curves, key=lambda c: -c.chosen / max(c.size, 1))[:n]
+        return [f'{c.name} ({c.size - c.chosen}/{c.size} kept)' for c in top]
+
     def _statistics(self) -> contextlib.AbstractContextManager:
         """The batch norms' statistics in a calibration forward (``norm_stats``)."""
         return batch_statistics(self._norms) if self.norm_stats == 'batch' else contextlib.nullcontext()

@@ -3,6 +3,7 @@ prune, estimated mode, criteria, rank split, and the refusals (unreachable targe
 import copy
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -273,6 +274,35 @@ def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
         # ranked by Group Fisher, lowest first
         assert np.all(np.diff(f[c.ranked]) >= 0)
     assert_met(state, res, 0.5)
+
+
+def test_estimated_mode_warns_when_the_real_loss_rise_dwarfs_the_estimate(trained):
+    """A loss that is flat at the trained weights (matching the unpruned outputs: every mask gradient is 0) makes
+    every estimate 0; the combined structure's real rise is not, and the result says so and names the fix. The
+    measured mode, which sees the real rises, does not warn."""
+    net, graph, state, batches, _, _ = setup(trained)
+    net.eval()
+    with torch.no_grad():
+        ref = [net(x).clone() for x, _ in batches]
+    net.train()
+    index = {id(b[0]): i for i, b in enumerate(batches)}
+
+    def flat(batch):
+        return F.mse_loss(net(batch[0]), ref[index[id(batch[0])]])
+    res = BalancedPruning(target=0.5, mode='estimated', norm_stats='running', recalibrate_norms=False).run(
+        state, net, batches, flat)
+    assert res.base_loss == 0.0 and res.sum_variations == 0.0 and res.combined_variation > 0
+    assert len(res.warnings) == 1
+    assert re.search(r'second-order estimate is far off.*rose [0-9.e-]+ .*estimates sum to 0.*Fix: use '
+                     r"mode='measured'", res.warnings[0]), res.warnings[0]
+    net, graph, state, batches, _, _ = setup(trained)
+    net.eval()
+    with torch.no_grad():
+        ref = [net(x).clone() for x, _ in batches]
+    net.train()
+    measured = BalancedPruning(target=0.5, norm_stats='running', recalibrate_norms=False).run(
+        state, net, batches, flat)
+    assert not measured.warnings
 
 
 def test_acts_and_params_targets_count_divisor_rounding(trained):

@@ -143,6 +143,21 @@ def test_label_free(tmp_path):
         assert isinstance(g['met'], bool) and isinstance(g['all_within_2std'], bool)
 
 
+def test_balanced_on_the_hard_set_with_the_per_cost_allocation_and_the_unpruned_reference(tmp_path):
+    d = run('balanced', tmp_path, '--tasks', 'cls_hard', '--no-r50', '--methods', 'balanced_per_cost', 'unpruned',
+            '--ft-lr-scale', '0.1')
+    entry = d['tasks']['cls_hard']
+    assert entry['baseline']['config'].endswith('resnet_tiny_shapes_cls_hard.py')
+    assert set(entry['methods']) == {'balanced_per_cost', 'unpruned'}
+    per_cost, ref = entry['methods']['balanced_per_cost'], entry['methods']['unpruned']
+    assert per_cost['flops_ratio'] <= 0.8 and ref['flops_ratio'] == 1.0 and ref['prune_wall_s'] == 0.0
+    assert 'balanced_per_cost_tau_search_within_1pct' in entry['goals']
+    assert not any(k.startswith('unpruned') for k in entry['goals'])
+    run_ = entry['runs']['unpruned'][0]
+    assert run_['finetune_lr_scale'] == 0.1 and d['setup']['ft_lr_scale'] == 0.1
+    assert 'x 0.1' in d['setup']['finetune']
+
+
 def test_balanced_and_its_merge(tmp_path):
     d = run('balanced', tmp_path, '--tasks', 'cls', '--no-r50', '--methods', 'balanced', 'l1')
     entry = d['tasks']['cls']
