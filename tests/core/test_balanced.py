@@ -276,6 +276,36 @@ def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
     assert_met(state, res, 0.5)
 
 
+def test_a_coarse_crossing_atom_is_skipped_and_the_gap_filled(trained):
+    """When the atom that crosses the target overshoots it by more than half the tolerance (a stream channel read
+    by several layers), it is skipped with its unit's later atoms and the next atoms in threshold order fill the
+    gap: the structure lands closer below the target, still meets it to one atom, and the step is recorded."""
+    filled_any = False
+    for target in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7):
+        found = {}
+        for tol in (0.002, 0.99):  # 0.99: the overshoot never exceeds half of it, so nothing is filled
+            net, graph, state, batches, loss_fn, _ = setup(trained)
+            res = BalancedPruning(target=target, norm_stats='running', recalibrate_norms=False, tolerance=tol,
+                                  full_curves=True).run(state, net, batches, loss_fn)
+            found[tol] = (res, state)
+        (fine, fstate), (plain, _) = found[0.002], found[0.99]
+        assert not any(st.get('filled') for st in plain.search)
+        assert plain.ratios['flops'] <= fine.ratios['flops'] <= target
+        assert_met(fstate, fine, target)
+        if any(st.get('filled') for st in fine.search):
+            filled_any = True
+            assert fine.ratios['flops'] > plain.ratios['flops'] and fine.search[-1]['ratio'] == pytest.approx(
+                fine.ratios['flops'])
+            # the skipped unit keeps its atoms from the crossing one on: units stay prefixes of their ranking
+            alive = fstate.alive
+            for c in fine.curves:
+                masked = ~alive[c.ranked]
+                assert not np.any(masked[1:] & ~masked[:-1])
+        else:
+            assert fine.pruned == plain.pruned
+    assert filled_any
+
+
 def test_estimated_mode_warns_when_the_real_loss_rise_dwarfs_the_estimate(trained):
     """A loss that is flat at the trained weights (matching the unpruned outputs: every mask gradient is 0) makes
     every estimate 0; the combined structure's real rise is not, and the result says so and names the fix. The
