@@ -690,8 +690,7 @@ class BalancedPruning:
             else:
                 lo = mid
         chosen, tau = atoms[:hi], float(taus[hi - 1])
-        reached = self._ratio_with(state, chosen)
-        if fill and self.target - reached > 0.5 * self.tolerance:
+        if fill and self.target - (reached := self._ratio_with(state, chosen)) > 0.5 * self.tolerance:
             filled = self._fill(state, rows, atoms, hi, reached)
             if filled is not None:
                 chosen, tau, reached = filled
