@@ -18,9 +18,9 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    is the share of the target metric the unit's ``k`` atoms free alone, so every unit stops at the same loss
    rise per FLOP saved, the condition for the least total rise at the target). The points are measured one at a time
    (each unit's lowest share first; next, the open unit's point with the lowest second-order estimate); after each,
-   ``tau_up``, the threshold that meets the target even if no unit loses more than its measured points show, bounds
-   the final ``tau``, and a unit whose curve already rose above it is not measured further (its rate at every ``tau
-   <= tau_up`` is fixed): the same structure as the whole grid gives, at a fraction of the forwards
+   ``tau_up``, the largest threshold the search reads on the curves as they are (the gap filling's scan included),
+   bounds the final ``tau``, and a unit whose curve already rose above it is not measured further (its rows up to
+   ``tau_up`` are fixed): the same structure as the whole grid gives, at a fraction of the forwards
    (``full_curves=True`` measures everything). ``mode='estimated'`` replaces the measured curves with the
    second-order estimate from the Fisher sums, ``V_u(k) = 0.5 * sum_{first k atoms} F / N`` (``N`` calibration
    samples): no forward per grid point, every ``k`` exact, but the cross terms between atoms and everything beyond
@@ -233,6 +233,7 @@ class BalancedResult:
         self.forwards = 0
         self.points = 0
         self.grid_points = 0
+        self.tau_up = math.inf  # the measuring bound the lazy rounds stopped at (inf: every point was measured)
         self.wall: Dict[str, float] = {}
         self.importance = ''
         self.grid: Tuple[float, ...] = ()
@@ -259,7 +260,8 @@ class BalancedResult:
             'search': self.search, 'base_loss': num(self.base_loss), 'combined_loss': num(self.combined_loss),
             'combined_variation': num(self.combined_variation), 'sum_unit_variations': num(self.sum_variations),
             'calibration_batches': self.batches, 'calibration_samples': self.samples, 'forwards': self.forwards,
-            'points_measured': self.points, 'grid_points': self.grid_points, 'norm_stats': self.norm_stats,
+            'points_measured': self.points, 'grid_points': self.grid_points, 'tau_up': num(self.tau_up),
+            'norm_stats': self.norm_stats,
             'norms_recalibrated': self.norms_recalibrated, 'pruned_atoms': len(self.pruned),
             'wall_s': dict(self.wall), 'warnings': list(self.warnings),
             'units': [c.to_json() for c in self.curves]}
@@ -610,13 +612,13 @@ class BalancedPruning:
                  log: Callable, fisher: Optional[torch.Tensor] = None) -> None:
         """Measure the curves' grid points one at a time, each unit's points in order (lowest share first).
 
-        Unless ``full_curves``, a unit stops being measured once its curve rises above ``tau_up``: the smallest
-        threshold that meets the target even if no unit lost more than its measured points show (a lower bound
-        on every rate, so the final tau is <= tau_up). Its rate at any tau <= tau_up is already fixed by the
-        points it has (the first one above tau_up included), so the search finds the same tau and the same
-        atoms as on the whole grid, in any measuring order. The next point is the open units' one with the
-        lowest second-order estimate from the Fisher sums (``fisher``; without them, the lowest share), so that
-        tau_up falls early and sensitive units are closed after few points."""
+        Unless ``full_curves``, a unit stops being measured once its curve rises above ``tau_up``
+        (:meth:`_bound`): the largest key the search reads on the curves as they are, the gap filling's scan
+        included. Measuring more points only adds rows above each unit's last measured key, so once every unit
+        not fully measured ends above tau_up, the rows up to it are the whole grid's: the search finds the same
+        tau (<= tau_up) and the same atoms as on the whole grid, in any measuring order. The next point is the
+        open units' one with the lowest second-order estimate from the Fisher sums (``fisher``; without them, the
+        lowest share), so that tau_up falls early and sensitive units are closed after few points."""
         grids = [c.grid_ks for c in curves]
         if fisher is not None:
             f = fisher.double().numpy()
@@ -633,8 +635,7 @@ class BalancedPruning:
         with eval_mode(model), torch.no_grad(), self._statistics():
             while True:
                 if not self.full_curves:
-                    found = self._prefix(state, curves, fill=False)  # the bound before any gap filling
-                    tau_up = math.inf if found is None else found[1]
+                    tau_up = self._bound(state, curves)
                 open_units = [ci for ci, c in enumerate(curves)
                               if len(values[ci]) < grids[ci].size and not c.closed_above(tau_up)]
                 if not open_units:
@@ -655,6 +656,7 @@ class BalancedPruning:
                     log(f'balanced: {measured} points measured ({time.perf_counter() - t0:.1f} s; {len(open_units)} '
                         f'units open, tau_up {tau_up:.5g})')
         log(f'balanced: {measured} of {total} grid points measured in {time.perf_counter() - t0:.1f} s')
+        res.tau_up = tau_up
         res.forwards += measured * len(batches)
         res.points = measured
         res.grid_points = total
@@ -665,33 +667,73 @@ class BalancedPruning:
             dense = _second_order(c, f, res.samples)
             c.set_points(c.grid_ks, dense[c.grid_ks - 1], dense=dense)
 
-    def _prefix(self, state: PruningState, curves: List[UnitCurve], fill: bool = True
-                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]]]]:
-        """Bisection over the sorted breakpoints of the curves as they are: (atoms to mask, in rate order; tau;
-        the steps) for the shortest prefix that meets the target, or None if none does."""
+    FILL_SCAN = 64  # how many atoms past the crossing one the gap filling tries (see :meth:`_fill`)
+
+    @staticmethod
+    def _rows(curves: List[UnitCurve]) -> Tuple[List[Tuple[float, float, int, int]], List[int]]:
+        """Every finite ``(key, share, unit index, k)`` of the curves as they are, sorted (threshold order), and
+        the atom each row masks."""
         rows = []
         for ci, c in enumerate(curves):
             v = c.keys()
             for k in np.nonzero(np.isfinite(v))[0].tolist():
                 rows.append((float(v[k]), (k + 1) / c.size, ci, k + 1))
         rows.sort()
-        atoms = [int(curves[ci].ranked[k - 1]) for _, _, ci, k in rows]
-        taus = [r[0] for r in rows]
+        return rows, [int(curves[ci].ranked[k - 1]) for _, _, ci, k in rows]
+
+    def _crossing(self, state: PruningState, rows: List[Tuple[float, float, int, int]], atoms: List[int],
+                  steps: Optional[List[Dict[str, float]]] = None) -> Optional[int]:
+        """Bisection: the length of the shortest prefix of ``atoms`` that meets the target (None if none)."""
         if not rows or self._ratio_with(state, atoms) > self.target:
             return None
         lo, hi = 0, len(rows)  # ratio(prefix lo) > target (lo = 0: the unpruned model), ratio(prefix hi) <= target
-        steps: List[Dict[str, float]] = []
         while hi - lo > 1:
             mid = (lo + hi) // 2
             r = self._ratio_with(state, atoms[:mid])
-            steps.append({'step': len(steps) + 1, 'tau': float(taus[mid - 1]), 'ratio': float(r), 'atoms': mid})
+            if steps is not None:
+                steps.append({'step': len(steps) + 1, 'tau': float(rows[mid - 1][0]), 'ratio': float(r),
+                              'atoms': mid})
             if r <= self.target:
                 hi = mid
             else:
                 lo = mid
-        chosen, tau = atoms[:hi], float(taus[hi - 1])
-        if fill and self.target - (reached := self._ratio_with(state, chosen)) > 0.5 * self.tolerance:
-            filled = self._fill(state, rows, atoms, hi, reached)
+        return hi
+
+    def _needs_fill(self, state: PruningState, chosen: List[int]) -> Tuple[bool, float]:
+        reached = self._ratio_with(state, chosen)
+        return self.target - reached > 0.5 * self.tolerance, reached
+
+    def _bound(self, state: PruningState, curves: List[UnitCurve]) -> float:
+        """The measuring bound ``tau_up`` on the curves as they are: the largest key the search may read. It is
+        the crossing row's key, or, when the gap may be filled (:meth:`_fill`), the key of the last row the fill
+        scans; inf when no prefix meets the target yet (or the scan would run past the known rows). Every row a
+        unit may still gain lies above the key of its last measured point, so once every unit not fully
+        measured has that key above this bound, the rows up to it are the whole grid's and so are the search's
+        tau and atoms."""
+        rows, atoms = self._rows(curves)
+        hi = self._crossing(state, rows, atoms)
+        if hi is None:
+            return math.inf
+        fill, reached = self._needs_fill(state, atoms[:hi])
+        if fill:
+            end = self._fill(state, rows, atoms, hi, reached)[1]
+            return rows[end - 1][0] if end <= len(rows) else math.inf
+        return rows[hi - 1][0]
+
+    def _prefix(self, state: PruningState, curves: List[UnitCurve]
+                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]]]]:
+        """The search on the curves as they are: (atoms to mask, in rate order; tau; the steps) for the shortest
+        prefix in threshold order that meets the target, the gap filled when its last atom overshoots; None if
+        no prefix meets it."""
+        rows, atoms = self._rows(curves)
+        steps: List[Dict[str, float]] = []
+        hi = self._crossing(state, rows, atoms, steps)
+        if hi is None:
+            return None
+        chosen, tau = atoms[:hi], float(rows[hi - 1][0])
+        fill, reached = self._needs_fill(state, chosen)
+        if fill:
+            filled = self._fill(state, rows, atoms, hi, reached)[0]
             if filled is not None:
                 chosen, tau, reached = filled
                 steps.append({'step': len(steps) + 1, 'tau': tau, 'ratio': float(reached), 'atoms': len(chosen),
@@ -699,13 +741,16 @@ class BalancedPruning:
         return chosen, tau, steps
 
     def _fill(self, state: PruningState, rows: List[Tuple[float, float, int, int]], atoms: List[int], hi: int,
-              reached: float, scan: int = 64) -> Optional[Tuple[List[int], float, float]]:
+              reached: float) -> Tuple[Optional[Tuple[List[int], float, float]], int]:
         """When the atom that crosses the target is coarse (a stream channel read by many layers can free several
         % of the FLOPs) and overshoots by more than half the tolerance: skip it (and its unit's later atoms) and
-        take the next ``scan`` atoms in threshold order while the ratio stays above the target, keeping the
-        structure that lands closest below it. (atoms, tau, ratio), or None when nothing lands closer."""
+        take the next atoms in threshold order while the ratio stays above the target, keeping the structure that
+        lands closest below it; stop once one lands within half the tolerance, or after ``FILL_SCAN`` atoms.
+        Returns ((atoms, tau, ratio), or None when nothing lands closer; the number of rows read up to where it
+        stopped, counted from the start: ``hi - 1 + FILL_SCAN`` when it read its whole scan)."""
         base, blocked, best = list(atoms[:hi - 1]), set(), None
-        for j in range(hi - 1, min(len(rows), hi - 1 + scan)):
+        end = hi - 1 + self.FILL_SCAN
+        for j in range(hi - 1, min(len(rows), end)):
             ci = rows[j][2]
             if ci in blocked:
                 continue
@@ -713,10 +758,12 @@ class BalancedPruning:
             if r <= self.target:
                 if r > (best[2] if best else reached):
                     best = (base + [atoms[j]], float(rows[j][0]), r)
+                if best is not None and self.target - best[2] <= 0.5 * self.tolerance:
+                    return best, j + 1
                 blocked.add(ci)  # this unit stops here: its later atoms rank after the skipped one
             else:
                 base.append(atoms[j])
-        return best
+        return best, end
 
     def _search(self, state: PruningState, curves: List[UnitCurve], res: BalancedResult
                 ) -> Tuple[List[int], float]:

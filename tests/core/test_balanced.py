@@ -205,11 +205,33 @@ def test_skipping_points_above_the_needed_threshold_gives_the_whole_grid_structu
     assert calls_lazy == lazy.forwards == len(batches) * (lazy.points + 3) < calls_whole  # + Fisher, BN, combined
     for cl, cw in zip(lazy.curves, whole.curves):
         n = cl.ks.size
-        # a measured prefix of the grid, identical to the whole grid's; a unit cut short ends above tau
+        # a measured prefix of the grid, identical to the whole grid's; a unit cut short ends above the measuring
+        # bound, which bounds tau (the gap filling's scan included)
         assert np.array_equal(cl.ks, cw.ks[:n]) and np.allclose(cl.variation, cw.variation[:n], rtol=1e-9)
-        assert n == cw.ks.size or cl.monotone[-1] > lazy.tau
+        assert n == cw.ks.size or cl.monotone[-1] > lazy.tau_up >= lazy.tau
         assert cl.chosen == cw.chosen
         assert cl.to_json()['unmeasured_k'] == cw.ks[n:].tolist()
+
+
+
+def test_lazy_rounds_give_the_whole_grid_structure_when_the_gap_is_filled(trained):
+    """Over a sweep of targets, most of which fill the gap after a coarse crossing atom: the measuring bound
+    covers the rows the fill reads, so the lazy rounds still give the whole grid's tau and atoms, and every unit
+    cut short ends above the bound (the rule that broke when the bound ignored the fill)."""
+    filled = 0
+    for target in np.arange(0.40, 0.81, 0.05):
+        found = {}
+        for full in (True, False):
+            net, graph, state, batches, loss_fn, calls = setup(trained)
+            res = BalancedPruning(target=float(target), full_curves=full).run(state, net, batches, loss_fn)
+            found[full] = (res, state.alive.copy())
+        (whole, alive_whole), (lazy, alive_lazy) = found[True], found[False]
+        filled += any(s.get('filled') for s in whole.search)
+        assert np.array_equal(alive_whole, alive_lazy) and lazy.tau == whole.tau, target
+        assert lazy.points < whole.points and math.isinf(whole.tau_up) and lazy.tau <= lazy.tau_up
+        for cl, cw in zip(lazy.curves, whole.curves):
+            assert cl.ks.size == cw.ks.size or cl.keys()[cl.ks[-1] - 1] > lazy.tau_up
+    assert filled >= 4  # the sweep exercises the fill
 
 
 def test_max_share_caps_every_unit(trained):
