@@ -32,7 +32,8 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    numpy cost evaluation and no forward. Ties at the final ``tau`` are split in the order of the units' shares
    (evenly over the tied units), so the target is met to one atom; when that atom is coarse (a stream channel can free
    several % of the FLOPs) and overshoots by more than half the tolerance, it is skipped (with its unit's later
-   atoms) and the next atoms in threshold order fill the gap, so the structure lands close below the target.
+   atoms) and the next atoms in threshold order fill the gap, so the structure lands close below the target (the
+   fill stops at the first structure within half the tolerance, or after ``FILL_SCAN`` atoms).
 4. **Prune** every unit at its rate at once (only atoms the written structure really removes are masked, so the
    masks equal the structure even with a divisor), re-estimate the trained batch norms' stored statistics for
    it (``recalibrate_norms``), then measure the combined structure's real calibration loss
