@@ -363,7 +363,8 @@ class BalancedPruning:
     # ------------------------------------------------------------------ the whole method
     def run(self, state: PruningState, module: nn.Module, batches: Sequence[Any], loss_fn: Callable[[Any], Any],
             model: Optional[nn.Module] = None, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-            log: Optional[Callable[[str], None]] = None, device: Optional[torch.device] = None) -> BalancedResult:
+            log: Optional[Callable[[str], None]] = None, device: Optional[torch.device] = None,
+            measure_fn: Optional[Callable[[Any], Any]] = None) -> BalancedResult:
         """Rank, measure the curves, search tau, prune ``state`` at once, measure the combined loss.
 
         Args:
@@ -375,6 +376,10 @@ class BalancedPruning:
             batches: this rank's calibration batches, each passed to ``loss_fn`` as it is.
             loss_fn: ``loss_fn(batch)`` -> a scalar loss (tensor or float) of the model as it is now (masks
                 applied). Gradients flow through it in the Fisher pass.
+            measure_fn: the loss of the forward-only measurements (the unpruned base they are taken from, the
+                curve points, the norms' re-estimation and the combined loss); defaults to ``loss_fn``. E.g. a
+                distiller's exact terms where the Fisher pass needs its sampled ones (zero-mean noise that would
+                blur every variation).
             reduce: sums a float64 tensor over ranks (in place or returned); None on one process.
             log: progress lines (e.g. ``logger.info``).
             device: where torch's seeded RNG matters (CUDA); defaults to the model's parameters' device.
@@ -387,6 +392,7 @@ class BalancedPruning:
         """
         reduce = reduce or _sum_ranks
         log = log or (lambda msg: None)
+        measure_fn = loss_fn if measure_fn is None else measure_fn
         model = module if model is None else model
         if device is None:
             device = next((p.device for p in model.parameters()), torch.device('cpu'))
@@ -411,11 +417,16 @@ class BalancedPruning:
 
         t0 = time.perf_counter()
         fisher = self._gradient_pass(state, module, model, batches, loss_fn, reduce, device, res, log)
+        if measure_fn is not loss_fn:  # the variations' base, in the measurements' own loss
+            total, local = self._loss_sum(model, batches, measure_fn, reduce, device)
+            self._check_base(total, local, res)
+            res.forwards += len(batches)
+            log(f'balanced: unpruned calibration loss {res.base_loss:.5g} in the measuring loss')
         res.wall['ranking'] = time.perf_counter() - t0
         curves = self._rank(state, limits)
         t0 = time.perf_counter()
         if self.mode == 'measured':
-            self._measure(state, model, curves, batches, loss_fn, reduce, device, res, log, fisher)
+            self._measure(state, model, curves, batches, measure_fn, reduce, device, res, log, fisher)
         else:
             self._estimate(curves, fisher, res)
         res.wall['curves'] = time.perf_counter() - t0
@@ -447,9 +458,9 @@ class BalancedPruning:
         t0 = time.perf_counter()
         if self.recalibrate_norms and self._norms:  # no forward when no batch norm trains (a frozen backbone)
             with eval_mode(model):
-                res.norms_recalibrated = recalibrate(self._norms, batches, loss_fn, reduce)
+                res.norms_recalibrated = recalibrate(self._norms, batches, measure_fn, reduce)
             res.forwards += len(batches)
-        total, _ = self._loss_sum(model, batches, loss_fn, reduce, device)
+        total, _ = self._loss_sum(model, batches, measure_fn, reduce, device)
         res.combined_loss = total / res.batches
         res.forwards += len(batches)
         res.wall['combined'] = time.perf_counter() - t0

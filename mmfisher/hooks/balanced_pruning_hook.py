@@ -70,7 +70,8 @@ class BalancedPruningHook(Hook):
     The loss is the runner model's own ``mode='loss'`` loss on the calibration batches (eval mode; the batch
     norms that train use each batch's statistics, stored ones untouched: ``norm_stats``): the task loss, or the
     distillation loss when the model is a label-free distiller (its student is pruned:
-    :func:`mmfisher.models.pruned_module`).
+    :func:`mmfisher.models.pruned_module`; the Fisher ranking uses its sampled terms, the measured variations its
+    exact ones: :meth:`~mmfisher.models.LabelFreeDistiller.exact_targets`).
 
     Args:
         target (float): the remaining ``target_metric`` ratio, in (0, 1). Defaults to 0.5.
@@ -221,9 +222,17 @@ class BalancedPruningHook(Hook):
         def loss_fn(data: Dict[str, Any]) -> torch.Tensor:
             return _total_loss(full, full(**data, mode='loss'))
 
+        measure_fn = None
+        exact = getattr(full, 'exact_targets', None)  # a label-free distiller: sampled terms for the Fisher pass,
+        if callable(exact) and getattr(full, 'sample_targets', False):  # the exact ones for the measurements
+
+            def measure_fn(data: Dict[str, Any]) -> torch.Tensor:
+                with exact():
+                    return loss_fn(data)
+
         device = next((p.device for p in model.parameters()), torch.device('cpu'))
         self.result = res = self.method.run(state, model, batches, loss_fn, model=full, reduce=reduce,
-                                            log=runner.logger.info, device=device)
+                                            log=runner.logger.info, device=device, measure_fn=measure_fn)
         self._same_on_every_rank(state, world)
         self.wall['prune'] = time.perf_counter() - t_start
         for w in res.warnings:

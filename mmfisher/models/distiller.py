@@ -80,7 +80,7 @@ import hashlib
 import inspect
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -572,6 +572,17 @@ class LabelFreeDistiller(BaseModel):
             self._said_labels = True
             print_log(f'LabelFreeDistiller: the training data carries labels ({found}); they are ignored: the loss '
                       'is distillation from the teacher only', logger='current')
+
+    @contextlib.contextmanager
+    def exact_targets(self) -> Iterator[None]:
+        """Within it, :meth:`loss` gives the exact terms only (``sample_targets`` off): for forward-only loss
+        measurements (balanced pruning's curves), which the sampled terms' noise would blur; restored after."""
+        saved = self.sample_targets
+        self.sample_targets = False
+        try:
+            yield
+        finally:
+            self.sample_targets = saved
 
     def _generator(self, device: torch.device) -> torch.Generator:
         from mmengine.dist import get_rank

@@ -409,6 +409,39 @@ def test_a_loss_callable_against_a_frozen_teacher(trained):
                                                      trained[0].state_dict().values()))
 
 
+
+def test_the_measurements_use_measure_fn_and_the_fisher_pass_loss_fn(trained):
+    """measure_fn (e.g. a distiller's exact terms) gives the base, every curve point, the norms' re-estimation
+    and the combined loss; loss_fn (its sampled terms) only the Fisher pass. A loss_fn with a zero-mean term that
+    moves with the outputs but carries no gradient ranks as the clean loss does, and with measure_fn=clean the
+    run equals the clean run point for point; measured with the noisy loss itself, the curves differ."""
+    runs = {}
+    for how in ('clean', 'split', 'noisy'):
+        net, graph, state, batches, clean, calls = setup(trained)
+        grads = []
+
+        def noisy(batch):  # the clean loss + a zero-mean term without gradient (as a sampled target's noise)
+            grads.append(1)
+            out = net(batch[0]).detach()
+            return clean(batch) + 0.05 * (out * torch.randn_like(out)).mean()
+        loss_fn, kw = (clean, {}) if how == 'clean' else (noisy, dict(measure_fn=clean) if how == 'split' else {})
+        res = BalancedPruning(target=0.5, grid=(0.25, 0.5, 0.75)).run(state, net, batches, loss_fn, **kw)
+        runs[how] = (res, len(calls), len(grads))
+    (plain, calls_plain, _), (split, calls_split, grads_split), (blurred, _, _) = (
+        runs['clean'], runs['split'], runs['noisy'])
+    assert grads_split == len(batches)  # loss_fn: the Fisher pass only
+    # measure_fn: its own base pass + the same points, re-estimation and combined pass as the clean run
+    # (noisy calls clean inside, so every forward of the split run counts once)
+    assert calls_split == split.forwards == plain.forwards + len(batches) and calls_plain == plain.forwards
+    assert split.base_loss == pytest.approx(plain.base_loss, rel=1e-9)
+    assert split.combined_loss == pytest.approx(plain.combined_loss, rel=1e-9) and split.pruned == plain.pruned
+    for a, b in zip(split.curves, plain.curves):
+        assert np.array_equal(a.ranked, b.ranked) and np.array_equal(a.ks, b.ks)
+        assert np.allclose(a.variation, b.variation, rtol=1e-9, atol=1e-12)
+    assert not all(np.allclose(a.variation[:n], b.variation[:n], rtol=1e-6) for a, b in zip(blurred.curves,
+                   plain.curves) for n in [min(a.ks.size, b.ks.size)])
+
+
 def test_points_with_a_non_finite_loss_are_never_chosen(trained):
     net, graph, state, batches, loss_fn, _ = setup(trained)
     unit = max(range(len(state.unit_atoms)), key=lambda u: state.unit_atoms[u].size)

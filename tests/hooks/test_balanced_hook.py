@@ -4,6 +4,7 @@ and the fix, a non-zero exit and no result files."""
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -216,6 +217,40 @@ def test_tiny_classifier_config_prunes_with_train_py_and_fine_tunes_as_pruned(tm
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert 'Pruned: built ImageClassifier' in proc.stdout and 'accuracy/top1' in proc.stdout
     assert osp.isfile(osp.join(ft, 'epoch_1.pth'))
+
+
+
+CLS_LABEL_FREE = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_cls_balanced_label_free_prune.py')
+
+
+def test_label_free_config_measures_the_exact_distillation_loss_and_writes_a_plain_classifier(tmp_path):
+    """The distiller config (output KL against the frozen unpruned model, unlabeled images): the Fisher pass uses
+    the sampled terms, every measurement the exact ones (their own base); the pair is the student's, which the
+    labeled fine-tune config rebuilds as a Pruned ImageClassifier."""
+    from mmfisher.data_gen import make_all
+    make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_unlabeled'])
+    ckpt = _cls_checkpoint(str(tmp_path / 'init.pth'))
+    work = str(tmp_path / 'prune')
+    proc = _train([CLS_LABEL_FREE, '--work-dir', work, '--cfg-options', f'load_from={ckpt}',
+                   'custom_hooks.0.calibration_batches=2', 'custom_hooks.0.grid=[0.25,0.5,0.75]'] + SMALL_DATA)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert 'LabelFreeDistiller' in proc.stdout and 'BalancedPruningHook: pruned in one shot (measured)' in proc.stdout
+    sampled = float(re.search(r'unpruned calibration loss ([0-9.e+-]+) over 2 batches', proc.stdout).group(1))
+    exact = float(re.search(r'unpruned calibration loss ([0-9.e+-]+) in the measuring loss', proc.stdout).group(1))
+    with open(osp.join(work, 'balanced_curves.json')) as f:
+        curves = json.load(f)
+    assert curves['base_loss'] == pytest.approx(exact, rel=1e-4) and exact != pytest.approx(sampled, rel=1e-3)
+    assert curves['forwards'] == 2 * (curves['points_measured'] + 4)  # Fisher, exact base, BN, combined
+    with open(osp.join(work, 'channels.json')) as f:
+        written = json.load(f)
+    assert written['meta']['flops_ratio'] <= 0.5
+    assert written['layers'] and all(n.startswith(('backbone.', 'neck.', 'head.')) for n in written['layers'])
+    ft = str(tmp_path / 'ft')
+    proc = _train([CLS_FINETUNE, '--work-dir', ft, '--cfg-options', f'model.channels={work}/channels.json',
+                   f'load_from={work}/pruned.pth', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                   'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=16'] + SMALL_DATA)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert 'Pruned: built ImageClassifier' in proc.stdout and 'accuracy/top1' in proc.stdout
 
 
 def test_train_py_without_load_from_exits_non_zero_naming_the_field(tmp_path):
