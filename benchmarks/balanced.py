@@ -18,6 +18,9 @@ channels:
    * ``balanced_estimated``: the same with ``mode='estimated'`` (the Fisher pass only);
    * ``balanced_per_cost``: the measured mode with ``allocation='variation_per_cost'`` (the threshold on the loss
      variation per FLOPs share freed instead of on the variation);
+   * ``balanced_label_free``: the measured mode with the label-free loss (a ``LabelFreeDistiller`` around the
+     task's model: output KL against the frozen baseline, no anchors, the training images' labels unread; the
+     Fisher ranking from its sampled terms, the curves from its exact ones);
    * ``fisher_k1``: FisherPruningHook, one atom every ``--fisher-interval`` iterations (the paper's k=1 and
      interval 10, the hook's defaults), the model training meanwhile;
    * ``fisher_adaptive``: FisherPruningHook with the AdaptiveK schedule (``--adaptive-share`` of the eligible
@@ -69,8 +72,8 @@ TASKS = dict(QUALITY_TASKS, cls_hard=dict(config=osp.join(ROOT, 'configs', 'tiny
 # baseline is shared), and for cls_hard x9
 BASE_X = {'cls': 3, 'det': 2, 'cls_hard': 9}
 
-METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'fisher_k1', 'fisher_adaptive', 'l1', 'tp_magnitude', 'tp_taylor',
-           'unpruned']
+METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'balanced_label_free', 'fisher_k1', 'fisher_adaptive',
+           'l1', 'tp_magnitude', 'tp_taylor', 'unpruned']
 # 'unpruned': the baseline itself through the same fine-tune, a reference (not pruned, not in the goals): a
 # fine-tune that lowers it disturbs a trained model more than it recovers a pruned one
 # settings that only the balanced methods read
@@ -78,11 +81,15 @@ BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'reca
 
 
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
-                 norm_stats=None, recalibrate_norms=None, allocation=None):
-    """BalancedPruningHook through a Runner on the baseline: (result dict, the hook)."""
+                 norm_stats=None, recalibrate_norms=None, allocation=None, label_free=False):
+    """BalancedPruningHook through a Runner on the baseline: (result dict, the hook). ``label_free``: the
+    model is a LabelFreeDistiller around the config's (output KL only), its student pruned."""
     from mmfisher.hooks import BalancedPruningHook
     cfg = tiny_runner_cfg(config, work, 1, seed=seed)
     cfg.load_from = base
+    if label_free:
+        cfg.model = dict(type='mmfisher.LabelFreeDistiller', architecture=cfg.model, anchors=None,
+                         input_shape=shape, seed=seed)
     runner = build_runner(cfg)
     kw = dict(grid=tuple(grid)) if grid else {}
     if max_share is not None:
@@ -118,7 +125,8 @@ def prune(method, task, base, work, args, seed):
                             'estimated' if method == 'balanced_estimated' else 'measured',
                             args.calibration_batches, args.grid, args.max_share, args.norm_stats,
                             args.recalibrate_norms,
-                            'variation_per_cost' if method == 'balanced_per_cost' else 'variation')
+                            'variation_per_cost' if method == 'balanced_per_cost' else 'variation',
+                            label_free=method == 'balanced_label_free')
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -153,7 +161,7 @@ def goals(summary, target):
     ``balanced_estimated`` / ``balanced_per_cost`` prefixed with it)."""
     g = {}
     fk1 = summary.get('fisher_k1')
-    for m in ('balanced', 'balanced_estimated', 'balanced_per_cost'):
+    for m in ('balanced', 'balanced_estimated', 'balanced_per_cost', 'balanced_label_free'):
         bal = summary.get(m)
         if not bal:
             continue
