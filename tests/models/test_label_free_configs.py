@@ -49,6 +49,8 @@ def test_every_label_free_config_is_tested():
     listed = {osp.relpath(_path(t, n, s, x), CONFIGS) for t, n, _, _, x in ZOO for s in ('prune', 'finetune')}
     listed |= {f'tiny/{n}_label_free_{s}.py' for n, _ in TINY for s in ('prune', 'finetune')}
     listed |= {'_base_/label_free_pruning.py', '_base_/label_free_finetune.py'}
+    # balanced one-shot pruning with the distillation loss: run end to end in tests/hooks/test_balanced_hook.py
+    listed |= {'tiny/resnet_tiny_cls_balanced_label_free_prune.py'}
     assert found == listed
 
 
