@@ -9,22 +9,15 @@
 #       load_from=work_dirs/resnet_tiny_cls_balanced_label_free_prune/pruned.pth      # label-free fine-tune
 #   (or resnet_tiny_cls_balanced_finetune.py with the same two paths: the labeled one)
 #
-# The distiller's student is pruned (its channels.json / pruned.pth are the plain classifier's, for mmfisher.Pruned).
-# Output KL only (anchors=None): a unit's curve is then how far the pruned model's class distributions move from the
-# unpruned model's. sample_targets=True (the pruning base's) keeps the Group Fisher ranking informative while the
-# student equals the teacher (the exact KL's gradient is zero there); the sampled terms are zero-mean and drawn
-# alike for every curve point (the generator is seeded by the iteration, 0 before training), so they do not bias
-# the variations.
-_base_ = ['./resnet_tiny_shapes_cls.py', '../_base_/label_free_pruning.py', '../_base_/balanced_pruning.py']
+# The label-free Group Fisher config with the balanced hook in place of the iterative one (its distiller, unlabeled
+# data and load_from). The distiller's student is pruned (channels.json / pruned.pth are the plain classifier's,
+# for mmfisher.Pruned). Output KL only (anchors=None): a unit's curve is then how far the pruned model's class
+# distributions move from the unpruned model's. The hook ranks with the distiller's sampled terms (informative
+# while the student equals the teacher, where the exact KL's gradient is zero) and measures the curves with its
+# exact ones (no sampling noise).
+_base_ = ['./resnet_tiny_cls_label_free_prune.py']
 
-load_from = 'work_dirs/resnet_tiny_shapes_cls/epoch_30.pth'  # the trained, unpruned model (student and teacher)
-
-model = dict(
-    _base_.label_free_pruning.model,
-    _delete_=True,
-    architecture=_base_.model,
-    anchors=None,                    # output KL only
-    input_shape=(3, 64, 64))
+model = dict(anchors=None)           # output KL only
 custom_hooks = [
     dict(
         type='mmfisher.BalancedPruningHook',
@@ -34,16 +27,3 @@ custom_hooks = [
         calibration_batches=8,
         input_shape=(3, 64, 64)),    # the bundled images' size
 ]
-
-unlabeled_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-train_dataloader = dict(
-    dataset=dict(
-        _delete_=True,
-        type='mmfisher.UnlabeledImages',
-        data_root='data/generated/shapes_unlabeled/',
-        data_prefix=dict(img_path='cls/'),
-        pipeline=unlabeled_pipeline))

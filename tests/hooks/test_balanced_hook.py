@@ -196,6 +196,18 @@ def _train(args, timeout=300):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
+def _finetune_as_pruned(tmp_path, work: str) -> str:
+    """Fine-tune the pair in ``work`` with the labeled mmfisher.Pruned config (16 images: 2 iterations, then
+    validation); its work dir."""
+    ft = str(tmp_path / 'ft')
+    proc = _train([CLS_FINETUNE, '--work-dir', ft, '--cfg-options', f'model.channels={work}/channels.json',
+                   f'load_from={work}/pruned.pth', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                   'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=16'] + SMALL_DATA)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert 'Pruned: built ImageClassifier' in proc.stdout and 'accuracy/top1' in proc.stdout
+    return ft
+
+
 def test_tiny_classifier_config_prunes_with_train_py_and_fine_tunes_as_pruned(tmp_path):
     ckpt = _cls_checkpoint(str(tmp_path / 'init.pth'))
     work = str(tmp_path / 'prune')
@@ -210,12 +222,7 @@ def test_tiny_classifier_config_prunes_with_train_py_and_fine_tunes_as_pruned(tm
         meta = json.load(f)['meta']
     assert meta['flops_ratio'] <= 0.5 and meta['mmfisher'] == 'BalancedPruningHook'
     # the result fine-tunes with the mmfisher.Pruned pattern (16 images: 2 iterations, then validation)
-    ft = str(tmp_path / 'ft')
-    proc = _train([CLS_FINETUNE, '--work-dir', ft, '--cfg-options', f'model.channels={work}/channels.json',
-                   f'load_from={work}/pruned.pth', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-                   'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=16'] + SMALL_DATA)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert 'Pruned: built ImageClassifier' in proc.stdout and 'accuracy/top1' in proc.stdout
+    ft = _finetune_as_pruned(tmp_path, work)
     assert osp.isfile(osp.join(ft, 'epoch_1.pth'))
 
 
@@ -245,12 +252,7 @@ def test_label_free_config_measures_the_exact_distillation_loss_and_writes_a_pla
         written = json.load(f)
     assert written['meta']['flops_ratio'] <= 0.5
     assert written['layers'] and all(n.startswith(('backbone.', 'neck.', 'head.')) for n in written['layers'])
-    ft = str(tmp_path / 'ft')
-    proc = _train([CLS_FINETUNE, '--work-dir', ft, '--cfg-options', f'model.channels={work}/channels.json',
-                   f'load_from={work}/pruned.pth', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-                   'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=16'] + SMALL_DATA)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert 'Pruned: built ImageClassifier' in proc.stdout and 'accuracy/top1' in proc.stdout
+    _finetune_as_pruned(tmp_path, work)
 
 
 def test_train_py_without_load_from_exits_non_zero_naming_the_field(tmp_path):
