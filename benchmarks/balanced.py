@@ -47,7 +47,7 @@ with 8 calibration images on this CPU: the trace, the Fisher pass (one forward +
 estimated mode end to end, and a few measured curve points, from which the measured mode's cost is extrapolated
 (units x grid points x batches forwards).
 
-    nice .venv/bin/python benchmarks/balanced.py                       # cls + det, 7 methods x 3 seeds, R50 timing
+    nice .venv/bin/python benchmarks/balanced.py                       # cls + det, every method x 3 seeds, R50 timing
     nice .venv/bin/python benchmarks/balanced.py --tasks cls --no-r50
     nice .venv/bin/python benchmarks/balanced.py --quick --out /tmp/balanced.json
 """
