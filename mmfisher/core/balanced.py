@@ -625,7 +625,7 @@ class BalancedPruning:
         """Measure the curves' grid points one at a time, each unit's points in order (lowest share first).
 
         Unless ``full_curves``, a unit stops being measured once its curve rises above ``tau_up``
-        (:meth:`_bound`): the largest key the search reads on the curves as they are, the gap filling's scan
+        (:meth:`_prefix`): the largest key the search reads on the curves as they are, the gap filling's scan
         included. Measuring more points only adds rows above each unit's last measured key, so once every unit
         not fully measured ends above tau_up, the rows up to it are the whole grid's: the search finds the same
         tau (<= tau_up) and the same atoms as on the whole grid, in any measuring order. The next point is the
@@ -647,7 +647,8 @@ class BalancedPruning:
         with eval_mode(model), torch.no_grad(), self._statistics():
             while True:
                 if not self.full_curves:
-                    tau_up = self._bound(state, curves)
+                    found = self._prefix(state, curves)
+                    tau_up = math.inf if found is None else found[3]
                 open_units = [ci for ci, c in enumerate(curves)
                               if len(values[ci]) < grids[ci].size and not c.closed_above(tau_up)]
                 if not open_units:
@@ -711,46 +712,30 @@ class BalancedPruning:
                 lo = mid
         return hi
 
-    def _needs_fill(self, state: PruningState, chosen: List[int]) -> Tuple[bool, float]:
-        reached = self._ratio_with(state, chosen)
-        return self.target - reached > 0.5 * self.tolerance, reached
-
-    def _bound(self, state: PruningState, curves: List[UnitCurve]) -> float:
-        """The measuring bound ``tau_up`` on the curves as they are: the largest key the search may read. It is
-        the crossing row's key, or, when the gap may be filled (:meth:`_fill`), the key of the last row the fill
-        scans; inf when no prefix meets the target yet (or the scan would run past the known rows). Every row a
-        unit may still gain lies above the key of its last measured point, so once every unit not fully
-        measured has that key above this bound, the rows up to it are the whole grid's and so are the search's
-        tau and atoms."""
-        rows, atoms = self._rows(curves)
-        hi = self._crossing(state, rows, atoms)
-        if hi is None:
-            return math.inf
-        fill, reached = self._needs_fill(state, atoms[:hi])
-        if fill:
-            end = self._fill(state, rows, atoms, hi, reached)[1]
-            return rows[end - 1][0] if end <= len(rows) else math.inf
-        return rows[hi - 1][0]
-
     def _prefix(self, state: PruningState, curves: List[UnitCurve]
-                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]]]]:
-        """The search on the curves as they are: (atoms to mask, in rate order; tau; the steps) for the shortest
-        prefix in threshold order that meets the target, the gap filled when its last atom overshoots; None if
-        no prefix meets it."""
+                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]], float]]:
+        """The search on the curves as they are: (atoms to mask, in rate order; tau; the steps; ``tau_up``) for
+        the shortest prefix in threshold order that meets the target, the gap filled when its last atom
+        overshoots; None if no prefix meets it.
+
+        ``tau_up`` is the largest key the search read: the crossing row's, or with the gap filling the last row
+        the fill read (inf if it would read past the known rows). Every row a unit may still gain lies above the
+        key of its last measured point, so once every unit not fully measured has that key above ``tau_up``,
+        the rows up to it are the whole grid's, and so are the search's tau and atoms."""
         rows, atoms = self._rows(curves)
         steps: List[Dict[str, float]] = []
         hi = self._crossing(state, rows, atoms, steps)
         if hi is None:
             return None
-        chosen, tau = atoms[:hi], float(rows[hi - 1][0])
-        fill, reached = self._needs_fill(state, chosen)
-        if fill:
-            filled = self._fill(state, rows, atoms, hi, reached)[0]
+        chosen, tau, end = atoms[:hi], float(rows[hi - 1][0]), hi
+        reached = self._ratio_with(state, chosen)
+        if self.target - reached > 0.5 * self.tolerance:
+            filled, end = self._fill(state, rows, atoms, hi, reached)
             if filled is not None:
                 chosen, tau, reached = filled
                 steps.append({'step': len(steps) + 1, 'tau': tau, 'ratio': float(reached), 'atoms': len(chosen),
                               'filled': True})
-        return chosen, tau, steps
+        return chosen, tau, steps, (rows[end - 1][0] if end <= len(rows) else math.inf)
 
     def _fill(self, state: PruningState, rows: List[Tuple[float, float, int, int]], atoms: List[int], hi: int,
               reached: float) -> Tuple[Optional[Tuple[List[int], float, float]], int]:
@@ -788,5 +773,5 @@ class BalancedPruning:
                 raise TargetUnreachable(self._unreachable(best, state, 'every measured point had a NaN/inf loss'))
             raise TargetUnreachable(self._unreachable(
                 self._ratio_with(state, finite), state, 'with every unit pruned as far as its loss stayed finite'))
-        atoms, tau, res.search = found
+        atoms, tau, res.search, _ = found
         return atoms, tau
