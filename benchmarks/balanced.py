@@ -81,15 +81,20 @@ BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'reca
 
 
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
-                 norm_stats=None, recalibrate_norms=None, allocation=None, label_free=False):
+                 norm_stats=None, recalibrate_norms=None, allocation=None, label_free=False,
+                 lf_temperature=1.0, lf_anchors=None, calibration_root=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook). ``label_free``: the
-    model is a LabelFreeDistiller around the config's (output KL only), its student pruned."""
+    model is a LabelFreeDistiller around the config's (``lf_anchors``: None = output KL only, 'auto' = seed
+    002's anchors too; the class KL at ``lf_temperature``), its student pruned. ``calibration_root``: the
+    calibration batches come from this dataset root (same layout as the config's) instead of the training set."""
     from mmfisher.hooks import BalancedPruningHook
     cfg = tiny_runner_cfg(config, work, 1, seed=seed)
     cfg.load_from = base
+    if calibration_root:  # the pruning run never trains: its train_dataloader is the calibration data
+        cfg.train_dataloader.dataset.data_root = calibration_root
     if label_free:
-        cfg.model = dict(type='mmfisher.LabelFreeDistiller', architecture=cfg.model, anchors=None,
-                         input_shape=shape, seed=seed)
+        cfg.model = dict(type='mmfisher.LabelFreeDistiller', architecture=cfg.model, anchors=lf_anchors,
+                         temperature=lf_temperature, input_shape=shape, seed=seed)
     runner = build_runner(cfg)
     kw = dict(grid=tuple(grid)) if grid else {}
     if max_share is not None:
@@ -126,7 +131,9 @@ def prune(method, task, base, work, args, seed):
                             args.calibration_batches, args.grid, args.max_share, args.norm_stats,
                             args.recalibrate_norms,
                             'variation_per_cost' if method == 'balanced_per_cost' else 'variation',
-                            label_free=method == 'balanced_label_free')
+                            label_free=method == 'balanced_label_free',
+                            lf_temperature=args.lf_temperature, lf_anchors=args.lf_anchors,
+                            calibration_root=args.calibration_root)
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -135,7 +142,8 @@ def prune(method, task, base, work, args, seed):
         r = run_hook_pruning(t['config'], base, work, hook, seed)
         return dict(pruning_iters=r['iters'], pruning_wall_s=r['wall_s'], ratios=r['ratios'], steps=r['steps'],
                     atoms_masked=r['atoms_masked'], channels=r['channels'], weights=r['weights'], done=r['done'])
-    return prune_core(method, t['config'], base, work, args.target, t['shape'], seed, args.taylor_batches)
+    return prune_core(method, t['config'], base, work, args.target, t['shape'], seed, args.taylor_batches,
+                      data_root=args.calibration_root)
 
 
 def summarise(runs, target):
@@ -291,6 +299,13 @@ def main() -> None:
     p.add_argument('--calibration-batches', type=int, default=8)
     p.add_argument('--grid', nargs='+', type=float, default=None, help='default: the hook default (0.1 ... 0.9)')
     p.add_argument('--max-share', type=float, default=None, help="balanced: the hook's max_share (default: its own)")
+    p.add_argument('--calibration-root', default=None, metavar='DIR',
+                   help="balanced (and Torch-Pruning Taylor's batches): take the calibration batches from this "
+                        'dataset root (e.g. a held-out draw: tools/make_data.py --seed 1) instead of the training set')
+    p.add_argument('--lf-temperature', type=float, default=1.0,
+                   help='balanced_label_free: the class KL temperature T (T^2 KL at T; default 1)')
+    p.add_argument('--lf-anchors', choices=['auto', 'all'], default=None,
+                   help="balanced_label_free: the distiller's anchors (default: none, output terms only)")
     p.add_argument('--norm-stats', choices=['running', 'batch'], default=None,
                    help="balanced: the hook's norm_stats (default: its own)")
     p.add_argument('--recalibrate-norms', type=lambda v: {'true': True, 'false': False}[v.lower()], default=None,

@@ -54,10 +54,13 @@ TASKS = {'cls': dict(config=CLS_CFG, shape=(3, 64, 64), base_iters=240),
          'det': dict(config=DET_CFG, shape=(3, 128, 128), base_iters=600)}
 
 
-def load_base_model(config, base, seed):
-    """(runner, model) with the baseline weights loaded, in train mode (as the hook sees it)."""
+def load_base_model(config, base, seed, data_root=None):
+    """(runner, model) with the baseline weights loaded, in train mode (as the hook sees it); ``data_root``: the
+    runner's train_dataloader reads this dataset root instead (calibration data for the one-shot criteria)."""
     import torch
     cfg = tiny_runner_cfg(config, osp.join(osp.dirname(base), 'tmp_runner'), 1, seed=seed)
+    if data_root:
+        cfg.train_dataloader.dataset.data_root = data_root
     runner = build_runner(cfg)
     state = torch.load(base, map_location='cpu', weights_only=True)['state_dict']
     runner.model.load_state_dict(state)
@@ -177,13 +180,14 @@ def tp_alive(model, graph, costs, data_batches, kind, target, shape, budget='flo
     return best[0], best[1]
 
 
-def prune_core(method, config, base, work, target, shape, seed, taylor_batches, budget='flops'):
-    """l1 / random / TP: choose atoms on the baseline model, write channels.json + pruned.pth."""
+def prune_core(method, config, base, work, target, shape, seed, taylor_batches, budget='flops', data_root=None):
+    """l1 / random / TP: choose atoms on the baseline model, write channels.json + pruned.pth (``data_root``:
+    Taylor's batches from this dataset root instead of the training set)."""
     import numpy as np
     from mmfisher.core import CostModel, analyze
     from mmfisher.core.export import export_pruned
     from mmfisher.models.tracing import make_trace_forward
-    runner, model = load_base_model(config, base, seed)
+    runner, model = load_base_model(config, base, seed, data_root)
     graph = analyze(model, make_trace_forward(model, shape))
     costs = CostModel(graph)
     t0 = time.perf_counter()

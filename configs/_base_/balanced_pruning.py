@@ -7,7 +7,8 @@
 #   tools/train.py my_config.py            # or tools/dist_train.sh my_config.py 8 (the batches are split over ranks)
 #
 # No training happens: before the first iteration the hook takes `calibration_batches` batches of the training
-# dataloader (in total over all ranks), ranks every unit's channels (Group Fisher from those batches by default),
+# dataloader (or of `calibration_dataloader`: a held-out split for a model that fits its training images almost
+# exactly; in total over all ranks), ranks every unit's channels (Group Fisher from those batches by default),
 # measures for each unit alone the loss variation of masking its lowest share r (r on `grid`, real forwards in eval
 # mode; the batch norms that train normalise with each batch's own statistics: norm_stats='batch'), searches the
 # threshold tau whose per-unit rates meet `target` (bisection over the cached curves), prunes every unit at its rate
@@ -34,7 +35,8 @@ custom_hooks = [
         target=0.5,                  # remaining FLOPs (or acts / params) ratio of the written structure
         target_metric='flops',       # 'flops' | 'acts' | 'params'
         mode='measured',             # 'measured' (real loss variations) | 'estimated' (0.5 * sum F / N)
-        calibration_batches=8,       # training batches in total over all ranks
+        calibration_batches=8,       # calibration batches in total over all ranks
+        calibration_dataloader=None,  # None: the training dataloader; or a dataloader dict (a held-out split)
         grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),  # shares of a unit's channels measured
         norm_stats='batch',          # BN statistics in the calibration forwards: 'batch' (each batch's) | 'running'
         recalibrate_norms=True,      # re-estimate BN statistics of the pruned structure before writing it

@@ -1,8 +1,8 @@
 """Balanced one-shot pruning (seed 003) through the mm tools: the mm glue over :mod:`mmfisher.core.balanced`.
 
 ``tools/train.py CONFIG`` (or ``tools/dist_train.sh CONFIG N``) with this hook and ``load_from`` = the trained
-model: in ``before_train`` the hook takes ``calibration_batches`` batches of the training dataloader (split over
-the ranks), ranks every unit's atoms, measures the per-unit loss-variation curves, searches the threshold that
+model: in ``before_train`` the hook takes ``calibration_batches`` batches of the training dataloader (or of
+``calibration_dataloader``, e.g. a held-out split; split over the ranks), ranks every unit's atoms, measures the per-unit loss-variation curves, searches the threshold that
 meets the target, prunes every unit at once, writes ``channels.json`` + ``pruned.pth`` (the same verified pair
 FisherPruningHook writes: fine-tune it with ``type='mmfisher.Pruned'``), ``balanced_curves.json``,
 ``balanced_curves.png`` and ``kept_channels.png``, and stops: the run ends without a training iteration.
@@ -30,6 +30,7 @@ from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS
 from .args import build_part, is_int, patterns, ratio_text, short_list
 
 CURVES_FILE = 'balanced_curves.json'
+OVERFIT_LOSS = 1e-3  # an unpruned training loss below this: the hook suggests held-out calibration data
 CURVES_PLOT = 'balanced_curves.png'
 KEPT_PLOT = 'kept_channels.png'
 
@@ -79,9 +80,16 @@ class BalancedPruningHook(Hook):
             rounding). Defaults to ``'flops'``.
         mode (str): ``'measured'`` (real forwards: units x grid points x batches) or ``'estimated'``
             (second order from the Fisher sums: one forward + backward per batch). Defaults to ``'measured'``.
-        calibration_batches (int): batches of the training dataloader, in total over all ranks (each rank takes
+        calibration_batches (int): batches of the calibration data, in total over all ranks (each rank takes
             its share); losses and gradients are summed over ranks, so every rank picks the same structure.
             Defaults to 8.
+        calibration_dataloader (dict, optional): the dataloader the calibration batches come from, as a config
+            (``dict(dataset=..., sampler=dict(type='DefaultSampler', shuffle=True), batch_size=...)``, built with
+            :meth:`mmengine.runner.Runner.build_dataloader`, so a ``DefaultSampler`` shards it over the ranks) or
+            a built ``DataLoader``. Defaults to None: the runner's ``train_dataloader``. Use it for a held-out
+            split when the model fits its training images almost exactly: its training loss then barely moves
+            whatever is masked, and the curves measure that fit rather than what the channels do on unseen images
+            (the hook warns when the unpruned training loss is below ``1e-3``; benchmarks/README.md, cls_hard).
         grid (Sequence[float]): shares of a unit's atoms at which the curve is measured (the unit's limit is
             always added). Defaults to 0.1, ..., 0.9.
         max_share (float): the largest share of a unit's channels that may be pruned. Defaults to 1.0.
@@ -120,6 +128,7 @@ class BalancedPruningHook(Hook):
                  target_metric: str = 'flops',
                  mode: str = 'measured',
                  calibration_batches: int = 8,
+                 calibration_dataloader: Optional[Union[dict, Any]] = None,
                  grid: Sequence[float] = DEFAULT_GRID,
                  full_curves: bool = False,
                  max_share: float = 1.0,
@@ -141,6 +150,15 @@ class BalancedPruningHook(Hook):
             raise ValueError(f'calibration_batches={calibration_batches!r} must be an int >= 1: the batches of the '
                              'training dataloader the curves are measured on (in total over all ranks), e.g. '
                              'calibration_batches=8')
+        if calibration_dataloader is not None and not isinstance(calibration_dataloader, dict) \
+                and not hasattr(calibration_dataloader, '__iter__'):
+            raise TypeError(f'calibration_dataloader={type(calibration_dataloader).__name__} must be a dataloader '
+                            'config dict (with a dataset), a DataLoader, or None (the training dataloader)')
+        if isinstance(calibration_dataloader, dict) and 'dataset' not in calibration_dataloader:
+            raise ValueError('calibration_dataloader has no "dataset": give a full dataloader config, e.g. '
+                             "dict(dataset=dict(type='CocoDataset', data_root=..., ann_file=..., "
+                             "pipeline=train_pipeline), sampler=dict(type='DefaultSampler', shuffle=True), "
+                             'batch_size=2, num_workers=2)')
         if not is_int(divisor) or divisor < 1:
             raise ValueError(f'divisor={divisor!r} must be an int >= 1 (e.g. 8 to keep channel counts multiples '
                              'of 8)')
@@ -161,6 +179,7 @@ class BalancedPruningHook(Hook):
                                       recalibrate_norms=recalibrate_norms, allocation=allocation)
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
+        self.calibration_dataloader = calibration_dataloader
         self.input_shape = check_input_shape(input_shape)
         self.skip = patterns(skip)
         self.skip_unmatched = skip_unmatched
@@ -237,6 +256,12 @@ class BalancedPruningHook(Hook):
         self.wall['prune'] = time.perf_counter() - t_start
         for w in res.warnings:
             runner.logger.warning(f'BalancedPruningHook: {w}')
+        if self.calibration_dataloader is None and measure_fn is None and 0 <= res.base_loss < OVERFIT_LOSS:
+            runner.logger.warning(
+                f'BalancedPruningHook: the unpruned model\'s loss on its training batches is {res.base_loss:.3g} '
+                f'(< {OVERFIT_LOSS:g}): it fits them almost exactly, so the measured variations reflect that fit '
+                'more than what the channels do on unseen images. Fix, if the result fine-tunes poorly: calibrate '
+                'on held-out images (calibration_dataloader=dict(dataset=..., ...))')
         self._write(runner, model, res)
         self.wall['total'] = time.perf_counter() - t_start
         runner.logger.info(self.summary())
@@ -250,7 +275,7 @@ class BalancedPruningHook(Hook):
         out: List[Dict[str, Any]] = []
         if mine == 0:
             return out
-        loader = runner.train_dataloader
+        loader = self._calibration_loader(runner)
         preprocess = getattr(full, 'data_preprocessor', None)
         with torch.no_grad():
             for batch in loader:
@@ -261,6 +286,17 @@ class BalancedPruningHook(Hook):
                 if len(out) >= mine:
                     break
         return out
+
+    def _calibration_loader(self, runner):
+        """``calibration_dataloader`` built (a config dict) or as given, else the runner's training dataloader."""
+        cfg = self.calibration_dataloader
+        if cfg is None:
+            return runner.train_dataloader
+        if isinstance(cfg, dict):
+            import copy
+            from mmengine.runner import Runner
+            return Runner.build_dataloader(copy.deepcopy(cfg), seed=getattr(runner, 'seed', None))
+        return cfg
 
     def _same_on_every_rank(self, state: PruningState, world: int) -> None:
         """Every rank computed the structure from the same sums; refuse to go on if one differs from rank 0's."""
@@ -292,6 +328,8 @@ class BalancedPruningHook(Hook):
                 'num_atoms': state.num_atoms, 'input_shape': list(self.input_shape), 'target': self.target,
                 'target_metric': self.target_metric, 'divisor': self.divisor, 'mode': self.mode,
                 'tau': res.tau, 'importance': res.importance, 'calibration_batches': res.batches,
+                'calibration_data': ('train_dataloader' if self.calibration_dataloader is None
+                                     else 'calibration_dataloader'),
                 'base_loss': res.base_loss, 'combined_loss': res.combined_loss, 'reached': True}
         dataset = getattr(getattr(runner, 'train_dataloader', None), 'dataset', None)
         if isinstance(getattr(dataset, 'metainfo', None), dict):
@@ -300,6 +338,8 @@ class BalancedPruningHook(Hook):
         report = res.to_json()
         report.update(wall_s=dict(report['wall_s'], **self.wall), world_size=get_world_size(),
                       input_shape=list(self.input_shape), divisor=self.divisor,
+                      calibration_data=('train_dataloader' if self.calibration_dataloader is None
+                                        else 'calibration_dataloader'),
                       full={k: float(v) for k, v in state.full.items()})
         files = [(self.outputs['curves'], json.dumps(plain(report), indent=1).encode())]
         if self.plot:

@@ -37,13 +37,17 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def toy_runner(work_dir, load_from=None, **hook):
+def toy_loader(dataset):
+    return dict(dataset=dataset, sampler=dict(type='DefaultSampler', shuffle=True), batch_size=4, num_workers=0,
+                collate_fn=dict(type='default_collate'))
+
+
+def toy_runner(work_dir, load_from=None, train_data=None, **hook):
     import mmfisher  # noqa: F401  registers the hook
     torch.manual_seed(0)
     return Runner(
         model=ToyNet(width=WIDTH), work_dir=work_dir,
-        train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=True), batch_size=4,
-                              num_workers=0, collate_fn=dict(type='default_collate')),
+        train_dataloader=toy_loader(ToyData() if train_data is None else train_data),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)), train_cfg=dict(by_epoch=False, max_iters=20),
         custom_hooks=[dict(type='mmfisher.BalancedPruningHook', input_shape=(3, 12, 12),
                            **dict(dict(target=0.5, calibration_batches=3), **hook))],
@@ -115,7 +119,51 @@ def test_estimated_mode_with_l1_ranking_from_a_config_dict(tmp_path, checkpoint)
     assert osp.isfile(osp.join(work, 'channels.json'))
 
 
+def test_calibration_dataloader_replaces_the_training_batches(tmp_path, checkpoint):
+    """A held-out calibration split: the curves, the base loss and the structure are those of a run whose training
+    dataloader is that split, and not those of the training data."""
+    held_out = ToyData(seed=5)
+    runs = {}
+    for name, kw in (('train', {}), ('held_out_as_train', dict(train_data=held_out)),
+                     ('calibration_dataloader', dict(calibration_dataloader=toy_loader(held_out)))):
+        runner = toy_runner(str(tmp_path / name), load_from=checkpoint, **kw)
+        runner.train()
+        assert runner.iter == 0
+        hook = get_hook(runner)
+        runs[name] = (hook.result, hook.state.masks.alive.clone())
+        with open(osp.join(tmp_path, name, 'balanced_curves.json')) as f:
+            assert json.load(f)['calibration_data'] == ('calibration_dataloader' if name == 'calibration_dataloader'
+                                                        else 'train_dataloader')
+    given, same = runs['calibration_dataloader'], runs['held_out_as_train']
+    assert given[0].base_loss == pytest.approx(same[0].base_loss, rel=1e-6)
+    assert given[0].tau == pytest.approx(same[0].tau, rel=1e-6) and torch.equal(given[1], same[1])
+    assert [v for c in given[0].curves for v in c.variation.tolist()] == pytest.approx(
+        [v for c in same[0].curves for v in c.variation.tolist()], rel=1e-5, abs=1e-9)
+    assert abs(given[0].base_loss - runs["train"][0].base_loss) > 1e-4 * abs(given[0].base_loss)
+
+
+def test_a_near_zero_training_loss_warns_and_names_calibration_dataloader(tmp_path, checkpoint, monkeypatch):
+    from mmfisher.hooks import balanced_pruning_hook as bph
+    monkeypatch.setattr(bph, 'OVERFIT_LOSS', 1e9)  # every loss counts as "fits its training batches"
+    seen = []
+    for name, kw in (('train', {}), ('given', dict(calibration_dataloader=toy_loader(ToyData(seed=5))))):
+        runner = toy_runner(str(tmp_path / name), load_from=checkpoint, **kw)
+        logged = []
+        monkeypatch.setattr(runner.logger, 'warning', lambda msg, *a, **k: logged.append(msg))
+        runner.train()
+        seen.append([m for m in logged if 'calibration_dataloader' in m])
+    assert len(seen[0]) == 1 and 'held-out' in seen[0][0]
+    assert seen[1] == []  # calibrated on the data given: no advice
+
+
 # ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize('value, error', [(5, TypeError), (dict(batch_size=4), ValueError)])
+def test_bad_calibration_dataloader_names_the_field(value, error):
+    from mmfisher.hooks import BalancedPruningHook
+    with pytest.raises(error, match='calibration_dataloader'):
+        BalancedPruningHook(calibration_dataloader=value)
+
+
 def test_no_load_from_is_refused_unless_allowed(tmp_path):
     work = str(tmp_path / 'w')
     with pytest.raises(ValueError, match='load_from is not set.*Fix: set load_from to the trained.*'
