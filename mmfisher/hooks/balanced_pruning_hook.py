@@ -150,8 +150,8 @@ class BalancedPruningHook(Hook):
             raise ValueError(f'calibration_batches={calibration_batches!r} must be an int >= 1: the batches of the '
                              'training dataloader the curves are measured on (in total over all ranks), e.g. '
                              'calibration_batches=8')
-        if calibration_dataloader is not None and not isinstance(calibration_dataloader, dict) \
-                and not hasattr(calibration_dataloader, '__iter__'):
+        if calibration_dataloader is not None and not isinstance(calibration_dataloader, dict) and (
+                isinstance(calibration_dataloader, (str, bytes)) or not hasattr(calibration_dataloader, '__iter__')):
             raise TypeError(f'calibration_dataloader={type(calibration_dataloader).__name__} must be a dataloader '
                             'config dict (with a dataset), a DataLoader, or None (the training dataloader)')
         if isinstance(calibration_dataloader, dict) and 'dataset' not in calibration_dataloader:

@@ -157,7 +157,7 @@ def test_a_near_zero_training_loss_warns_and_names_calibration_dataloader(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize('value, error', [(5, TypeError), (dict(batch_size=4), ValueError)])
+@pytest.mark.parametrize('value, error', [(5, TypeError), ('data/val', TypeError), (dict(batch_size=4), ValueError)])
 def test_bad_calibration_dataloader_names_the_field(value, error):
     from mmfisher.hooks import BalancedPruningHook
     with pytest.raises(error, match='calibration_dataloader'):
