@@ -77,16 +77,17 @@ METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'balanced_labe
 # 'unpruned': the baseline itself through the same fine-tune, a reference (not pruned, not in the goals): a
 # fine-tune that lowers it disturbs a trained model more than it recovers a pruned one
 # settings that only the balanced methods read
-BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms')
+BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms', 'importance')
 
 
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
                  norm_stats=None, recalibrate_norms=None, allocation=None, label_free=False,
-                 lf_temperature=1.0, lf_anchors=None, calibration_root=None):
+                 lf_temperature=1.0, lf_anchors=None, calibration_root=None, importance=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook). ``label_free``: the
     model is a LabelFreeDistiller around the config's (``lf_anchors``: None = output KL only, 'auto' = seed
     002's anchors too; the class KL at ``lf_temperature``), its student pruned. ``calibration_root``: the
-    calibration batches come from this dataset root (same layout as the config's) instead of the training set."""
+    calibration batches come from this dataset root (same layout as the config's) instead of the training set.
+    ``importance``: the hook's ranking criterion type (``'L1Norm'``, ``'BNScale'``; None = its Group Fisher)."""
     from mmfisher.hooks import BalancedPruningHook
     cfg = tiny_runner_cfg(config, work, 1, seed=seed)
     cfg.load_from = base
@@ -105,6 +106,8 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
         kw['recalibrate_norms'] = recalibrate_norms
     if allocation is not None:
         kw['allocation'] = allocation
+    if importance is not None:
+        kw['importance'] = dict(type=importance)
     hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
     runner.register_hook(hook, priority='NORMAL')
     t0 = time.perf_counter()
@@ -133,7 +136,7 @@ def prune(method, task, base, work, args, seed):
                             'variation_per_cost' if method == 'balanced_per_cost' else 'variation',
                             label_free=method == 'balanced_label_free',
                             lf_temperature=args.lf_temperature, lf_anchors=args.lf_anchors,
-                            calibration_root=args.calibration_root)
+                            calibration_root=args.calibration_root, importance=args.importance)
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -306,6 +309,8 @@ def main() -> None:
                    help='balanced_label_free: the class KL temperature T (T^2 KL at T; default 1)')
     p.add_argument('--lf-anchors', choices=['auto', 'all'], default=None,
                    help="balanced_label_free: the distiller's anchors (default: none, output terms only)")
+    p.add_argument('--importance', choices=['L1Norm', 'BNScale'], default=None,
+                   help="balanced: the hook's ranking criterion (default: its Group Fisher on the calibration batches)")
     p.add_argument('--norm-stats', choices=['running', 'batch'], default=None,
                    help="balanced: the hook's norm_stats (default: its own)")
     p.add_argument('--recalibrate-norms', type=lambda v: {'true': True, 'false': False}[v.lower()], default=None,

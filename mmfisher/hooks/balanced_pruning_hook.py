@@ -193,6 +193,12 @@ class BalancedPruningHook(Hook):
         self.outputs: Dict[str, str] = {}
         self.wall: Dict[str, float] = {}
 
+    @property
+    def calibration_data(self) -> str:
+        """Which loader the calibration batches come from: ``'calibration_dataloader'`` or
+        ``'train_dataloader'`` (written in ``balanced_curves.json`` and ``channels.json``)."""
+        return 'train_dataloader' if self.calibration_dataloader is None else 'calibration_dataloader'
+
     # ------------------------------------------------------------------ checks before anything is computed
     def before_run(self, runner) -> None:
         if getattr(runner, '_load_from', None) is None and not getattr(runner, '_resume', False) \
@@ -328,8 +334,7 @@ class BalancedPruningHook(Hook):
                 'num_atoms': state.num_atoms, 'input_shape': list(self.input_shape), 'target': self.target,
                 'target_metric': self.target_metric, 'divisor': self.divisor, 'mode': self.mode,
                 'tau': res.tau, 'importance': res.importance, 'calibration_batches': res.batches,
-                'calibration_data': ('train_dataloader' if self.calibration_dataloader is None
-                                     else 'calibration_dataloader'),
+                'calibration_data': self.calibration_data,
                 'base_loss': res.base_loss, 'combined_loss': res.combined_loss, 'reached': True}
         dataset = getattr(getattr(runner, 'train_dataloader', None), 'dataset', None)
         if isinstance(getattr(dataset, 'metainfo', None), dict):
@@ -338,8 +343,7 @@ class BalancedPruningHook(Hook):
         report = res.to_json()
         report.update(wall_s=dict(report['wall_s'], **self.wall), world_size=get_world_size(),
                       input_shape=list(self.input_shape), divisor=self.divisor,
-                      calibration_data=('train_dataloader' if self.calibration_dataloader is None
-                                        else 'calibration_dataloader'),
+                      calibration_data=self.calibration_data,
                       full={k: float(v) for k, v in state.full.items()})
         files = [(self.outputs['curves'], json.dumps(plain(report), indent=1).encode())]
         if self.plot:
