@@ -45,7 +45,8 @@ tau search within 1% of the FLOPs target.
 ``--r50`` also times the calibration of RetinaNet R50-FPN (mmdet's config, no pretrained weights) at 800x1333
 with 8 calibration images on this CPU: the trace, the Fisher pass (one forward + backward per image), the
 estimated mode end to end, and a few measured curve points, from which the measured mode's cost is extrapolated
-(units x grid points x batches forwards).
+(units x grid points x batches forwards). ``--r50-device cuda`` times it on a GPU, ``--r50-measured`` there also
+runs the measured mode end to end (``benchmarks/gpu/run.sh`` is the prepared GPU check).
 
     nice .venv/bin/python benchmarks/balanced.py                       # cls + det, every method x 3 seeds, R50 timing
     nice .venv/bin/python benchmarks/balanced.py --tasks cls --no-r50
@@ -214,8 +215,11 @@ def markdown(tasks) -> str:
     return '\n'.join(lines)
 
 
-def time_r50(images, batch, grid_points_timed, threads):
-    """Calibration cost of RetinaNet R50-FPN at 800x1333 on this CPU (random weights: timing only)."""
+def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=False, hw=(800, 1333)):
+    """Calibration cost of RetinaNet R50-FPN at ``hw`` (random weights: timing only), on ``device``.
+
+    ``measured``: also run the measured mode end to end on a fresh model (every unit's curve measured on the
+    calibration batches): on a GPU, where it is affordable, instead of only extrapolating it from a few points."""
     import numpy as np
     import torch
     from mmengine.structures import InstanceData
@@ -224,25 +228,40 @@ def time_r50(images, batch, grid_points_timed, threads):
     from mmfisher.models.tracing import det_data_samples, make_trace_forward
     from mmfisher.zoo import build_model, load_config
     torch.set_num_threads(threads)
+    device = torch.device(device)
+    cuda = device.type == 'cuda'
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
     cfg = load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
     cfg.model.backbone.frozen_stages = -1
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    shape = (3, 800, 1333)
-    t0 = time.perf_counter()
-    graph = analyze_fast(model, lambda m: make_trace_forward(m, shape))
-    trace_s = time.perf_counter() - t0
-    state = PruningState(model, graph, input_shape=shape)
+    shape = (3, *hw)
+
+    def fresh():
+        """(model, graph, state, trace s): the same seeded weights every call; traced on the CPU, then moved."""
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        t0 = time.perf_counter()
+        graph = analyze_fast(model, lambda m: make_trace_forward(m, shape))
+        trace_s = time.perf_counter() - t0
+        model.to(device)
+        return model, graph, PruningState(model, graph, input_shape=shape), trace_s
+
+    model, graph, state, trace_s = fresh()
     gen = torch.Generator().manual_seed(0)
     batches = []
     for b in range(images // batch):
         x = torch.randn((batch, *shape), generator=gen)
         samples = det_data_samples(shape[1:], batch)
         for s in samples:
-            xy = torch.rand((4, 2), generator=gen) * torch.tensor([1000.0, 600.0])
-            s.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + 150], 1),
+            xy = torch.rand((4, 2), generator=gen) * torch.tensor([1000.0 * hw[1] / 1333, 600.0 * hw[0] / 800])
+            s.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + 150.0 * hw[0] / 800], 1),
                                           labels=torch.randint(0, 80, (4,), generator=gen))
-        batches.append(dict(inputs=x, data_samples=samples))
+        batches.append(dict(inputs=x.to(device), data_samples=[s.to(device) for s in samples]))
 
     def loss_fn(data):
         return model.parse_losses(model(**data, mode='loss'))[0]
@@ -256,6 +275,9 @@ def time_r50(images, batch, grid_points_timed, threads):
     per_point = []
     with torch.no_grad():
         model.eval()
+        for data in batches[:1]:  # warm-up (CUDA context, cuDNN's algorithm choice): not timed
+            loss_fn(data)
+        sync()
         for c, k in list(zip(limits, ks))[:grid_points_timed]:
             alive = np.ones(graph.num_atoms, dtype=bool)
             alive[c.ranked[:int(k[len(k) // 2])]] = False
@@ -263,22 +285,39 @@ def time_r50(images, batch, grid_points_timed, threads):
             with state.masks.trial(alive):
                 for data in batches:
                     loss_fn(data)
+                sync()
             per_point.append(time.perf_counter() - t0)
     point_s = statistics.fmean(per_point)
     t0 = time.perf_counter()
     res = method.run(state, model, batches, loss_fn, log=lambda m: print('   ', m, flush=True))
+    sync()
     est_s = time.perf_counter() - t0
-    return dict(
+    out = dict(
         model='mmdet::retinanet/retinanet_r50_fpn_1x_coco.py (random weights, frozen_stages=-1)',
+        device=str(device), gpu=torch.cuda.get_device_name(device) if cuda else None, torch=torch.__version__,
         input_shape=list(shape), images=images, batch=batch, threads=threads, trace_s=trace_s,
         units=units, atoms=int(graph.num_atoms), grid=list(DEFAULT_GRID), grid_points_per_unit_mean=points / units,
         curve_points=points, estimated_mode_s=est_s, estimated_wall=res.wall, estimated_forwards=res.forwards,
-        measured_point_s=point_s, measured_points_timed=len(per_point),
+        estimated_ratios=dict(res.ratios), measured_point_s=point_s, measured_points_timed=len(per_point),
         measured_mode_s_extrapolated=res.wall['ranking'] + points * point_s + res.wall['combined'],
         scaling=('measured: trace + Fisher pass (batches x (forward + backward)) + units x grid points x batches '
                  f'forwards ({units} x {points / units:.1f} x {len(batches)} = {points * len(batches)} forwards of '
-                 f'{batch} image(s), {point_s / len(batches):.1f} s each here) + one combined pass; estimated: '
+                 f'{batch} image(s), {point_s / len(batches):.3g} s each here) + one combined pass; estimated: '
                  'trace + Fisher pass + one combined pass, whatever the grid'))
+    if measured:
+        del model, state, res
+        if cuda:
+            torch.cuda.empty_cache()
+        model, graph, state, _ = fresh()
+        method = BalancedPruning(target=0.5, mode='measured')
+        t0 = time.perf_counter()
+        res = method.run(state, model, batches, loss_fn, log=lambda m: print('   ', m, flush=True))
+        sync()
+        wall, j = time.perf_counter() - t0, res.to_json()
+        out.update(measured_mode_s=wall, measured_wall=j['wall_s'], measured_forwards=j['forwards'],
+                   measured_ratios=j['ratios'], measured_tau=j['tau'], measured_points=j['points_measured'],
+                   measured_grid_points=j['grid_points'], measured_search_steps=j['search_steps'])
+    return out
 
 
 def main() -> None:
@@ -324,6 +363,11 @@ def main() -> None:
     p.add_argument('--r50-from', default=None, metavar='JSON',
                    help="carry the R50 timing over from an earlier result file instead of timing it again")
     p.add_argument('--r50-points', type=int, default=2, help='measured curve points timed on R50')
+    p.add_argument('--r50-device', default='cpu', help="where the R50 calibration is timed: 'cpu' or 'cuda'")
+    p.add_argument('--r50-shape', type=int, nargs=2, default=[800, 1333], metavar=('H', 'W'),
+                   help='the R50 input size (default 800 1333; smaller only to smoke-test)')
+    p.add_argument('--r50-measured', action='store_true',
+                   help='also run the measured mode end to end on R50 (affordable on a GPU), not only extrapolate it')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--quick', action='store_true', help='tiny budgets, 1 seed (smoke test)')
     p.add_argument('--baseline-from', default=None, metavar='DIR',
@@ -367,6 +411,7 @@ def main() -> None:
     res = Result('balanced', args.out, args.quick)
     # (the baseline, --base-x's or not, is recorded and compared per task)
     same = {k: v for k, v in vars(args).items() if k not in ('tasks', 'out', 'merge_from', 'r50', 'r50_from',
+                                                                  'r50_device', 'r50_measured', 'r50_shape',
                                                                   'work_suffix', 'base_x')}
     res['setup'] = dict(same, methods=methods,
                         flops='mmfisher CostModel (conv/linear multiply-adds) at the data input size',
@@ -477,8 +522,10 @@ def main() -> None:
             file=osp.relpath(osp.abspath(args.r50_from), ROOT), command=old.get('command'),
             finished=old.get('finished')))
     elif args.r50:
-        print('RetinaNet R50-FPN calibration timing at 800x1333', flush=True)
-        res['retinanet_r50_calibration'] = time_r50(args.r50_images, 1, args.r50_points, max(args.threads, 1))
+        print('RetinaNet R50-FPN calibration timing at {}x{} on {}'.format(*args.r50_shape, args.r50_device),
+              flush=True)
+        res['retinanet_r50_calibration'] = time_r50(args.r50_images, 1, args.r50_points, max(args.threads, 1),
+                                                    args.r50_device, args.r50_measured, tuple(args.r50_shape))
         print(res['retinanet_r50_calibration'], flush=True)
     print(markdown(res.data.get('tasks', {})), flush=True)
     print('wrote', res.save())

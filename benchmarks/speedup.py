@@ -24,9 +24,10 @@ no pretrained weights):
     nice .venv/bin/python benchmarks/speedup.py                       # all models (~40 min on 2 CPU cores)
     nice .venv/bin/python benchmarks/speedup.py --models resnet50     # one model, merged into the JSON
     nice .venv/bin/python benchmarks/speedup.py --quick --out /tmp/speedup.json
-    # on a GPU machine (-> speedup_gpu.json), the structures saved by a CPU run re-timed in fp32 and fp16:
-    python benchmarks/speedup.py --device cuda --structures-dir work_dirs/bench/structures --models ...
-    python benchmarks/speedup.py --device cuda --dtype fp16 --structures-dir work_dirs/bench/structures ...
+    # on a GPU machine (-> speedup_gpu.json), the structures saved by a CPU run re-timed in fp32 and fp16 at
+    # batch 1 and 8 (each structure built once; benchmarks/gpu/run.sh is the whole prepared GPU check):
+    python benchmarks/speedup.py --device cuda --dtype fp32 fp16 --det-batch 1 8 --no-mm-flops \
+        --structures-dir work_dirs/bench/structures --models retinanet_r50_fpn fcos_r50
 """
 import argparse
 import copy
@@ -106,6 +107,25 @@ def random_like(graph, costs, flops_ratio, seed=0):
         else:
             hi = mid
     return best
+
+
+def environment():
+    """The versions the timings depend on (torch, CUDA, cuDNN, mmcv and whether its compiled ops are real)."""
+    import platform
+    import torch
+    try:
+        import mmcv
+        from mmcv import _ext  # noqa: F401
+        ops = 'stub (no compiled kernels; the timed forwards call none)' if getattr(
+            _ext, 'MMFISHER_STUB', False) else 'compiled'
+        mmcv_version = mmcv.__version__
+    except ImportError as exc:
+        ops, mmcv_version = f'missing: {exc}', None
+    return dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+                cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+                cudnn_allow_tf32=bool(torch.backends.cudnn.allow_tf32),
+                matmul_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32), mmcv=mmcv_version, mmcv_ops=ops)
 
 
 def run_torch(wrapped, x, inner=1):
@@ -198,7 +218,6 @@ def measure_model(name, info, args, res):
     from mmfisher.zoo import build_model, load_config
     work = tempfile.mkdtemp(prefix='speedup_')
     out = dict(spec=info['spec'], kind=info['kind'])
-    shape = tuple([args.det_batch, *args.det_shape] if info['kind'] == 'det' else [args.cls_batch, *args.cls_shape])
     saved = osp.join(args.structures_dir, f'{name}.json') if args.structures_dir else None
     cfg = load_config(info['spec'])
     if saved and osp.isfile(saved):  # the structures of an earlier invocation: re-time them, no pruning runs
@@ -230,36 +249,68 @@ def measure_model(name, info, args, res):
         structures = {n: a for n, a in structures.items() if n == 'unpruned' or n in args.structures}
         if skipped:
             out['structures_not_timed'] = dict(names=skipped, why='left out by --structures to fit the CPU budget')
-    out['timed_input'] = list(shape)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    rows, models, sessions = {}, {}, {}
-    tmpdir = tempfile.mkdtemp(prefix='speedup_onnx_')
-    for sname, alive in structures.items():  # build, count and export every structure first
+    bases, counted = {}, {}
+    for sname, alive in structures.items():  # every structure built once (fp32, CPU); timed per batch and dtype
         model = build_model(cfg)
         if sname != 'unpruned':
             slim_model(model, graph, alive)
-        model.eval()
-        wrapped = Wrapped(model, info['kind'], shape)
+        bases[sname] = model.eval()
         tot = costs.totals(alive)
-        row = dict(flops_ratio_ours=tot['flops'] / full['flops'], acts_ratio_ours=tot['acts'] / full['acts'],
-                   params=int(sum(p.numel() for p in model.parameters())), torch_s=[], torch_cpu_s=[])
+        counted[sname] = dict(flops_ratio_ours=tot['flops'] / full['flops'], acts_ratio_ours=tot['acts'] / full['acts'],
+                              params=int(sum(p.numel() for p in model.parameters())))
+    batches = args.det_batch if info['kind'] == 'det' else args.cls_batch
+    for batch in batches:
+        for dtype_name in args.dtype:
+            for fmt in args.memory_format:
+                shape = tuple([batch, *(args.det_shape if info['kind'] == 'det' else args.cls_shape)])
+                plain = 1 if info['kind'] == 'det' else (4 if args.quick else 64)  # the default batch: no suffix
+                key = name if batch == plain else f'{name}_b{batch}'
+                key += '' if dtype_name == 'fp32' else f'_{dtype_name}'
+                key += '' if fmt == 'contiguous' else '_cl'
+                res.data.setdefault('models', {})[key] = time_structures(
+                    dict(copy.deepcopy(out), timed_input=list(shape)), bases, counted, info['kind'], shape,
+                    dtype_name, args, name, fmt)
+                res.save(final=False)
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+
+def time_structures(out, bases, counted, kind, shape, dtype_name, args, name, fmt='contiguous'):
+    """Time every structure of ``bases`` (name -> slimmed fp32 CPU model) at ``shape`` in ``dtype_name`` and
+    memory format ``fmt`` on ``args.device`` (and in onnxruntime on the CPU, fp32 contiguous only); returns ``out``
+    with the ``structures`` rows."""
+    import torch
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    rows, models, sessions = {}, {}, {}
+    tmpdir = tempfile.mkdtemp(prefix='speedup_onnx_')
+    dtype = DTYPES[dtype_name]
+    device = torch.device(args.device)
+    cl = fmt == 'channels_last'
+    for sname, model in bases.items():  # count and export every structure first
+        wrapped = Wrapped(model, kind, shape)
+        row = dict(counted[sname], torch_s=[], torch_cpu_s=[])
         row['mmengine_flops'] = mm_flops(wrapped, x) if args.mm_flops else 'not counted (--no-mm-flops)'
-        models[sname] = wrapped
-        if args.onnx:
+        if args.onnx and dtype == torch.float32 and device.type == 'cpu' and not cl:
             try:
                 sessions[sname], row['onnx_export_s'] = onnx_session(wrapped, x, args.threads,
                                                                      osp.join(tmpdir, f'{sname}.onnx'))
                 row['onnxruntime_s'], row['onnxruntime_cpu_s'] = [], []
             except Exception as exc:  # noqa: BLE001
                 row['onnxruntime_error'] = f'{type(exc).__name__}: {exc}'[:500]
+        if device.type != 'cpu' or dtype != torch.float32 or cl:  # timed as asked (counted fp32, CPU)
+            wrapped = copy.deepcopy(wrapped).to(device, dtype)
+            if cl:
+                wrapped = wrapped.to(memory_format=torch.channels_last)
+        models[sname] = wrapped
         rows[sname] = row
-    dtype = DTYPES[args.dtype]
-    device = torch.device(args.device)
-    if device.type != 'cpu' or dtype != torch.float32:  # time on the device in the dtype (counted/exported fp32 CPU)
-        models = {n: w.to(device, dtype) for n, w in models.items()}
-        x = x.to(device, dtype)
-    out['timed_on'] = dict(device=args.device, dtype=args.dtype, forwards_per_timing=args.inner,
+    x = x.to(device, dtype)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out['timed_on'] = dict(device=args.device, dtype=dtype_name, forwards_per_timing=args.inner,
                            gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None)
+    if cl:
+        out['timed_on']['memory_format'] = fmt
     # round-robin over structures (one warm-up each, then --repeats rounds), so changing machine load hits all
     # structures alike; wall time and process CPU time (all threads) per run
     out['load_average_per_round'] = []
@@ -276,8 +327,8 @@ def measure_model(name, info, args, res):
                 if rep:
                     row['onnxruntime_s'].append(t)
                     row['onnxruntime_cpu_s'].append(c)
-        print(name, f'round {rep}', {n: round(r['torch_s'][-1], 3) for n, r in rows.items() if r['torch_s']},
-              flush=True)
+        print(name, list(shape), dtype_name, fmt, f'round {rep}',
+              {n: round(r['torch_s'][-1], 4) for n, r in rows.items() if r['torch_s']}, flush=True)
     for sname, row in rows.items():
         row['torch_median_s'] = statistics.median(row['torch_s'])
         row['torch_cpu_median_s'] = statistics.median(row['torch_cpu_s'])
@@ -285,7 +336,6 @@ def measure_model(name, info, args, res):
             row['onnxruntime_median_s'] = statistics.median(row['onnxruntime_s'])
             row['onnxruntime_cpu_median_s'] = statistics.median(row['onnxruntime_cpu_s'])
     del models, sessions
-    gc.collect()
     import shutil
     shutil.rmtree(tmpdir, ignore_errors=True)
     base = rows['unpruned']
@@ -299,10 +349,7 @@ def measure_model(name, info, args, res):
         if 'onnxruntime_median_s' in row and 'onnxruntime_median_s' in base:
             row['speedup_onnxruntime'] = base['onnxruntime_median_s'] / row['onnxruntime_median_s']
     out['structures'] = rows
-    key = name if args.quick or shape[0] == (1 if info['kind'] == 'det' else 64) else f'{name}_b{shape[0]}'
-    key += '' if args.dtype == 'fp32' else f'_{args.dtype}'
-    res.data.setdefault('models', {})[key] = out
-    res.save(final=False)
+    return out
 
 
 def main() -> None:
@@ -317,8 +364,8 @@ def main() -> None:
     p.add_argument('--prune-max-iters', type=int, default=200)
     p.add_argument('--det-shape', type=int, nargs=3, default=[3, 800, 1333])
     p.add_argument('--cls-shape', type=int, nargs=3, default=[3, 224, 224])
-    p.add_argument('--det-batch', type=int, default=1)
-    p.add_argument('--cls-batch', type=int, default=64)
+    p.add_argument('--det-batch', type=int, nargs='+', default=[1], help='one or more batch sizes, each timed')
+    p.add_argument('--cls-batch', type=int, nargs='+', default=[64], help='one or more batch sizes, each timed')
     p.add_argument('--structures', nargs='+', help='time only these (plus unpruned), e.g. fisher_acts_d1 random_d1')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--threads', type=int, default=2)
@@ -331,7 +378,11 @@ def main() -> None:
                    'that file exists, re-time those structures without new pruning runs (e.g. at another batch size)')
     p.add_argument('--device', default='cpu', help="where torch is timed: 'cpu' or 'cuda' (then --name speedup_gpu, "
                    'onnxruntime off: its CPU provider only)')
-    p.add_argument('--dtype', choices=list(DTYPES), default='fp32', help='dtype of the timed torch forward')
+    p.add_argument('--dtype', choices=list(DTYPES), nargs='+', default=['fp32'],
+                   help='dtype(s) of the timed torch forward, each timed (e.g. fp32 fp16)')
+    p.add_argument('--memory-format', nargs='+', choices=['contiguous', 'channels_last'], default=['contiguous'],
+                   help="the timed forward's memory format(s), each timed (channels_last: NHWC, as cuDNN's fp16 "
+                        "kernels prefer; key suffix '_cl')")
     p.add_argument('--inner', type=int, default=None, help='forwards per timing (default 1 on CPU, 20 on a GPU)')
     p.add_argument('--prune-only', action='store_true',
                    help='only make and save the structures (needs --structures-dir); time them in a later call')
@@ -346,6 +397,7 @@ def main() -> None:
         if not torch.cuda.is_available():
             p.error('--device cuda: torch sees no CUDA device on this machine; time on the CPU (--device cpu)')
         args.onnx = False
+        torch.backends.cudnn.benchmark = True  # each structure's own convolution algorithms (chosen in the warm-up)
         if args.name == 'speedup_cpu':
             args.name = 'speedup_gpu'
     if args.inner is None:
@@ -353,7 +405,8 @@ def main() -> None:
     if args.quick:
         if not set(args.models) <= set(QUICK):
             args.models = list(QUICK)
-        args.det_shape, args.cls_shape, args.cls_batch = [3, 128, 128], [3, 64, 64], 4
+        args.det_shape, args.cls_shape = [3, 128, 128], [3, 64, 64]
+        args.cls_batch = [4] if args.cls_batch == [64] else args.cls_batch
         args.repeats, args.target, args.frac, args.divisors = 1, 0.8, 0.1, [1, 8]
     if args.prune_only:
         if not args.structures_dir:
@@ -382,7 +435,7 @@ def main() -> None:
     res['setup'] = dict(vars(args), timer='time.perf_counter, median of repeats after one warm-up',
                         mode='eval, torch.inference_mode (autograd off)', weights='random (structure only)',
                         gpu=(__import__('torch').cuda.get_device_name(0) if args.device.startswith('cuda') else
-                             'not used (--device cpu)'))
+                             'not used (--device cpu)'), env=environment())
     catalog = dict(MODELS, **QUICK)
     for name in args.models:
         measure_model(name, catalog[name], args, res)

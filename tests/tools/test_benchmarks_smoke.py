@@ -81,8 +81,16 @@ def test_speedup(tmp_path):
     assert all(finite_pos(r['torch_median_s']) for r in rows.values())
     assert len(d['models']['tiny_resnet']['load_average_per_round']) == 2
     # the saved structures are re-timed as they are, without new pruning runs
-    again = run('speedup', tmp_path, '--models', 'tiny_resnet', '--no-onnx', '--deltas', 'acts', '--structures-dir',
-                saved, '--dtype', 'bf16', '--inner', '2')['models']['tiny_resnet_bf16']
+    both = run('speedup', tmp_path, '--models', 'tiny_resnet', '--no-onnx', '--deltas', 'acts', '--structures-dir',
+               saved, '--dtype', 'fp32', 'bf16', '--cls-batch', '4', '2', '--inner', '2', '--memory-format',
+               'contiguous', 'channels_last')['models']
+    # every batch x dtype x memory format of one invocation under its own key, the structures built once
+    plain = {'tiny_resnet', 'tiny_resnet_bf16', 'tiny_resnet_b2', 'tiny_resnet_b2_bf16'}
+    assert set(both) == plain | {k + '_cl' for k in plain}
+    assert both['tiny_resnet_b2_bf16']['timed_input'] == [2, 3, 64, 64]
+    assert both['tiny_resnet_b2_bf16_cl']['timed_on']['memory_format'] == 'channels_last'
+    assert all(finite_pos(r['torch_median_s']) for r in both['tiny_resnet_b2_bf16_cl']['structures'].values())
+    again = both['tiny_resnet_bf16']
     assert again['timed_on'] == dict(device='cpu', dtype='bf16', forwards_per_timing=2, gpu=None)
     assert again['structures_from'].endswith('tiny_resnet.json')
     assert again['pruning_runs'] == d['models']['tiny_resnet']['pruning_runs']
