@@ -215,7 +215,7 @@ def markdown(tasks) -> str:
     return '\n'.join(lines)
 
 
-def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=False, hw=(800, 1333)):
+def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=False, hw=(800, 1333), grid=None):
     """Calibration cost of RetinaNet R50-FPN at ``hw`` (random weights: timing only), on ``device``.
 
     ``measured``: also run the measured mode end to end on a fresh model (every unit's curve measured on the
@@ -266,7 +266,8 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
     def loss_fn(data):
         return model.parse_losses(model(**data, mode='loss'))[0]
 
-    method = BalancedPruning(target=0.5, mode='estimated')
+    grid = tuple(grid or DEFAULT_GRID)
+    method = BalancedPruning(target=0.5, mode='estimated', grid=grid)
     limits = method._limits(state)
     ks = [c.grid_ks for c in limits]
     units, points = len(limits), int(sum(k.size for k in ks))
@@ -296,7 +297,7 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
         model='mmdet::retinanet/retinanet_r50_fpn_1x_coco.py (random weights, frozen_stages=-1)',
         device=str(device), gpu=torch.cuda.get_device_name(device) if cuda else None, torch=torch.__version__,
         input_shape=list(shape), images=images, batch=batch, threads=threads, trace_s=trace_s,
-        units=units, atoms=int(graph.num_atoms), grid=list(DEFAULT_GRID), grid_points_per_unit_mean=points / units,
+        units=units, atoms=int(graph.num_atoms), grid=list(grid), grid_points_per_unit_mean=points / units,
         curve_points=points, estimated_mode_s=est_s, estimated_wall=res.wall, estimated_forwards=res.forwards,
         estimated_ratios=dict(res.ratios), measured_point_s=point_s, measured_points_timed=len(per_point),
         measured_mode_s_extrapolated=res.wall['ranking'] + points * point_s + res.wall['combined'],
@@ -309,7 +310,7 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
         if cuda:
             torch.cuda.empty_cache()
         model, graph, state, _ = fresh()
-        method = BalancedPruning(target=0.5, mode='measured')
+        method = BalancedPruning(target=0.5, mode='measured', grid=grid)
         t0 = time.perf_counter()
         res = method.run(state, model, batches, loss_fn, log=lambda m: print('   ', m, flush=True))
         sync()
@@ -525,7 +526,8 @@ def main() -> None:
         print('RetinaNet R50-FPN calibration timing at {}x{} on {}'.format(*args.r50_shape, args.r50_device),
               flush=True)
         res['retinanet_r50_calibration'] = time_r50(args.r50_images, 1, args.r50_points, max(args.threads, 1),
-                                                    args.r50_device, args.r50_measured, tuple(args.r50_shape))
+                                                    args.r50_device, args.r50_measured, tuple(args.r50_shape),
+                                                    args.grid)
         print(res['retinanet_r50_calibration'], flush=True)
     print(markdown(res.data.get('tasks', {})), flush=True)
     print('wrote', res.save())

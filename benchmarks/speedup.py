@@ -214,7 +214,6 @@ def measure_model(name, info, args, res):
     import numpy as np
     import torch
     from mmfisher.core import slim_model
-    from mmfisher.core import selection
     from mmfisher.zoo import build_model, load_config
     work = tempfile.mkdtemp(prefix='speedup_')
     out = dict(spec=info['spec'], kind=info['kind'])

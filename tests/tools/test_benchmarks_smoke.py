@@ -98,6 +98,21 @@ def test_speedup(tmp_path):
         assert again['structures'][sname]['flops_ratio_ours'] == pytest.approx(row['flops_ratio_ours'])
 
 
+def test_balanced_r50_timing(tmp_path):
+    """The R50 calibration timing (small input, one grid point): the estimated mode end to end, timed measured
+    points, and with --r50-measured the measured mode end to end on a fresh model, both at the target."""
+    d = run('balanced', tmp_path, '--tasks', '--r50-shape', '64', '64', '--r50-measured')
+    r = d['retinanet_r50_calibration']
+    assert r['input_shape'] == [3, 64, 64] and r['device'] == 'cpu' and r['grid'] == [0.5]
+    assert r['images'] == 2 and r['measured_points_timed'] == 1 and finite_pos(r['measured_point_s'])
+    assert r['units'] >= 40 and r['curve_points'] >= r['units']
+    for mode in ('estimated', 'measured'):
+        assert abs(r[f'{mode}_ratios']['flops'] - 0.5) <= 0.01, r[f'{mode}_ratios']
+        assert finite_pos(r[f'{mode}_mode_s'])
+    assert 1 <= r['measured_points'] <= r['measured_grid_points'] == r['curve_points']
+    assert r['measured_forwards'] > r['estimated_forwards']
+
+
 def test_quality(tmp_path):
     d = run('quality', tmp_path, '--work-dir', str(tmp_path / 'quality'))
     for m in ('fisher_acts', 'l1', 'tp_taylor'):
