@@ -235,6 +235,11 @@ class BalancedResult:
         self.points = 0
         self.grid_points = 0
         self.tau_up = math.inf  # the measuring bound the lazy rounds stopped at (inf: every point was measured)
+        # the gap filling (see BalancedPruning._fill): the threshold where the target was crossed before it filled
+        # (None: no filling), and the units it stopped below their rate at tau (their next atom, whose key lies
+        # in [tau_before_fill, tau], would have crossed the target)
+        self.tau_before_fill: Optional[float] = None
+        self.fill_stopped: List[str] = []
         self.wall: Dict[str, float] = {}
         self.importance = ''
         self.grid: Tuple[float, ...] = ()
@@ -262,6 +267,8 @@ class BalancedResult:
             'combined_variation': num(self.combined_variation), 'sum_unit_variations': num(self.sum_variations),
             'calibration_batches': self.batches, 'calibration_samples': self.samples, 'forwards': self.forwards,
             'points_measured': self.points, 'grid_points': self.grid_points, 'tau_up': num(self.tau_up),
+            'gap_fill': None if self.tau_before_fill is None else {
+                'tau_before': num(self.tau_before_fill), 'stopped_units': list(self.fill_stopped)},
             'norm_stats': self.norm_stats,
             'norms_recalibrated': self.norms_recalibrated, 'pruned_atoms': len(self.pruned),
             'wall_s': dict(self.wall), 'warnings': list(self.warnings),
@@ -435,6 +442,10 @@ class BalancedPruning:
         t0 = time.perf_counter()
         atoms, tau = self._search(state, curves, res)
         res.wall['search'] = time.perf_counter() - t0
+        if res.fill_stopped:
+            log(f'balanced: the target was crossed at tau={res.tau_before_fill:.6g} by an atom that overshoots it; '
+                f'the gap was filled up to tau={tau:.6g}, which stops {", ".join(res.fill_stopped)} below '
+                'their rate there (their next atom would cross the target)')
         res.tau = tau
         # mask only what the written structure removes (after the divisor's rounding): masks == structure
         order = list(state.order) + atoms
@@ -713,10 +724,11 @@ class BalancedPruning:
         return hi
 
     def _prefix(self, state: PruningState, curves: List[UnitCurve]
-                ) -> Optional[Tuple[List[int], float, List[Dict[str, float]], float]]:
-        """The search on the curves as they are: (atoms to mask, in rate order; tau; the steps; ``tau_up``) for
-        the shortest prefix in threshold order that meets the target, the gap filled when its last atom
-        overshoots; None if no prefix meets it.
+                ) -> Optional[Tuple[List[int], float, List[Dict[str, Any]], float, Optional[Tuple[float, List[int]]]]]:
+        """The search on the curves as they are: (atoms to mask, in rate order; tau; the steps; ``tau_up``; the
+        gap filling's (crossing threshold, indices of the units it stopped below their rate at tau), None if it
+        did not fill) for the shortest prefix in threshold order that meets the target, the gap filled when its
+        last atom overshoots; None if no prefix meets it.
 
         ``tau_up`` is the largest key the search read: the crossing row's, or with the gap filling the last row
         the fill read (inf if it would read past the known rows). Every row a unit may still gain lies above the
@@ -729,22 +741,26 @@ class BalancedPruning:
             return None
         chosen, tau, end = atoms[:hi], float(rows[hi - 1][0]), hi
         reached = self._ratio_with(state, chosen)
+        fill: Optional[Tuple[float, List[int]]] = None
         if self.target - reached > 0.5 * self.tolerance:
             filled, end = self._fill(state, rows, atoms, hi, reached)
             if filled is not None:
-                chosen, tau, reached = filled
+                fill = (tau, filled[3])
+                chosen, tau, reached = filled[:3]
                 steps.append({'step': len(steps) + 1, 'tau': tau, 'ratio': float(reached), 'atoms': len(chosen),
-                              'filled': True})
-        return chosen, tau, steps, (rows[end - 1][0] if end <= len(rows) else math.inf)
+                              'filled': True, 'tau_before': fill[0],
+                              'stopped_units': [curves[ci].name for ci in fill[1]]})
+        return chosen, tau, steps, (rows[end - 1][0] if end <= len(rows) else math.inf), fill
 
     def _fill(self, state: PruningState, rows: List[Tuple[float, float, int, int]], atoms: List[int], hi: int,
-              reached: float) -> Tuple[Optional[Tuple[List[int], float, float]], int]:
+              reached: float) -> Tuple[Optional[Tuple[List[int], float, float, List[int]]], int]:
         """When the atom that crosses the target is coarse (a stream channel read by many layers can free several
         % of the FLOPs) and overshoots by more than half the tolerance: skip it (and its unit's later atoms) and
         take the next atoms in threshold order while the ratio stays above the target, keeping the structure that
         lands closest below it; stop once one lands within half the tolerance, or after ``FILL_SCAN`` atoms.
-        Returns ((atoms, tau, ratio), or None when nothing lands closer; the number of rows read up to where it
-        stopped, counted from the start: ``hi - 1 + FILL_SCAN`` when it read its whole scan)."""
+        Returns ((atoms, tau, ratio, the units stopped before the last atom taken: below their rate at that tau),
+        or None when nothing lands closer; the number of rows read up to where it stopped, counted from the start:
+        ``hi - 1 + FILL_SCAN`` when it read its whole scan)."""
         base, blocked, best = list(atoms[:hi - 1]), set(), None
         end = hi - 1 + self.FILL_SCAN
         for j in range(hi - 1, min(len(rows), end)):
@@ -754,7 +770,7 @@ class BalancedPruning:
             r = self._ratio_with(state, base + [atoms[j]])
             if r <= self.target:
                 if r > (best[2] if best else reached):
-                    best = (base + [atoms[j]], float(rows[j][0]), r)
+                    best = (base + [atoms[j]], float(rows[j][0]), r, sorted(blocked))
                 if best is not None and self.target - best[2] <= 0.5 * self.tolerance:
                     return best, j + 1
                 blocked.add(ci)  # this unit stops here: its later atoms rank after the skipped one
@@ -773,5 +789,8 @@ class BalancedPruning:
                 raise TargetUnreachable(self._unreachable(best, state, 'every measured point had a NaN/inf loss'))
             raise TargetUnreachable(self._unreachable(
                 self._ratio_with(state, finite), state, 'with every unit pruned as far as its loss stayed finite'))
-        atoms, tau, res.search, _ = found
+        atoms, tau, res.search, _, fill = found
+        if fill is not None:
+            res.tau_before_fill = fill[0]
+            res.fill_stopped = [curves[ci].name for ci in fill[1]]
         return atoms, tau

@@ -366,6 +366,9 @@ class BalancedPruningHook(Hook):
                  f'{res.base_loss:.5g} '
                  f'-> {res.combined_loss:.5g} (combined variation {res.combined_variation:.5g}, sum of the units\' '
                  f'variations {res.sum_variations:.5g})',
+                 *([f'  gap filled from tau={res.tau_before_fill:.6g} (the crossing atom overshot the target); '
+                    'stopped below their rate at tau: ' + short_list(res.fill_stopped, 6)]
+                   if res.fill_stopped else []),
                  f'  {n} units measured; most pruned: ' + short_list(
                      [f'{c.name} {c.chosen}/{c.size}' for c in pruned_units], 6),
                  f'  wall: ' + ', '.join(f'{k} {v:.1f} s' for k, v in {**res.wall, **self.wall}.items()),

@@ -97,11 +97,19 @@ def test_measured_curves_search_and_one_shot_prune(trained):
     assert_met(state, res, 0.5)
     assert res.search_steps <= math.ceil(math.log2(sum(c.k_max for c in res.curves))) + 1
     alive = state.alive
-    # every unit is at its rate at tau (ties at tau split): V(chosen) <= tau < or = V(chosen + 1)
+    # every unit is at its rate at tau (ties at tau split): V(chosen) <= tau < or = V(chosen + 1); except the
+    # units the gap filling stopped (when the crossing atom overshoots the target: the floats decide whether it
+    # does here), which are named, and whose next atom lies between the crossing threshold and tau
+    stopped = set(res.fill_stopped)
+    assert (res.tau_before_fill is None) == (not any(st.get('filled') for st in res.search))
+    assert stopped <= {c.name for c in res.curves}
     for c in res.curves:
         assert np.all(np.diff(c.ks) > 0) and np.all(np.diff(c.monotone) >= 0)
         assert c.at(c.chosen) <= res.tau + 1e-12
-        assert c.chosen == c.k_max or c.at(c.chosen + 1) >= res.tau
+        if c.name in stopped:
+            assert c.chosen < c.k_max and res.tau_before_fill <= c.at(c.chosen + 1) <= res.tau + 1e-12
+        else:
+            assert c.chosen == c.k_max or c.at(c.chosen + 1) >= res.tau
         assert c.rate(res.tau) >= c.chosen
     assert res.alive is not None and int((~alive).sum()) == len(res.pruned)
     # the trials were undone exactly: the model is the original with only the chosen atoms masked, BN statistics
@@ -270,7 +278,10 @@ def test_variation_per_cost_allocation_thresholds_the_variation_per_share_freed(
         keys = np.maximum.accumulate(c.values() / c.freed)
         np.testing.assert_allclose(c.keys(), keys, rtol=1e-12)
         assert c.chosen == 0 or keys[c.chosen - 1] <= res.tau * (1 + 1e-12)
-        assert c.chosen == c.k_max or keys[c.chosen] >= res.tau
+        if c.name in res.fill_stopped:  # the gap filling stopped it: its next key between the crossing and tau
+            assert c.chosen < c.k_max and res.tau_before_fill <= keys[c.chosen] <= res.tau * (1 + 1e-12)
+        else:
+            assert c.chosen == c.k_max or keys[c.chosen] >= res.tau
         js = c.to_json()
         assert js['freed_per_atom'] == pytest.approx(c.freed[-1] / c.k_max)
     assert 0.49 <= res.ratios['flops'] <= 0.5
@@ -314,10 +325,23 @@ def test_a_coarse_crossing_atom_is_skipped_and_the_gap_filled(trained):
         assert not any(st.get('filled') for st in plain.search)
         assert plain.ratios['flops'] <= fine.ratios['flops'] <= target
         assert_met(fstate, fine, target)
+        assert plain.tau_before_fill is None and plain.fill_stopped == [] and plain.to_json()['gap_fill'] is None
         if any(st.get('filled') for st in fine.search):
             filled_any = True
             assert fine.ratios['flops'] > plain.ratios['flops'] and fine.search[-1]['ratio'] == pytest.approx(
                 fine.ratios['flops'])
+            # the filling is recorded: the crossing threshold (plain's tau) and the units it stopped below their
+            # rate at the final tau, each one's next atom between the two thresholds
+            assert fine.tau_before_fill == pytest.approx(plain.tau) and fine.tau_before_fill <= fine.tau
+            assert fine.to_json()['gap_fill'] == {'tau_before': fine.tau_before_fill,
+                                                  'stopped_units': fine.fill_stopped}
+            assert fine.search[-1]['stopped_units'] == fine.fill_stopped
+            for c in fine.curves:
+                below = c.chosen < c.k_max and c.at(c.chosen + 1) < fine.tau
+                if c.name in fine.fill_stopped:
+                    assert c.chosen < c.k_max and fine.tau_before_fill <= c.at(c.chosen + 1) <= fine.tau + 1e-12
+                else:
+                    assert not below, c.name
             # the skipped unit keeps its atoms from the crossing one on: units stay prefixes of their ranking
             alive = fstate.alive
             for c in fine.curves:
