@@ -339,6 +339,10 @@ def main() -> None:
                    help="train (or reuse) the baseline of TASK with the config's schedule x N, cached at "
                         'work_dirs/bench/balanced_base_xN/TASK/base.pth, instead of label_free.py\'s (cls x3, '
                         'det x2)')
+    p.add_argument('--base-cycles', nargs='+', default=[], metavar='TASK=C',
+                   help="with --base-x: run TASK's baseline schedule C times, each cycle a warm restart from the "
+                        'previous one\'s weights (cached at work_dirs/bench/balanced_base_xNcC/TASK/base.pth): for '
+                        'a model that a longer single schedule no longer improves but a restart does')
     p.add_argument('--calibration-batches', type=int, default=8)
     p.add_argument('--grid', nargs='+', type=float, default=None, help='default: the hook default (0.1 ... 0.9)')
     p.add_argument('--max-share', type=float, default=None, help="balanced: the hook's max_share (default: its own)")
@@ -391,13 +395,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     methods = args.methods or list(METHODS)
-    base_x = {}
-    for item in args.base_x:
-        task_, _, n = item.partition('=')
-        if task_ not in TASKS or not n.isdigit() or int(n) < 1:
-            raise SystemExit(f'--base-x {item!r}: expected TASK=N with TASK in {sorted(TASKS)} and N >= 1, e.g. '
-                             'det=6')
-        base_x[task_] = int(n)
+    base_x, base_cycles = {}, {}
+    for flag, items, into, example in (('--base-x', args.base_x, base_x, 'det=6'),
+                                       ('--base-cycles', args.base_cycles, base_cycles, 'det=2')):
+        for item in items:
+            task_, _, n = item.partition('=')
+            if task_ not in TASKS or not n.isdigit() or int(n) < 1:
+                raise SystemExit(f'{flag} {item!r}: expected TASK=N with TASK in {sorted(TASKS)} and N >= 1, e.g. '
+                                 f'{example}')
+            into[task_] = int(n)
+    if stray := sorted(set(base_cycles) - set(base_x)):
+        raise SystemExit(f'--base-cycles {stray}: give the schedule of these tasks with --base-x too, e.g. '
+                         f'--base-x {stray[0]}=6 --base-cycles {stray[0]}=2')
     if args.quick:
         args.seeds, args.ft_iters, args.target, args.calibration_batches = [0], 2, 0.8, 2
         args.grid = args.grid or [0.5]
@@ -413,7 +422,7 @@ def main() -> None:
     # (the baseline, --base-x's or not, is recorded and compared per task)
     same = {k: v for k, v in vars(args).items() if k not in ('tasks', 'out', 'merge_from', 'r50', 'r50_from',
                                                                   'r50_device', 'r50_measured', 'r50_shape',
-                                                                  'work_suffix', 'base_x')}
+                                                                  'work_suffix', 'base_x', 'base_cycles')}
     res['setup'] = dict(same, methods=methods,
                         flops='mmfisher CostModel (conv/linear multiply-adds) at the data input size',
                         finetune='the same --ft-iters for every method (20-iteration warm-up, then the config lr'
@@ -430,12 +439,13 @@ def main() -> None:
             # the converged baseline benchmarks/label_free.py trains and caches (config schedule x3 cls, x2 det),
             # or with --base-x a longer one of its own
             from label_free import TASKS as LF_TASKS, train_converged_baseline
-            x = base_x.get(task, BASE_X[task])
-            if task in LF_TASKS and x == LF_TASKS[task]['base_x']:
+            x, cycles = base_x.get(task, BASE_X[task]), base_cycles.get(task, 1)
+            if task in LF_TASKS and x == LF_TASKS[task]['base_x'] and cycles == 1:
                 base = osp.join(ROOT, 'work_dirs', 'bench', 'label_free', task, 'base.pth')
             else:
-                base = osp.join(ROOT, 'work_dirs', 'bench', f'balanced_base_x{x}', task, 'base.pth')
-            info = dict(train_converged_baseline(t['config'], base, 0, x), path=osp.relpath(base, ROOT))
+                name = f'balanced_base_x{x}' + (f'c{cycles}' if cycles > 1 else '')
+                base = osp.join(ROOT, 'work_dirs', 'bench', name, task, 'base.pth')
+            info = dict(train_converged_baseline(t['config'], base, 0, x, cycles), path=osp.relpath(base, ROOT))
         elif args.baseline_from:  # a converged baseline trained elsewhere (benchmarks/label_free.py's cached ones)
             base = osp.join(args.baseline_from, task, 'base.pth')
             if not osp.isfile(base) or not osp.isfile(base + '.json'):

@@ -86,52 +86,62 @@ FINETUNES = ('ft_labeled', 'ft_label_free')
 REFERENCE, CANDIDATE = 'gf_k1+ft_labeled', 'lf_anchors+ft_label_free'
 
 
-def train_converged_baseline(config: str, path: str, seed: int = 0, schedule_x: int = 1):
+def train_converged_baseline(config: str, path: str, seed: int = 0, schedule_x: int = 1, cycles: int = 1):
     """``train_baseline`` with the config's own schedule stretched ``schedule_x`` times (its epochs, warm-up +
     cosine lr over ``schedule_x`` x its epochs; the config's own schedule is what ``make demo`` trains: cls 30
     epochs = 570 iterations, det 24 epochs = 1440), so the baseline, which is also every label-free run's teacher,
     is converged: then the labeled methods' extra labeled training (while pruning and in the fine-tune) cannot by
     itself put them ahead of what a teacher can pass on. (Measured: at the config's own schedule the cls baseline
-    scored 91.3 and its pruned copies 93-96 after 120 more labeled iterations: not converged.) Cached like
-    ``train_baseline``."""
+    scored 91.3 and its pruned copies 93-96 after 120 more labeled iterations: not converged.) ``cycles`` > 1:
+    that schedule is run again from the previous cycle's weights (a fresh optimizer and lr warm-up, a warm
+    restart), ``cycles`` times in all. Cached like ``train_baseline``."""
     import torch
     from mmengine.config import Config
     info_path = path + '.json'
+    schedule = f'config x{schedule_x}' + (f', {cycles} cycles' if cycles > 1 else '')
     if osp.isfile(path) and osp.isfile(info_path):
         with open(info_path) as f:
             info = json.load(f)
-        if info.get('schedule') == f'config x{schedule_x}' and info.get('seed') == seed and \
+        if info.get('schedule') == schedule and info.get('seed') == seed and \
                 info.get('config') == osp.relpath(config, ROOT):
             info['reused'] = True
             return info
     ensure_data()
-    cfg = Config.fromfile(config)
-    cfg.work_dir = osp.join(osp.dirname(path), 'base_run')
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10 ** 9, save_last=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=10 ** 6)
-    cfg.randomness = dict(seed=seed)
-    cfg.log_level = 'WARNING'
-    epochs = cfg.train_cfg.max_epochs * schedule_x
-    cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
-    for sched in cfg.param_scheduler:
-        if sched.get('by_epoch', True):  # the epoch-based cosine: stretched with the epochs; the warm-up is not
-            sched.end = epochs
-            if 'T_max' in sched:
-                sched.T_max = epochs
-    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        if cfg.get(key) is not None:
-            cfg[key].num_workers = 0
-            cfg[key].persistent_workers = False
-    runner = build_runner(cfg)
-    t0 = time.perf_counter()
-    runner.train()
-    wall = time.perf_counter() - t0
-    metrics = runner.val_loop.run()
     os.makedirs(osp.dirname(path), exist_ok=True)
-    torch.save({'state_dict': runner.model.state_dict()}, path)
-    info = dict(config=osp.relpath(config, ROOT), schedule=f'config x{schedule_x}', iters=runner.iter,
-                epochs=runner.epoch, seed=seed, train_wall_s=wall, metric=metric_key(cfg), value=float(metrics.get(metric_key(cfg), 0.0)),
-                reused=False)
+    iters, wall, values = 0, 0.0, []
+    for cycle in range(cycles):
+        cfg = Config.fromfile(config)
+        cfg.work_dir = osp.join(osp.dirname(path), 'base_run' + (f'_c{cycle}' if cycles > 1 else ''))
+        cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10 ** 9, save_last=False)
+        cfg.default_hooks.logger = dict(type='LoggerHook', interval=10 ** 6)
+        cfg.randomness = dict(seed=seed + cycle)
+        cfg.log_level = 'WARNING'
+        if cycle:  # a warm restart: the previous cycle's weights, a fresh optimizer and schedule
+            cfg.load_from = path + '.partial'
+        epochs = cfg.train_cfg.max_epochs * schedule_x
+        cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
+        for sched in cfg.param_scheduler:
+            if sched.get('by_epoch', True):  # the epoch-based cosine: stretched with the epochs; the warm-up is not
+                sched.end = epochs
+                if 'T_max' in sched:
+                    sched.T_max = epochs
+        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            if cfg.get(key) is not None:
+                cfg[key].num_workers = 0
+                cfg[key].persistent_workers = False
+        runner = build_runner(cfg)
+        t0 = time.perf_counter()
+        runner.train()
+        wall += time.perf_counter() - t0
+        iters += runner.iter
+        metrics = runner.val_loop.run()
+        values.append(float(metrics.get(metric_key(cfg), 0.0)))
+        torch.save({'state_dict': runner.model.state_dict()}, path + '.partial')
+    os.replace(path + '.partial', path)  # the checkpoint appears only once every cycle has run
+    info = dict(config=osp.relpath(config, ROOT), schedule=schedule, iters=iters, epochs=runner.epoch * cycles,
+                seed=seed, train_wall_s=wall, metric=metric_key(cfg), value=values[-1], reused=False)
+    if cycles > 1:
+        info['cycle_values'] = values
     with open(info_path, 'w') as f:
         json.dump(info, f)
     return info
