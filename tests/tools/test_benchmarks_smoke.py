@@ -203,3 +203,34 @@ def test_balanced_and_its_merge(tmp_path):
         m = json.load(f)['tasks']['cls']
     assert m['methods'] == entry['methods'] and m['merged_from'] == [osp.relpath(str(tmp_path / 'balanced.json'),
                                                                                   ROOT)]
+
+
+def test_balanced_base_cycles_needs_its_schedule(tmp_path):
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced.py'), '--tasks', 'det', '--no-r50',
+                           '--base-cycles', 'det=2', '--out', str(tmp_path / 'b.json')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--base-cycles ['det']" in proc.stderr
+    assert '--base-x det=6 --base-cycles det=2' in proc.stderr and not (tmp_path / 'b.json').exists()
+
+
+def test_converged_baseline_warm_restart_cycles(tmp_path):
+    """Two cycles of a one-epoch schedule: the second starts from the first's weights, the checkpoint appears once
+    both have run, and the cached result is reused."""
+    cfg = tmp_path / 'one_epoch.py'
+    cfg.write_text(f"_base_ = ['{ROOT}/configs/tiny/resnet_tiny_shapes_cls.py']\n"
+                   'train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=1)\n'
+                   "param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=1, T_max=1, "
+                   'eta_min=1e-5, convert_to_iter_based=True)]\n')
+    out = tmp_path / 'base' / 'base.pth'
+    code = ('import json, sys; sys.path.insert(0, "benchmarks"); from label_free import train_converged_baseline; '
+            f'print(json.dumps([train_converged_baseline({str(cfg)!r}, {str(out)!r}, 0, 1, 2) for _ in range(2)]))')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first, again = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first['schedule'] == 'config x1, 2 cycles' and len(first['cycle_values']) == 2
+    assert first['value'] == first['cycle_values'][-1] and first['iters'] == 2 * 19  # 600 images / batch 32
+    assert not first['reused'] and again['reused'] and again['value'] == first['value']
+    assert out.is_file() and not (tmp_path / 'base' / 'base.pth.partial').exists()
+    # cycle 2 loaded cycle 1's weights (mmengine's checkpoint loader names the file), once
+    assert (proc.stdout + proc.stderr).count(f'from path: {out}.partial') == 1
