@@ -94,7 +94,7 @@ def train_converged_baseline(config: str, path: str, seed: int = 0, schedule_x: 
     itself put them ahead of what a teacher can pass on. (Measured: at the config's own schedule the cls baseline
     scored 91.3 and its pruned copies 93-96 after 120 more labeled iterations: not converged.) ``cycles`` > 1:
     that schedule is run again from the previous cycle's weights (a fresh optimizer and lr warm-up, a warm
-    restart), ``cycles`` times in all. Cached like ``train_baseline``."""
+    restart; cycle c seeded ``seed + c``), ``cycles`` times in all. Cached like ``train_baseline``."""
     import torch
     from mmengine.config import Config
     info_path = path + '.json'
