@@ -78,12 +78,13 @@ METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'balanced_labe
 # 'unpruned': the baseline itself through the same fine-tune, a reference (not pruned, not in the goals): a
 # fine-tune that lowers it disturbs a trained model more than it recovers a pruned one
 # settings that only the balanced methods read
-BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms', 'importance')
+BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms', 'importance',
+                 'replay_mb')
 
 
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
                  norm_stats=None, recalibrate_norms=None, allocation=None, label_free=False,
-                 lf_temperature=1.0, lf_anchors=None, calibration_root=None, importance=None):
+                 lf_temperature=1.0, lf_anchors=None, calibration_root=None, importance=None, replay_mb=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook). ``label_free``: the
     model is a LabelFreeDistiller around the config's (``lf_anchors``: None = output KL only, 'auto' = seed
     002's anchors too; the class KL at ``lf_temperature``), its student pruned. ``calibration_root``: the
@@ -109,6 +110,8 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
         kw['allocation'] = allocation
     if importance is not None:
         kw['importance'] = dict(type=importance)
+    if replay_mb is not None:
+        kw['replay_mb'] = replay_mb
     hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
     runner.register_hook(hook, priority='NORMAL')
     t0 = time.perf_counter()
@@ -119,7 +122,8 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
                 ratios=res.ratios, atoms_masked=len(res.pruned), tau=res.tau, search_steps=res.search_steps,
                 forwards=res.forwards, points_measured=res.points, grid_points=res.grid_points,
                 base_loss=res.base_loss, combined_loss=res.combined_loss,
-                sum_unit_variations=res.sum_variations, units=len(res.curves),
+                sum_unit_variations=res.sum_variations, units=len(res.curves), method_wall=dict(res.wall),
+                replay=res.replay,
                 calibration_batches=res.batches, channels=hook.outputs['channels'],
                 weights=hook.outputs['weights'])
 
@@ -137,7 +141,8 @@ def prune(method, task, base, work, args, seed):
                             'variation_per_cost' if method == 'balanced_per_cost' else 'variation',
                             label_free=method == 'balanced_label_free',
                             lf_temperature=args.lf_temperature, lf_anchors=args.lf_anchors,
-                            calibration_root=args.calibration_root, importance=args.importance)
+                            calibration_root=args.calibration_root, importance=args.importance,
+                            replay_mb=args.replay_mb)
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -359,6 +364,9 @@ def main() -> None:
                    help="balanced: the hook's norm_stats (default: its own)")
     p.add_argument('--recalibrate-norms', type=lambda v: {'true': True, 'false': False}[v.lower()], default=None,
                    metavar='{true,false}', help="balanced: the hook's recalibrate_norms (default: its own)")
+    p.add_argument('--replay-mb', type=float, default=None,
+                   help="balanced: the hook's replay_mb (MiB for replaying the unchanged containers in the curve "
+                        'points; 0 turns it off; default: its own)')
     p.add_argument('--fisher-interval', type=int, default=10,
                    help="iterations between Group Fisher steps (default 10: the paper's and the hook's default)")
     p.add_argument('--adaptive-share', type=float, default=0.02)
@@ -415,7 +423,7 @@ def main() -> None:
     import inspect
     from mmfisher.hooks import BalancedPruningHook
     hook_default = inspect.signature(BalancedPruningHook).parameters
-    for key in ('norm_stats', 'recalibrate_norms'):  # recorded as the values used
+    for key in ('norm_stats', 'recalibrate_norms', 'replay_mb'):  # recorded as the values used
         if getattr(args, key) is None:
             setattr(args, key, hook_default[key].default)
     res = Result('balanced', args.out, args.quick)

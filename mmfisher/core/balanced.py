@@ -64,6 +64,7 @@ from torch import nn
 
 from .importance import GradientImportance, GroupFisher, Importance
 from .norm_stats import batch_statistics, recalibrate, trained_norms
+from .replay import ActivationReplay
 from .state import METRICS, PruningState
 
 __all__ = ['BalancedPruning', 'BalancedResult', 'UnitCurve', 'TargetUnreachable', 'NonFiniteLoss',
@@ -245,6 +246,7 @@ class BalancedResult:
         self.grid: Tuple[float, ...] = ()
         self.norm_stats = 'running'
         self.norms_recalibrated = 0
+        self.replay: Optional[Dict[str, Any]] = None  # ActivationReplay.stats() of the measured points
         self.warnings: List[str] = []
 
     @property
@@ -270,7 +272,7 @@ class BalancedResult:
             'gap_fill': None if self.tau_before_fill is None else {
                 'tau_before': num(self.tau_before_fill), 'stopped_units': list(self.fill_stopped)},
             'norm_stats': self.norm_stats,
-            'norms_recalibrated': self.norms_recalibrated, 'pruned_atoms': len(self.pruned),
+            'norms_recalibrated': self.norms_recalibrated, 'pruned_atoms': len(self.pruned), 'replay': self.replay,
             'wall_s': dict(self.wall), 'warnings': list(self.warnings),
             'units': [c.to_json() for c in self.curves]}
 
@@ -308,13 +310,17 @@ class BalancedPruning:
             FLOP saved, the Lagrangian condition of the least total rise for the target; a unit whose channels
             cost a lot, e.g. a residual stream read by many layers, is pruned further). Same forwards either way.
             Defaults to ``'variation'``.
+        replay_mb: memory (MiB) for the recorded activations the curve points replay
+            (:class:`~mmfisher.core.replay.ActivationReplay`): a point's forward skips every container its unit
+            cannot change that runs before the unit's first changed layer (one extra unchanged pass records them;
+            the same values, bit for bit). 0 turns it off. Defaults to 1024.
     """
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
                  grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
                  tolerance: float = 0.01, seed: int = 0, full_curves: bool = False,
                  max_share: float = 1.0, norm_stats: str = 'batch', recalibrate_norms: bool = True,
-                 allocation: str = 'variation') -> None:
+                 allocation: str = 'variation', replay_mb: float = 1024) -> None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -348,8 +354,12 @@ class BalancedPruning:
             raise ValueError(f"allocation={allocation!r} is unknown: use 'variation' (every unit pruned to the same "
                              "loss variation) or 'variation_per_cost' (to the same loss variation per share of "
                              'the target metric freed)')
+        if isinstance(replay_mb, bool) or not isinstance(replay_mb, (int, float)) or not replay_mb >= 0:
+            raise ValueError(f'replay_mb={replay_mb!r} must be a number >= 0: the memory (MiB) for the recorded '
+                             'activations the curve points replay, e.g. 1024; 0 turns replay off')
         self.target = float(target)
         self.target_metric = target_metric
+        self.replay_mb = float(replay_mb)
         self.mode = mode
         self.grid = tuple(sorted({float(r) for r in grid}))
         self.importance = importance if importance is not None else GroupFisher(delta='none')
@@ -655,7 +665,13 @@ class BalancedPruning:
         base_alive = state.alive
         t0 = time.perf_counter()
         measured, tau_up, every = 0, math.inf, max(1, total // 5)
-        with eval_mode(model), torch.no_grad(), self._statistics():
+        replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20))
+        with eval_mode(model), torch.no_grad(), self._statistics(), replay.installed():
+            if replay.enabled:  # one unchanged pass records what the points replay
+                for i, batch in enumerate(batches):
+                    with replay.record(i, len(batches)), _seeded(self.seed + i, device):
+                        loss_fn(batch)
+                res.forwards += len(batches)
             while True:
                 if not self.full_curves:
                     found = self._prefix(state, curves)
@@ -667,10 +683,11 @@ class BalancedPruning:
                 ci = min(open_units, key=lambda u: (prior[u][len(values[u])], len(values[u]), u))
                 alive = base_alive.copy()
                 alive[curves[ci].ranked[:grids[ci][len(values[ci])]]] = False
-                with state.masks.trial(alive):
+                with state.masks.trial(alive) as masks:
                     s = 0.0
                     for i, batch in enumerate(batches):
-                        with _seeded(self.seed + i, device):
+                        with replay.replay(i, masks.changed_modules, masks.changed_tensors), \
+                                _seeded(self.seed + i, device):
                             s += _as_float(loss_fn(batch))
                 summed = reduce(torch.tensor([s], dtype=torch.float64))
                 values[ci].append(float(summed[0]) / res.batches - res.base_loss)
@@ -679,6 +696,10 @@ class BalancedPruning:
                 if measured % every == 0:
                     log(f'balanced: {measured} points measured ({time.perf_counter() - t0:.1f} s; {len(open_units)} '
                         f'units open, tau_up {tau_up:.5g})')
+        res.replay = replay.stats() if replay.enabled else None
+        if replay.enabled:
+            log(f'balanced: replayed {replay.replayed} of {replay.replayed + replay.computed} container calls in '
+                f'the points ({res.replay["recorded"]} containers recorded, {res.replay["stored_mb"]:.1f} MiB)')
         log(f'balanced: {measured} of {total} grid points measured in {time.perf_counter() - t0:.1f} s')
         res.tau_up = tau_up
         res.forwards += measured * len(batches)

@@ -61,6 +61,8 @@ class ChannelMasks:
             if rule.is_norm and name in modules and rule.renormalizes_for(modules[name]) and (atoms >= 0).any():
                 self.norms.append((name, modules[name], torch.from_numpy(atoms)))
         self._norm_hooks: Dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self.changed_modules: Tuple[nn.Module, ...] = ()  # set inside trial()
+        self.changed_tensors: Tuple[torch.Tensor, ...] = ()
 
     def prune(self, atoms) -> None:
         """Mask ``atoms`` (indices) and apply."""
@@ -84,7 +86,10 @@ class ChannelMasks:
         Atoms masked now stay masked (``alive`` is intersected with the current masks). The weights the trial
         zeroes are copied first and copied back on exit, also when the block raises, so the model's parameters
         and ``self.alive`` are bit-identical afterwards. Use it to measure the loss of candidate masks (one-shot
-        pruning) without touching the model's state; do not step an optimizer inside the block.
+        pruning) without touching the model's state; do not step an optimizer inside the block. Inside the block,
+        ``changed_modules`` holds the modules whose computation the trial changes (the readers it zeroes weights
+        of, the norms it gives masked channels) and ``changed_tensors`` the tensors it zeroed (both read by
+        :mod:`mmfisher.core.replay`).
         """
         before = self.alive.clone()
         new = before & torch.as_tensor(np.asarray(alive), dtype=torch.bool)
@@ -93,19 +98,28 @@ class ChannelMasks:
                              f'({self.graph.num_atoms} atoms)')
         newly_dead = before & ~new
         saved: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        changed: List[nn.Module] = []
         for name, module, atoms in self.readers:
             valid = atoms >= 0
             if bool(newly_dead[atoms[valid]].any()):
+                changed.append(module)
                 keep = torch.ones(atoms.numel(), dtype=torch.bool)
                 for tensor, _ in self.graph.rules[name].masked_tensors(module, keep):
                     saved.append((tensor, tensor.detach().clone()))
+        for name, module, atoms in self.norms:
+            valid = atoms >= 0
+            if bool(newly_dead[atoms[valid]].any()):
+                changed.append(module)
         cache = self._cache
         try:
             self.alive = new
             self._cache = None
             self.apply()
+            self.changed_modules = tuple(changed)
+            self.changed_tensors = tuple(t for t, _ in saved)
             yield self
         finally:
+            self.changed_modules, self.changed_tensors = (), ()
             with torch.no_grad():
                 for weight, value in saved:
                     weight.copy_(value)

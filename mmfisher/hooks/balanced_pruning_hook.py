@@ -110,6 +110,11 @@ class BalancedPruningHook(Hook):
         full_curves (bool): measure every grid point of every unit. Defaults to False: a unit is not measured
             past the first point above the largest threshold the target can need (the same structure, fewer
             forwards; ``balanced_curves.json`` lists the skipped points as ``unmeasured_k``).
+        replay_mb (float): memory (MiB, per rank) for the recorded activations the curve points replay: a point's
+            forward skips the containers (stages, blocks, the backbone) its unit cannot change that run before the
+            unit's first changed layer, answering them from one unchanged pass (bit-identical values; containers
+            with hooks inside, RNG draws or non-tensor outputs are always computed). 0 turns it off. Defaults to
+            1024.
         importance (dict, optional): the ranking criterion from ``IMPORTANCE`` (``dict(type='L1Norm')``,
             ``dict(type='BNScale')``, ...). Defaults to ``GroupFisher(delta='none')`` on the calibration batches.
         input_shape (Sequence[int]): ``(C, H, W)`` of the trace and of the cost counts. Defaults to (3, 800, 1333).
@@ -135,6 +140,7 @@ class BalancedPruningHook(Hook):
                  norm_stats: str = 'batch',
                  recalibrate_norms: bool = True,
                  allocation: str = 'variation',
+                 replay_mb: float = 1024,
                  importance: Optional[Union[dict, Importance]] = None,
                  input_shape: Sequence[int] = (3, 800, 1333),
                  skip: Sequence[str] = (),
@@ -176,7 +182,8 @@ class BalancedPruningHook(Hook):
         self.method = BalancedPruning(target=target, target_metric=target_metric, mode=mode, grid=grid,
                                       importance=crit, tolerance=tolerance, seed=seed, full_curves=full_curves,
                                       max_share=max_share, norm_stats=norm_stats,
-                                      recalibrate_norms=recalibrate_norms, allocation=allocation)
+                                      recalibrate_norms=recalibrate_norms, allocation=allocation,
+                                      replay_mb=replay_mb)
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
         self.calibration_dataloader = calibration_dataloader

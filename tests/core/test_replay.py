@@ -1,0 +1,230 @@
+"""Replay of unchanged activations in one-shot trials (``mmfisher.core.replay``): the balanced curves come out bit
+for bit as without it while the unchanged prefix is skipped; hooks, RNG draws, shared modules, outputs that
+cannot be copied and the memory limit are respected."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfisher.core import ChannelMasks, PruningState, analyze, input_forward
+from mmfisher.core.balanced import BalancedPruning
+from mmfisher.core.replay import ActivationReplay
+
+
+class Block(nn.Module):
+    """conv-bn-relu-conv-bn + identity; counts its forwards."""
+
+    def __init__(self, w: int, noisy: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+                                  nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w))
+        self.noisy = noisy
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.body(x)
+        if self.noisy:  # draws from torch's RNG: must never be replayed
+            y = y + 0.01 * torch.randn_like(y)
+        return F.relu(x + y)
+
+
+class Net(nn.Module):
+    """stem -> layer1 (2 blocks) -> layer2 (down + 2 blocks, the second shared with layer3) -> layer3 -> head."""
+
+    def __init__(self, w: int = 16, noisy: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU())
+        self.layer1 = nn.Sequential(Block(w), Block(w, noisy=noisy))
+        shared = Block(2 * w)
+        self.layer2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.BatchNorm2d(2 * w),
+                                    Block(2 * w), shared)
+        self.layer3 = nn.Sequential(shared, Block(2 * w))  # the shared block's second call
+        self.head = nn.Linear(2 * w, 4)
+
+    def forward(self, x):
+        return self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))).mean((2, 3)))
+
+
+SHAPE = (3, 12, 12)
+
+
+def trained(noisy=False):
+    torch.manual_seed(0)
+    net = Net(noisy=noisy)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, *SHAPE, generator=g)
+    y = x.flatten(1) @ (torch.randn(x[0].numel(), 4, generator=g) / 20)
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for it in range(30):
+        i = torch.arange(8) + 8 * (it % 4)
+        loss = F.mse_loss(net(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in net.parameters():
+        p.grad = None
+    return net, [(x[i:i + 8], y[i:i + 8]) for i in range(0, 32, 8)]
+
+
+@pytest.fixture(scope='module')
+def nets():
+    return {False: trained(), True: trained(noisy=True)}
+
+
+def run(net, batches, **kw):
+    net = copy.deepcopy(net)
+    graph = analyze(net, input_forward(torch.randn(1, *SHAPE)))
+    state = PruningState(net, graph, input_shape=SHAPE)
+    res = BalancedPruning(target=0.5, full_curves=True, **kw).run(
+        state, net, batches, lambda b: F.mse_loss(net(b[0]), b[1]))
+    return net, res
+
+
+def same_curves(a, b):
+    assert [c.name for c in a.curves] == [c.name for c in b.curves]
+    for ca, cb in zip(a.curves, b.curves):
+        assert np.array_equal(ca.ks, cb.ks) and np.array_equal(ca.variation, cb.variation), ca.name
+    assert a.pruned == b.pruned and a.tau == b.tau and a.combined_loss == b.combined_loss
+
+
+@pytest.mark.parametrize('noisy', [False, True])
+def test_replayed_curves_equal_the_computed_ones_bit_for_bit(nets, noisy):
+    net, batches = nets[noisy]
+    _, off = run(net, batches, replay_mb=0)
+    slim, on = run(net, batches)
+    same_curves(on, off)
+    assert off.replay is None and on.replay is not None
+    assert on.forwards == off.forwards + len(batches)  # the recording pass
+    stats = on.replay
+    assert stats['calls_replayed'] > 0 and stats['recorded'] > 0
+    # a block that draws from the RNG, and every container holding it, is never recorded
+    noisy_names = {'layer1', 'layer1.1'} if noisy else set()
+    assert noisy_names <= set(stats['refused'])
+    # the replayed calls really skipped work: the blocks before the last unit ran fewer times than the points
+    points = sum(len(c.ks) for c in on.curves)
+    assert slim.layer1[0].calls < (points + 1) * len(batches)
+
+
+def test_a_trial_skips_the_unchanged_prefix_and_keeps_shared_calls_aligned(nets):
+    net, batches = nets[False]
+    net = copy.deepcopy(net).eval()
+    graph = analyze(net, input_forward(torch.randn(1, *SHAPE)))
+    state = PruningState(net, graph, input_shape=SHAPE)
+    masks = state.masks
+    # mask channels only the last block reads (its inner conv's output): layer3[1].body[3]'s input
+    names = [u.name for u in graph.units]
+    unit = next(u for u, name in enumerate(names) if 'layer3.1.body.0' in name)
+    alive = np.ones(graph.num_atoms, dtype=bool)
+    alive[state.unit_atoms[unit][:8]] = False
+    with torch.no_grad():
+        expect = []
+        with masks.trial(alive):
+            for x, _ in batches:
+                expect.append(net(x))
+        replay = ActivationReplay(net, 2 ** 24)
+        with replay.installed():
+            for i, (x, _) in enumerate(batches):
+                with replay.record(i, len(batches)):
+                    net(x)
+            before = {n: m.calls for n, m in net.named_modules() if isinstance(m, Block)}
+            with masks.trial(alive) as m:
+                assert m.changed_modules
+                got = []
+                for i, (x, _) in enumerate(batches):
+                    with replay.replay(i, m.changed_modules, m.changed_tensors):
+                        got.append(net(x))
+    for e, g in zip(expect, got):
+        assert torch.equal(e, g)
+    after = {n: m.calls for n, m in net.named_modules() if isinstance(m, Block)}
+    # everything before layer3.1 came from the records; layer3.1 ran for every batch
+    assert after['layer1.0'] == before['layer1.0'] and after['layer2.2'] == before['layer2.2']
+    assert after['layer3.1'] == before['layer3.1'] + len(batches)
+    # the shared block's second call (inside layer3) was answered from its own record, not the first call's
+    assert after['layer2.3'] == before['layer2.3']
+    assert not any('forward' in mod.__dict__ for mod in net.modules())  # unwrapped after
+
+
+def test_inner_hooks_see_every_call_and_the_memory_limit_is_kept(nets):
+    net, batches = nets[False]
+    seen = {}
+    res = {}
+    for mb in (0, 1024):
+        hooked = copy.deepcopy(net)
+        calls = seen.setdefault(mb, [])
+        hooked.layer1[0].body[0].register_forward_hook(lambda m, a, o, calls=calls: calls.append(1))
+        _, res[mb] = run(hooked, batches, replay_mb=mb)
+    same_curves(res[1024], res[0])
+    # a container with a hook inside is never replayed: the hooked conv saw every forward (the recording pass
+    # the one more), the trace's included
+    assert len(seen[1024]) - len(seen[0]) == res[1024].forwards - res[0].forwards == len(batches)
+    assert len(seen[0]) == res[0].forwards + 1
+    assert {'layer1', 'layer1.0', 'layer1.0.body'} <= set(res[1024].replay['hooked'])
+    assert res[1024].replay['calls_replayed'] > 0  # the other containers still are
+    # a limit that holds nothing: no record, the same curves
+    _, off = run(net, batches, replay_mb=0)
+    _, tiny = run(net, batches, replay_mb=1e-6)
+    same_curves(tiny, off)
+    assert tiny.replay['recorded'] == 0 and tiny.replay['calls_replayed'] == 0
+    # a limit that holds the top-level containers' outputs only: the shallow ones are kept first
+    probe = copy.deepcopy(net).eval()
+    full = ActivationReplay(probe, 2 ** 30)
+    with torch.no_grad(), full.installed():
+        for i, (x, _) in enumerate(batches):
+            with full.record(i, len(batches)):
+                probe(x)
+    top = {name for name, _ in full.candidates if '.' not in name}
+    per = {}
+    for (i, _, _), n in full._bytes.items():
+        per[full.candidates[i][0]] = per.get(full.candidates[i][0], 0) + n
+    limit = sum(per[n] for n in top)
+    part = ActivationReplay(probe, limit)
+    with torch.no_grad(), part.installed():
+        for i, (x, _) in enumerate(batches):
+            with part.record(i, len(batches)):
+                probe(x)
+    assert part.stored_bytes <= limit
+    assert {part.candidates[k[0]][0] for k in part._store} == top
+    _, within = run(net, batches, replay_mb=limit / 2 ** 20)
+    same_curves(within, off)
+    assert ActivationReplay(probe, 0).enabled is False
+
+
+def test_outputs_that_cannot_be_copied_are_not_recorded():
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return {'out': self.conv(x), 'meta': object()}
+
+    class Top(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = Wrap()
+
+        def forward(self, x):
+            return self.w(x)['out']
+
+    top = Top().eval()
+    replay = ActivationReplay(top, 2 ** 20)
+    with torch.no_grad(), replay.installed():
+        with replay.record(0, 1):
+            top(torch.randn(1, 3, 4, 4))
+    assert replay.stats()['refused'] == ['w'] and replay.stats()['recorded'] == 0
+
+
+@pytest.mark.parametrize('bad', [-1, 1.5, True, '1'])
+def test_bad_limit_names_the_field(bad):
+    with pytest.raises(ValueError, match='limit_bytes'):
+        ActivationReplay(nn.Sequential(nn.Sequential(nn.Linear(2, 2))), bad)
+
+
+@pytest.mark.parametrize('bad', [-1, True, 'x', float('nan')])
+def test_bad_replay_mb_names_the_field(bad):
+    with pytest.raises(ValueError, match='replay_mb'):
+        BalancedPruning(replay_mb=bad)
