@@ -381,7 +381,8 @@ class BalancedPruning:
     def run(self, state: PruningState, module: nn.Module, batches: Sequence[Any], loss_fn: Callable[[Any], Any],
             model: Optional[nn.Module] = None, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
             log: Optional[Callable[[str], None]] = None, device: Optional[torch.device] = None,
-            measure_fn: Optional[Callable[[Any], Any]] = None) -> BalancedResult:
+            measure_fn: Optional[Callable[[Any], Any]] = None,
+            invariant: Sequence[Tuple[nn.Module, str]] = ()) -> BalancedResult:
         """Rank, measure the curves, search tau, prune ``state`` at once, measure the combined loss.
 
         Args:
@@ -400,6 +401,9 @@ class BalancedPruning:
             reduce: sums a float64 tensor over ranks (in place or returned); None on one process.
             log: progress lines (e.g. ``logger.info``).
             device: where torch's seeded RNG matters (CUDA); defaults to the model's parameters' device.
+            invariant: ``(module, method name)`` pairs whose results depend on the batch only, never on a weight
+                (a detector head's anchors and target assignment): the curve points answer them from the
+                recording pass (:class:`~mmfisher.core.replay.ActivationReplay`; with ``replay_mb > 0``).
 
         Raises:
             NoCalibrationData: no rank has a batch.
@@ -443,7 +447,7 @@ class BalancedPruning:
         curves = self._rank(state, limits)
         t0 = time.perf_counter()
         if self.mode == 'measured':
-            self._measure(state, model, curves, batches, measure_fn, reduce, device, res, log, fisher)
+            self._measure(state, model, curves, batches, measure_fn, reduce, device, res, log, fisher, invariant)
         else:
             self._estimate(curves, fisher, res)
         res.wall['curves'] = time.perf_counter() - t0
@@ -642,7 +646,8 @@ class BalancedPruning:
 
     def _measure(self, state: PruningState, model: nn.Module, curves: List[UnitCurve], batches: Sequence[Any],
                  loss_fn: Callable, reduce: Callable, device: torch.device, res: BalancedResult,
-                 log: Callable, fisher: Optional[torch.Tensor] = None) -> None:
+                 log: Callable, fisher: Optional[torch.Tensor] = None,
+                 invariant: Sequence[Tuple[nn.Module, str]] = ()) -> None:
         """Measure the curves' grid points one at a time, each unit's points in order (lowest share first).
 
         Unless ``full_curves``, a unit stops being measured once its curve rises above ``tau_up``
@@ -665,7 +670,7 @@ class BalancedPruning:
         base_alive = state.alive
         t0 = time.perf_counter()
         measured, tau_up, every = 0, math.inf, max(1, total // 5)
-        replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20))
+        replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
         with eval_mode(model), torch.no_grad(), self._statistics(), replay.installed():
             if replay.enabled:  # one unchanged pass records what the points replay
                 for i, batch in enumerate(batches):

@@ -22,6 +22,11 @@ never replayed when:
 * its recorded output did not fit the memory ``limit_bytes`` (shallow containers are kept first: one replay of a
   backbone saves every stage in it).
 
+Invariant methods (``invariant``: ``(module, method name)`` pairs whose results depend on their arguments only,
+and those on the batch only, never on a weight: a detector head's anchors and target assignment) are recorded
+the same way and answered from the records in every trial, also after the forward diverged (the caller vouches
+for the invariance; the RNG and copy conditions above still apply).
+
 The modules' call counters stay aligned: a replayed call advances its descendants' counters by the calls they made
 inside it when it was recorded. Plain PyTorch; nothing here imports OpenMMLab.
 """
@@ -35,6 +40,7 @@ from torch import nn
 __all__ = ['ActivationReplay']
 
 _LEAF_TYPES = (type(None), bool, int, float, str)
+_MISSING = object()
 
 
 def _copy(value: Any) -> Tuple[Optional[Any], int]:
@@ -103,9 +109,15 @@ class ActivationReplay:
                         loss_fn(batch)
     """
 
-    def __init__(self, model: nn.Module, limit_bytes: int) -> None:
+    def __init__(self, model: nn.Module, limit_bytes: int, invariant: Sequence[Tuple[nn.Module, str]] = ()
+                 ) -> None:
         if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0:
             raise ValueError(f'limit_bytes={limit_bytes!r} must be an int >= 0 (0 turns replay off)')
+        for pair in invariant:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], nn.Module)
+                    and isinstance(pair[1], str) and callable(getattr(pair[0], pair[1], None))):
+                raise TypeError(f'invariant: {pair!r} must be a (module, method name) pair naming a method of the '
+                                'module, e.g. (model.bbox_head, "get_targets")')
         self.model = model
         self.limit_bytes = limit_bytes
         self._depth: Dict[int, int] = {}
@@ -126,7 +138,17 @@ class ActivationReplay:
             for t in list(module._parameters.values()) + list(module._buffers.values()):
                 if t is not None:
                     self._owners.setdefault(id(t), []).append(module)
-        self._index = {id(m): i for i, (_, m) in enumerate(self.candidates)}
+        # invariant methods: indices after the containers, kept before any container within the memory limit
+        self._methods: List[Tuple[nn.Module, str]] = []
+        for module, method in invariant:
+            if any(m is module and n == method for m, n in self._methods):
+                continue  # given twice
+            self._depth[len(self.candidates) + len(self._methods)] = -1
+            self._methods.append((module, method))
+        self._first_method = len(self.candidates)
+        names = {id(m): n for n, m in model.named_modules()}
+        self._names = [n for n, _ in self.candidates] + [
+            f'{names.get(id(m), type(m).__name__)}.{method}()' for m, method in self._methods]
         self._hooked: Set[int] = set()  # hooks strictly inside (found when installed): never replayed
         self._store: Dict[Tuple[int, int, int], Tuple[Any, np.ndarray]] = {}
         self._bytes: Dict[Tuple[int, int, int], int] = {}
@@ -134,12 +156,12 @@ class ActivationReplay:
         self._kept: Optional[Set[int]] = None  # after the first batch: the candidates within the memory limit
         self._mode: Optional[str] = None
         self._batch = -1
-        self._calls = np.zeros(len(self.candidates), dtype=np.int64)
+        self._calls = np.zeros(len(self._names), dtype=np.int64)
         self._dirty: Set[int] = set()
         self._diverged = False
         self.replayed = 0  # calls answered from the records
         self.computed = 0  # candidate calls computed in trials
-        self.enabled = limit_bytes > 0 and bool(self.candidates) and not _global_hooks()
+        self.enabled = limit_bytes > 0 and bool(self._names) and not _global_hooks()
 
     @property
     def stored_bytes(self) -> int:
@@ -147,11 +169,14 @@ class ActivationReplay:
 
     def stats(self) -> Dict[str, Any]:
         """What was recorded and replayed (for a results file)."""
-        return {'candidates': len(self.candidates), 'recorded': len({k[0] for k in self._store}),
+        recorded = {k[0] for k in self._store}
+        return {'candidates': len(self.candidates), 'recorded': len({i for i in recorded if i < self._first_method}),
+                'invariant_methods': [self._names[i] for i in range(self._first_method, len(self._names))],
+                'invariant_recorded': len({i for i in recorded if i >= self._first_method}),
                 'stored_mb': round(self.stored_bytes / 2 ** 20, 3), 'limit_mb': round(self.limit_bytes / 2 ** 20, 3),
                 'calls_replayed': self.replayed, 'calls_computed': self.computed,
-                'refused': sorted(self.candidates[i][0] for i in self._refused),
-                'hooked': sorted(self.candidates[i][0] for i in self._hooked)}
+                'refused': sorted(self._names[i] for i in self._refused),
+                'hooked': sorted(self._names[i] for i in self._hooked)}
 
     # ------------------------------------------------------------------ patching
     @contextlib.contextmanager
@@ -168,11 +193,18 @@ class ActivationReplay:
         try:
             for i, (_, m) in enumerate(self.candidates):
                 m.forward = self._wrap(i, m.forward)  # type: ignore[method-assign]
-                patched.append(m)
+                patched.append((m, 'forward', _MISSING))
+            for j, (m, method) in enumerate(self._methods):
+                previous = m.__dict__.get(method, _MISSING)  # an instance attribute already there is restored
+                setattr(m, method, self._wrap(self._first_method + j, getattr(m, method)))
+                patched.append((m, method, previous))
             yield self
         finally:
-            for m in patched:
-                del m.forward
+            for m, method, previous in patched:
+                if previous is _MISSING:
+                    delattr(m, method)
+                else:
+                    setattr(m, method, previous)
             self._mode = None
 
     def _wrap(self, index: int, forward: Any) -> Any:
@@ -184,7 +216,8 @@ class ActivationReplay:
             key = (index, self._batch, call)
             if self._mode == 'record':
                 return self._record_call(index, key, forward, args, kwargs)
-            entry = None if (self._diverged or index in self._dirty) else self._store.get(key)
+            invariant = index >= self._first_method
+            entry = None if (not invariant and (self._diverged or index in self._dirty)) else self._store.get(key)
             if entry is None:
                 self.computed += 1
                 return forward(*args, **kwargs)

@@ -24,6 +24,7 @@ from ..core.export import export_pruned, plain
 from ..core.files import atomic_write_all
 from ..core.importance import GroupFisher, Importance
 from ..core.state import PruningState
+from ..models.invariant import invariant_methods
 from ..models.target import pruned_module
 from ..models.tracing import check_input_shape, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS
@@ -264,7 +265,8 @@ class BalancedPruningHook(Hook):
 
         device = next((p.device for p in model.parameters()), torch.device('cpu'))
         self.result = res = self.method.run(state, model, batches, loss_fn, model=full, reduce=reduce,
-                                            log=runner.logger.info, device=device, measure_fn=measure_fn)
+                                            log=runner.logger.info, device=device, measure_fn=measure_fn,
+                                            invariant=invariant_methods(full))
         self._same_on_every_rank(state, world)
         self.wall['prune'] = time.perf_counter() - t_start
         for w in res.warnings:
