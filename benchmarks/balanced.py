@@ -123,6 +123,7 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
                 forwards=res.forwards, points_measured=res.points, grid_points=res.grid_points,
                 base_loss=res.base_loss, combined_loss=res.combined_loss,
                 sum_unit_variations=res.sum_variations, units=len(res.curves), method_wall=dict(res.wall),
+                hook_wall=dict(hook.wall),
                 replay=res.replay,
                 calibration_batches=res.batches, channels=hook.outputs['channels'],
                 weights=hook.outputs['weights'])
@@ -294,6 +295,34 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
                 sync()
             per_point.append(time.perf_counter() - t0)
     point_s = statistics.fmean(per_point)
+    # the same with the replay the measured mode uses (replay_mb, the head's batch-only target methods): one
+    # recording pass, then points on units spread from the stem to the head, each computed from its unit on
+    from mmfisher.core.replay import ActivationReplay
+    from mmfisher.models.invariant import invariant_methods
+    replay = ActivationReplay(model, 2 ** 30 * 8, invariant_methods(model))
+    spread = sorted({int(round(i * (units - 1) / max(grid_points_timed - 1, 1))) for i in range(grid_points_timed)})
+    replayed = []
+    with torch.no_grad(), replay.installed():
+        t0 = time.perf_counter()
+        for i, data in enumerate(batches):
+            with replay.record(i, len(batches)):
+                loss_fn(data)
+        sync()
+        record_s = time.perf_counter() - t0
+        for u in spread:
+            c, k = limits[u], ks[u]
+            alive = np.ones(graph.num_atoms, dtype=bool)
+            alive[c.ranked[:int(k[len(k) // 2])]] = False
+            t0 = time.perf_counter()
+            with state.masks.trial(alive) as masks:
+                for i, data in enumerate(batches):
+                    with replay.replay(i, masks.changed_modules, masks.changed_tensors):
+                        loss_fn(data)
+                sync()
+            replayed.append(dict(unit=c.name, position=u, point_s=time.perf_counter() - t0))
+    replay_stats = replay.stats()
+    del replay
+    replay_point_s = statistics.fmean(r['point_s'] for r in replayed)
     t0 = time.perf_counter()
     res = method.run(state, model, batches, loss_fn, log=lambda m: print('   ', m, flush=True))
     sync()
@@ -306,6 +335,12 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
         curve_points=points, estimated_mode_s=est_s, estimated_wall=res.wall, estimated_forwards=res.forwards,
         estimated_ratios=dict(res.ratios), measured_point_s=point_s, measured_points_timed=len(per_point),
         measured_mode_s_extrapolated=res.wall['ranking'] + points * point_s + res.wall['combined'],
+        replay=dict(record_s=record_s, points=replayed, point_s_mean=replay_point_s,
+                    stored_mb=replay_stats['stored_mb'], invariant_methods=replay_stats['invariant_methods'],
+                    measured_mode_s_extrapolated=res.wall['ranking'] + record_s + points * replay_point_s
+                    + res.wall['combined'],
+                    note='points on units spread evenly from the first to the last (their mean stands for every '
+                         "unit's); each forward runs from its unit's first changed layer on"),
         scaling=('measured: trace + Fisher pass (batches x (forward + backward)) + units x grid points x batches '
                  f'forwards ({units} x {points / units:.1f} x {len(batches)} = {points * len(batches)} forwards of '
                  f'{batch} image(s), {point_s / len(batches):.3g} s each here) + one combined pass; estimated: '

@@ -40,7 +40,10 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    and report it beside the sum of the units' variations (the method's additivity assumption).
 
 Which mode fits: ``measured`` costs at most ``units x grid points x batches`` forwards (no backward except the
-Fisher pass) and sees every nonlinearity: use it whenever that fits the time (all tiny and ImageNet/COCO-size
+Fisher pass), each only from its unit's first changed layer on (``replay_mb``: the containers before it, and the
+``invariant`` methods such as a detector head's target assignment, are answered from one recording pass:
+:mod:`mmfisher.core.replay`; measured on the tiny RetinaNet: 36.8 -> 18.3 ms per point forward, the same curves
+bit for bit), and sees every nonlinearity: use it whenever that fits the time (all tiny and ImageNet/COCO-size
 models on a GPU, small ones on a CPU). ``estimated`` costs one forward + backward per batch (the Fisher pass)
 whatever the model: use it when the measured curves are too slow (a large detector on a CPU, many units); its
 tau is in the estimate's units. The estimate holds near the trained weights only: on a well-trained model a
