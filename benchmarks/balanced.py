@@ -295,8 +295,9 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
                 sync()
             per_point.append(time.perf_counter() - t0)
     point_s = statistics.fmean(per_point)
-    # the same with the replay the measured mode uses (replay_mb, the head's batch-only target methods): one
-    # recording pass, then points on units spread from the stem to the head, each computed from its unit on
+    # the same with the replay the measured mode uses (replay_mb, the head's batch-only target methods): an
+    # unchanged pass records every call (in the method the points record them as they go, at no extra forward),
+    # then points on units spread from the stem to the head, each computed from its unit on
     from mmfisher.core.replay import ActivationReplay
     from mmfisher.models.invariant import invariant_methods
     replay = ActivationReplay(model, 2 ** 30 * 8, invariant_methods(model))
@@ -305,7 +306,7 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
     with torch.no_grad(), replay.installed():
         t0 = time.perf_counter()
         for i, data in enumerate(batches):
-            with replay.record(i, len(batches)):
+            with replay.replay(i, ()):
                 loss_fn(data)
         sync()
         record_s = time.perf_counter() - t0

@@ -41,7 +41,7 @@ custom_hooks = [
         norm_stats='batch',          # BN statistics in the calibration forwards: 'batch' (each batch's) | 'running'
         recalibrate_norms=True,      # re-estimate BN statistics of the pruned structure before writing it
         allocation='variation',      # tau bounds each unit's loss variation | 'variation_per_cost': per FLOP freed
-        replay_mb=1024,              # MiB for replaying the unchanged containers' outputs in the curve points; 0: off
+        replay_mb=1024,              # MiB for replaying the unchanged module calls in the curve points; 0: off
         importance=None,             # None: GroupFisher(delta='none'); or dict(type='L1Norm'), dict(type='BNScale')
         input_shape=(3, 800, 1333),  # (C, H, W) of the trace and of the FLOPs / activation counts
         skip=(),                     # fnmatch patterns of units / layers never pruned

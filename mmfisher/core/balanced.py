@@ -37,13 +37,13 @@ A trained model is pruned in one pass over a few calibration batches, without tr
 4. **Prune** every unit at its rate at once (only atoms the written structure really removes are masked, so the
    masks equal the structure even with a divisor), re-estimate the trained batch norms' stored statistics for
    it (``recalibrate_norms``), then measure the combined structure's real calibration loss
-   and report it beside the sum of the units' variations (the method's additivity assumption).
+   and report it beside the sum of the units' variations (the method's additivity assumption; with
+   ``norm_stats='batch'`` the re-estimation's own forwards give it, no pass of its own).
 
 Which mode fits: ``measured`` costs at most ``units x grid points x batches`` forwards (no backward except the
-Fisher pass), each only from its unit's first changed layer on (``replay_mb``: the containers before it, and the
-``invariant`` methods such as a detector head's target assignment, are answered from one recording pass:
-:mod:`mmfisher.core.replay`; measured on the tiny RetinaNet: 36.8 -> 18.3 ms per point forward, the same curves
-bit for bit), and sees every nonlinearity: use it whenever that fits the time (all tiny and ImageNet/COCO-size
+Fisher pass), each only from its unit's first changed layer on (``replay_mb``: the module calls before it, and the
+``invariant`` methods such as a detector head's target assignment, are answered from records of their unchanged
+calls made in earlier points: :mod:`mmfisher.core.replay`; the same curves bit for bit), and sees every nonlinearity: use it whenever that fits the time (all tiny and ImageNet/COCO-size
 models on a GPU, small ones on a CPU). ``estimated`` costs one forward + backward per batch (the Fisher pass)
 whatever the model: use it when the measured curves are too slow (a large detector on a CPU, many units); its
 tau is in the estimate's units. The estimate holds near the trained weights only: on a well-trained model a
@@ -314,9 +314,10 @@ class BalancedPruning:
             cost a lot, e.g. a residual stream read by many layers, is pruned further). Same forwards either way.
             Defaults to ``'variation'``.
         replay_mb: memory (MiB) for the recorded activations the curve points replay
-            (:class:`~mmfisher.core.replay.ActivationReplay`): a point's forward skips every container its unit
-            cannot change that runs before the unit's first changed layer (one extra unchanged pass records them;
-            the same values, bit for bit). 0 turns it off. Defaults to 1024.
+            (:class:`~mmfisher.core.replay.ActivationReplay`): a point's forward skips every module call its unit
+            cannot change that runs before the unit's first changed layer, answered from the record of that call
+            seen unchanged in an earlier point (no extra pass; the same values, bit for bit). 0 turns it off.
+            Defaults to 1024.
     """
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
@@ -406,7 +407,8 @@ class BalancedPruning:
             device: where torch's seeded RNG matters (CUDA); defaults to the model's parameters' device.
             invariant: ``(module, method name)`` pairs whose results depend on the batch only, never on a weight
                 (a detector head's anchors and target assignment): the curve points answer them from the
-                recording pass (:class:`~mmfisher.core.replay.ActivationReplay`; with ``replay_mb > 0``).
+                records of their earlier calls (:class:`~mmfisher.core.replay.ActivationReplay`; with
+                ``replay_mb > 0``).
 
         Raises:
             NoCalibrationData: no rank has a batch.
@@ -484,13 +486,26 @@ class BalancedPruning:
                                 f'{self.tolerance:g} below target={self.target:g} (coarse steps: a large divisor '
                                 'or atoms of very different cost); lower the divisor or give a finer grid')
         t0 = time.perf_counter()
+        total = None
         if self.recalibrate_norms and self._norms:  # no forward when no batch norm trains (a frozen backbone)
+            # the re-estimation's forwards normalise with batch statistics, as the measurements do with
+            # norm_stats='batch': their losses (seeded as every measurement) are then the combined loss itself
+            local = torch.zeros(len(batches), dtype=torch.float64)
+            seen = iter(range(len(batches)))
+
+            def forward(batch: Any) -> None:
+                i = next(seen)
+                with _seeded(self.seed + i, device):
+                    local[i] = _as_float(measure_fn(batch))
             with eval_mode(model):
-                res.norms_recalibrated = recalibrate(self._norms, batches, measure_fn, reduce)
+                res.norms_recalibrated = recalibrate(self._norms, batches, forward, reduce)
             res.forwards += len(batches)
-        total, _ = self._loss_sum(model, batches, measure_fn, reduce, device)
+            if self.norm_stats == 'batch':
+                total = float(reduce(local.sum().reshape(1))[0])
+        if total is None:
+            total, _ = self._loss_sum(model, batches, measure_fn, reduce, device)
+            res.forwards += len(batches)
         res.combined_loss = total / res.batches
-        res.forwards += len(batches)
         res.wall['combined'] = time.perf_counter() - t0
         if self.mode == 'estimated' and res.combined_variation > max(
                 ESTIMATE_TRUST * res.sum_variations, 0.1 * abs(res.base_loss)):
@@ -675,11 +690,6 @@ class BalancedPruning:
         measured, tau_up, every = 0, math.inf, max(1, total // 5)
         replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
         with eval_mode(model), torch.no_grad(), self._statistics(), replay.installed():
-            if replay.enabled:  # one unchanged pass records what the points replay
-                for i, batch in enumerate(batches):
-                    with replay.record(i, len(batches)), _seeded(self.seed + i, device):
-                        loss_fn(batch)
-                res.forwards += len(batches)
             while True:
                 if not self.full_curves:
                     found = self._prefix(state, curves)
@@ -706,8 +716,8 @@ class BalancedPruning:
                         f'units open, tau_up {tau_up:.5g})')
         res.replay = replay.stats() if replay.enabled else None
         if replay.enabled:
-            log(f'balanced: replayed {replay.replayed} of {replay.replayed + replay.computed} container calls in '
-                f'the points ({res.replay["recorded"]} containers recorded, {res.replay["stored_mb"]:.1f} MiB)')
+            log(f'balanced: replayed {replay.replayed} of {replay.replayed + replay.computed} module calls in '
+                f'the points ({res.replay["recorded"]} modules recorded, {res.replay["stored_mb"]:.1f} MiB)')
         log(f'balanced: {measured} of {total} grid points measured in {time.perf_counter() - t0:.1f} s')
         res.tau_up = tau_up
         res.forwards += measured * len(batches)

@@ -4,28 +4,32 @@ A trial (:meth:`~mmfisher.core.masks.ChannelMasks.trial`) changes the computatio
 readers whose input weights it zeroes and the renormalizing norms it gives masked channels (its
 ``changed_modules``). In the forward of a calibration batch, every module call made before the first changed
 module starts is the very call of the unchanged forward: the same inputs, the same weights, the same random
-draws (the measurements seed torch's RNG per batch). So a container (a module with children) whose subtree holds
-no changed module, called before that point, returns what it returned in the unchanged forward. For a unit deep in
-the network (a detector's head, a backbone's last stage) the whole prefix before it costs nothing.
+draws (the measurements seed torch's RNG per batch). So a module whose subtree holds no changed module, called
+before that point, returns what it returned in the unchanged forward. For a unit deep in the network (a
+detector's head, a backbone's last stage) the whole prefix before it costs nothing.
 
-:class:`ActivationReplay` records the containers' outputs in one unchanged pass per batch (:meth:`record`) and, in
-each trial (:meth:`replay`), returns copies of them instead of computing them while that holds. It is exact by
-construction (the replayed values are bit-identical to a recomputation on a deterministic device); a container is
-never replayed when:
+:class:`ActivationReplay` wraps every module's ``forward`` (containers and leaves: a ResNet's stem convolution and
+max pool are leaves of the backbone) and, in each trial forward (:meth:`replay`), answers such a call from a
+record of that call (module, batch, call number), made the first time the call was seen unchanged, in this trial
+or an earlier one: no extra pass. It is exact by construction (the replayed values are bit-identical to a
+recomputation on a deterministic device). A module is never replayed when:
 
 * its subtree holds a changed module, or a changed module (or an owner of a tensor the trial changed: tied
   weights) has started in this forward (its forward pre-hook marks the forward "diverged");
-* some module strictly inside it has hooks (a feature recorder, e.g. a distiller's anchors, must see its call);
-  the global module hooks are set (then nothing is replayed);
-* its forward drew from torch's RNG in the recording pass (its skipped draws would shift the later ones), or
-  returned something other than tensors in (nested) tuples, lists and dicts (with None, numbers and strings);
-* its recorded output did not fit the memory ``limit_bytes`` (shallow containers are kept first: one replay of a
-  backbone saves every stage in it).
+* some module strictly inside it has hooks (a feature recorder, e.g. a distiller's anchors, must see its call;
+  the module's own hooks run around the replayed forward as usual); the global module hooks are set (then
+  nothing is replayed);
+* its recorded call drew from torch's RNG (its skipped draws would shift the later ones), changed a tensor
+  argument in place other than by returning its first argument (an in-place activation's write is replayed into
+  that argument), returned a view of an argument (an identity, a flatten: a copy would not follow later writes),
+  or returned something other than tensors in (nested) tuples, lists and dicts (with None, numbers and
+  strings);
+* its output does not fit the memory ``limit_bytes`` any more (first recorded, first kept).
 
 Invariant methods (``invariant``: ``(module, method name)`` pairs whose results depend on their arguments only,
 and those on the batch only, never on a weight: a detector head's anchors and target assignment) are recorded
-the same way and answered from the records in every trial, also after the forward diverged (the caller vouches
-for the invariance; the RNG and copy conditions above still apply).
+and answered the same way, also after the forward diverged (the caller vouches for the invariance; the RNG,
+in-place and copy conditions above still apply).
 
 The modules' call counters stay aligned: a replayed call advances its descendants' counters by the calls they made
 inside it when it was recorded. Plain PyTorch; nothing here imports OpenMMLab.
@@ -50,7 +54,7 @@ def _copy(value: Any) -> Tuple[Optional[Any], int]:
         return value.detach().clone(), value.numel() * value.element_size()
     if isinstance(value, _LEAF_TYPES):
         return value, 0
-    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+    if type(value) in (tuple, list):
         out, size = [], 0
         for v in value:
             c, n = _copy(v)
@@ -69,6 +73,31 @@ def _copy(value: Any) -> Tuple[Optional[Any], int]:
             size += n
         return out_d, size
     return None, -1
+
+
+def _arg_tensors(args: tuple, kwargs: dict) -> List[torch.Tensor]:
+    """The tensors among the arguments and one level of tuples / lists / dicts in them."""
+    out = []
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (tuple, list)):
+            out.extend(t for t in a if isinstance(t, torch.Tensor))
+        elif isinstance(a, dict):
+            out.extend(t for t in a.values() if isinstance(t, torch.Tensor))
+    return out
+
+
+def _aliases(out: Any, tensors: List[torch.Tensor]) -> bool:
+    """Whether a tensor of ``out`` (or of one level of tuples / lists / dicts in it) shares storage with one of
+    ``tensors`` (an identity or a view: a copy would not follow later writes into it)."""
+    if not tensors:
+        return False
+    outs = _arg_tensors((out,), {})
+    if not outs:
+        return False
+    ptrs = {t.untyped_storage().data_ptr() for t in tensors}
+    return any(o.untyped_storage().data_ptr() in ptrs for o in outs)
 
 
 def _rng_state() -> List[torch.Tensor]:
@@ -90,23 +119,23 @@ def _global_hooks() -> bool:
 
 
 class ActivationReplay:
-    """Records the containers' outputs of the unchanged forwards and replays them in trials (module docstring).
+    """Answers the module calls a trial cannot change from records of their unchanged calls (module docstring).
 
     Args:
-        model: the module whose forwards are recorded (its strict descendants with children are the candidates).
-        limit_bytes: the memory the recorded outputs may take, over all batches. 0 turns replay off.
+        model: the module whose forwards are replayed (its strict descendants with a ``forward`` are the
+            candidates).
+        limit_bytes: the memory the records may take, over all batches. 0 turns replay off.
+        invariant: ``(module, method name)`` pairs whose results depend on the batch only.
 
     Use::
 
         replay = ActivationReplay(model, 2 ** 30)
         with replay.installed():
-            for i, batch in enumerate(batches):
-                with replay.record(i, len(batches)):
-                    loss_fn(batch)
-            with masks.trial(alive):
-                for i, batch in enumerate(batches):
-                    with replay.replay(i, masks.changed_modules):
-                        loss_fn(batch)
+            for alive in candidates:
+                with masks.trial(alive):
+                    for i, batch in enumerate(batches):
+                        with replay.replay(i, masks.changed_modules, masks.changed_tensors):
+                            loss_fn(batch)
     """
 
     def __init__(self, model: nn.Module, limit_bytes: int, invariant: Sequence[Tuple[nn.Module, str]] = ()
@@ -120,13 +149,9 @@ class ActivationReplay:
                                 'module, e.g. (model.bbox_head, "get_targets")')
         self.model = model
         self.limit_bytes = limit_bytes
-        self._depth: Dict[int, int] = {}
-        self.candidates: List[Tuple[str, nn.Module]] = []
-        for name, module in model.named_modules():  # each module once, at its first place
-            if (module is not model and any(True for _ in module.children()) and 'forward' not in module.__dict__
-                    and type(module).forward is not nn.Module.forward):
-                self._depth[len(self.candidates)] = name.count('.')
-                self.candidates.append((name, module))
+        self.candidates: List[Tuple[str, nn.Module]] = [
+            (name, module) for name, module in model.named_modules()  # each module once, at its first place
+            if module is not model and type(module).forward is not nn.Module.forward]
         # id(module) -> the candidates holding it (itself included), along every path (a shared module sits in
         # several containers)
         self._ancestors: Dict[int, Set[int]] = {}
@@ -138,23 +163,22 @@ class ActivationReplay:
             for t in list(module._parameters.values()) + list(module._buffers.values()):
                 if t is not None:
                     self._owners.setdefault(id(t), []).append(module)
-        # invariant methods: indices after the containers, kept before any container within the memory limit
+        # invariant methods: indices after the modules
         self._methods: List[Tuple[nn.Module, str]] = []
         for module, method in invariant:
-            if any(m is module and n == method for m, n in self._methods):
-                continue  # given twice
-            self._depth[len(self.candidates) + len(self._methods)] = -1
-            self._methods.append((module, method))
+            if not any(m is module and n == method for m, n in self._methods):
+                self._methods.append((module, method))
         self._first_method = len(self.candidates)
         names = {id(m): n for n, m in model.named_modules()}
         self._names = [n for n, _ in self.candidates] + [
             f'{names.get(id(m), type(m).__name__)}.{method}()' for m, method in self._methods]
         self._hooked: Set[int] = set()  # hooks strictly inside (found when installed): never replayed
-        self._store: Dict[Tuple[int, int, int], Tuple[Any, np.ndarray]] = {}
-        self._bytes: Dict[Tuple[int, int, int], int] = {}
-        self._refused: Set[int] = set()  # drew RNG, or an output that cannot be copied
-        self._kept: Optional[Set[int]] = None  # after the first batch: the candidates within the memory limit
-        self._mode: Optional[str] = None
+        # (module index, batch, call number) -> (output copy, descendants' calls inside, in place, bytes)
+        self._store: Dict[Tuple[int, int, int], Tuple[Any, np.ndarray, bool, int]] = {}
+        self._bytes = 0
+        self._refused: Set[int] = set()  # drew RNG, wrote into an argument, or an output that cannot be copied
+        self._full = False  # a record did not fit the limit
+        self._active = False
         self._batch = -1
         self._calls = np.zeros(len(self._names), dtype=np.int64)
         self._dirty: Set[int] = set()
@@ -165,24 +189,26 @@ class ActivationReplay:
 
     @property
     def stored_bytes(self) -> int:
-        return int(sum(self._bytes.values()))
+        return self._bytes
 
     def stats(self) -> Dict[str, Any]:
         """What was recorded and replayed (for a results file)."""
         recorded = {k[0] for k in self._store}
-        return {'candidates': len(self.candidates), 'recorded': len({i for i in recorded if i < self._first_method}),
-                'invariant_methods': [self._names[i] for i in range(self._first_method, len(self._names))],
+        return {'candidates': len(self.candidates),
+                'recorded': len({i for i in recorded if i < self._first_method}),
+                'invariant_methods': self._names[self._first_method:],
                 'invariant_recorded': len({i for i in recorded if i >= self._first_method}),
-                'stored_mb': round(self.stored_bytes / 2 ** 20, 3), 'limit_mb': round(self.limit_bytes / 2 ** 20, 3),
-                'calls_replayed': self.replayed, 'calls_computed': self.computed,
+                'stored_mb': round(self._bytes / 2 ** 20, 3), 'limit_mb': round(self.limit_bytes / 2 ** 20, 3),
+                'limit_reached': self._full, 'calls_replayed': self.replayed, 'calls_computed': self.computed,
                 'refused': sorted(self._names[i] for i in self._refused),
                 'hooked': sorted(self._names[i] for i in self._hooked)}
 
     # ------------------------------------------------------------------ patching
     @contextlib.contextmanager
     def installed(self) -> Iterator['ActivationReplay']:
-        """Every candidate's ``forward`` wrapped for the block (restored after; a no-op while disabled). Outside
-        :meth:`record` and :meth:`replay` the wrapped forwards compute as usual."""
+        """Every candidate's ``forward`` and every invariant method wrapped for the block (an instance attribute
+        already there, e.g. a patched norm's forward, is wrapped and restored after; a no-op while disabled).
+        Outside :meth:`replay` the wrapped calls compute as usual."""
         if not self.enabled:
             yield self
             return
@@ -191,105 +217,86 @@ class ActivationReplay:
                         if any(_has_hooks(d) for d in m.modules() if d is not m)}
         patched = []
         try:
-            for i, (_, m) in enumerate(self.candidates):
-                m.forward = self._wrap(i, m.forward)  # type: ignore[method-assign]
-                patched.append((m, 'forward', _MISSING))
-            for j, (m, method) in enumerate(self._methods):
-                previous = m.__dict__.get(method, _MISSING)  # an instance attribute already there is restored
-                setattr(m, method, self._wrap(self._first_method + j, getattr(m, method)))
-                patched.append((m, method, previous))
+            targets = [(m, 'forward') for _, m in self.candidates] + self._methods
+            for index, (m, attr) in enumerate(targets):
+                previous = m.__dict__.get(attr, _MISSING)
+                setattr(m, attr, self._wrap(index, getattr(m, attr)))
+                patched.append((m, attr, previous))
             yield self
         finally:
-            for m, method, previous in patched:
+            for m, attr, previous in reversed(patched):
                 if previous is _MISSING:
-                    delattr(m, method)
+                    delattr(m, attr)
                 else:
-                    setattr(m, method, previous)
-            self._mode = None
+                    setattr(m, attr, previous)
+            self._active = False
 
     def _wrap(self, index: int, forward: Any) -> Any:
+        invariant = index >= self._first_method
+
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if self._mode is None:
+            if not self._active:
                 return forward(*args, **kwargs)
-            call = int(self._calls[index])
-            self._calls[index] += 1
-            key = (index, self._batch, call)
-            if self._mode == 'record':
-                return self._record_call(index, key, forward, args, kwargs)
-            invariant = index >= self._first_method
-            entry = None if (not invariant and (self._diverged or index in self._dirty)) else self._store.get(key)
-            if entry is None:
+            calls = self._calls
+            key = (index, self._batch, int(calls[index]))
+            calls[index] += 1
+            if not invariant and (self._diverged or index in self._dirty):
                 self.computed += 1
                 return forward(*args, **kwargs)
-            value, inner = entry
-            self._calls += inner  # the descendants' calls it would have made
+            entry = self._store.get(key)
+            if entry is None:
+                self.computed += 1
+                return self._record(index, key, forward, args, kwargs)
+            value, inner, in_place, _ = entry
+            calls += inner  # the descendants' calls it would have made
             self.replayed += 1
+            if in_place:  # the call wrote its output into its first argument: so does the replay
+                return args[0].copy_(value)
             return _copy(value)[0]
         return wrapped
 
-    def _record_call(self, index: int, key: Tuple[int, int, int], forward: Any, args: tuple, kwargs: dict) -> Any:
-        if index in self._refused or index in self._hooked or (self._kept is not None and index not in self._kept):
+    def _record(self, index: int, key: Tuple[int, int, int], forward: Any, args: tuple, kwargs: dict) -> Any:
+        """Compute an unchanged call (or an invariant method's) and record it, if it may be replayed."""
+        if index in self._refused or index in self._hooked or self._full:
             return forward(*args, **kwargs)
         rng = _rng_state()
+        tensors = _arg_tensors(args, kwargs)
+        versions = [t._version for t in tensors]
         before = self._calls.copy()
         out = forward(*args, **kwargs)
+        written = [t for t, v in zip(tensors, versions) if t._version != v]
         after = _rng_state()
-        if len(rng) != len(after) or not all(torch.equal(a, b) for a, b in zip(rng, after)):
+        in_place = bool(written) and len(written) == 1 and bool(args) and out is args[0] is written[0]
+        if (written and not in_place) or (not in_place and _aliases(out, tensors)) or len(rng) != len(after) or \
+                not all(torch.equal(a, b) for a, b in zip(rng, after)):
             self._refuse(index)
             return out
         value, size = _copy(out)
         if size < 0:
             self._refuse(index)
             return out
+        if self._bytes + size > self.limit_bytes:
+            self._full = True
+            return out
         inner = self._calls - before
         inner[index] = 0
-        self._store[key] = (value, inner)
-        self._bytes[key] = size
+        self._store[key] = (value, inner, in_place, size)
+        self._bytes += size
         return out
 
     def _refuse(self, index: int) -> None:
         self._refused.add(index)
         for key in [k for k in self._store if k[0] == index]:
-            del self._store[key], self._bytes[key]
+            self._bytes -= self._store.pop(key)[3]
 
-    # ------------------------------------------------------------------ passes
-    @contextlib.contextmanager
-    def record(self, batch: int, batches: int) -> Iterator[None]:
-        """Record the candidates' outputs of the unchanged forward of batch ``batch`` (of ``batches`` to be
-        recorded) made in the block. After the first recorded batch, only the candidates whose outputs fit
-        ``limit_bytes / batches`` per batch are kept (shallow ones first, then the smaller); the rest are dropped."""
-        if not self.enabled:
-            yield
-            return
-        self._begin('record', batch)
-        try:
-            yield
-        finally:
-            self._mode = None
-        if self._kept is None:
-            self._keep_within(self.limit_bytes // max(int(batches), 1))
-
-    def _keep_within(self, budget: int) -> None:
-        per: Dict[int, int] = {}
-        for k, n in self._bytes.items():
-            per[k[0]] = per.get(k[0], 0) + n
-        order = sorted(per, key=lambda i: (self._depth[i], per[i], i))
-        kept, total = set(), 0
-        for i in order:
-            if total + per[i] <= budget:
-                kept.add(i)
-                total += per[i]
-        self._kept = kept
-        for key in [k for k in self._store if k[0] not in kept]:
-            del self._store[key], self._bytes[key]
-
+    # ------------------------------------------------------------------ a trial forward
     @contextlib.contextmanager
     def replay(self, batch: int, changed: Sequence[nn.Module], tensors: Sequence[torch.Tensor] = ()
                ) -> Iterator[None]:
-        """For the block (one forward of batch ``batch`` under a trial's masks): answer the candidates that the
-        trial cannot change from the records. ``changed``: the modules whose computation the trial changes
-        (``ChannelMasks.changed_modules``); ``tensors``: the tensors it changed (their other owners count as
-        changed too: tied weights)."""
+        """For the block (one forward of batch ``batch`` under a trial's masks): answer the calls the trial cannot
+        change from their records, and record those not recorded yet. ``changed``: the modules whose computation
+        the trial changes (``ChannelMasks.changed_modules``); ``tensors``: the tensors it changed (their other
+        owners count as changed too: tied weights). ``changed=()``: the unchanged forward itself."""
         if not self.enabled:
             yield
             return
@@ -301,18 +308,15 @@ class ActivationReplay:
         for m in movers.values():
             self._dirty.update(self._ancestors.get(id(m), ()))
         handles = [m.register_forward_pre_hook(self._diverge) for m in movers.values()]
-        self._begin('replay', batch)
+        self._active, self._batch = True, int(batch)
+        self._calls[:] = 0
+        self._diverged = False
         try:
             yield
         finally:
-            self._mode = None
+            self._active = False
             for h in handles:
                 h.remove()
 
     def _diverge(self, module: nn.Module, args: tuple) -> None:
         self._diverged = True
-
-    def _begin(self, mode: str, batch: int) -> None:
-        self._mode, self._batch = mode, int(batch)
-        self._calls[:] = 0
-        self._diverged = False

@@ -112,10 +112,11 @@ class BalancedPruningHook(Hook):
             past the first point above the largest threshold the target can need (the same structure, fewer
             forwards; ``balanced_curves.json`` lists the skipped points as ``unmeasured_k``).
         replay_mb (float): memory (MiB, per rank) for the recorded activations the curve points replay: a point's
-            forward skips the containers (stages, blocks, the backbone) its unit cannot change that run before the
-            unit's first changed layer, answering them from one unchanged pass (bit-identical values; containers
-            with hooks inside, RNG draws or non-tensor outputs are always computed). 0 turns it off. Defaults to
-            1024.
+            forward skips the module calls (the stem, stages, blocks, the backbone) its unit cannot change that run
+            before the unit's first changed layer, and a dense head's batch-only target assignment, answering them
+            from the record of that call seen unchanged in an earlier point (no extra pass; bit-identical values;
+            modules with hooks inside, RNG draws, writes into their inputs or non-tensor outputs are always
+            computed). 0 turns it off. Defaults to 1024.
         importance (dict, optional): the ranking criterion from ``IMPORTANCE`` (``dict(type='L1Norm')``,
             ``dict(type='BNScale')``, ...). Defaults to ``GroupFisher(delta='none')`` on the calibration batches.
         input_shape (Sequence[int]): ``(C, H, W)`` of the trace and of the cost counts. Defaults to (3, 800, 1333).

@@ -173,7 +173,15 @@ def test_batch_norm_statistics_in_the_curves_and_recalibrated_after(trained):
     res2 = BalancedPruning(target=0.5).run(state2, net2, batches, loss_fn2)  # the defaults: batch + recalibrate
     assert res2.norms_recalibrated == 4 and res2.pruned == res.pruned
     assert not torch.equal(net2.bnc.running_var, original.bnc.running_var)
-    assert res2.forwards == res.forwards + len(batches) == len(calls2)
+    # with batch statistics the re-estimation's forwards are the combined loss's: no pass of its own
+    assert res2.forwards == res.forwards == len(calls2) and res2.combined_loss == res.combined_loss
+    net3, _, state3, _, loss_fn3, calls3 = setup(trained)
+    res3 = BalancedPruning(target=0.5, norm_stats='running').run(state3, net3, batches, loss_fn3)
+    net4, _, state4, _, loss_fn4, calls4 = setup(trained)
+    res4 = BalancedPruning(target=0.5, norm_stats='running', recalibrate_norms=False).run(
+        state4, net4, batches, loss_fn4)
+    # stored statistics in the combined loss: the re-estimation and the combined loss take a pass each
+    assert res3.norms_recalibrated == 4 and res3.forwards == len(calls3) == res4.forwards + len(batches)
     # with the re-estimated statistics, eval mode is close to the batch-statistics loss the method measured
     assert mean_loss(net2, batches) == pytest.approx(res2.combined_loss, rel=0.05)
     assert abs(mean_loss(net2, batches) - res2.combined_loss) < abs(mean_loss(net, batches) - res.combined_loss)
@@ -210,7 +218,7 @@ def test_skipping_points_above_the_needed_threshold_gives_the_whole_grid_structu
     assert lazy.tau == whole.tau and lazy.combined_loss == pytest.approx(whole.combined_loss, rel=1e-9)
     assert whole.points == whole.grid_points == sum(c.grid_ks.size for c in whole.curves)
     assert lazy.grid_points == whole.grid_points and lazy.points < whole.points
-    assert calls_lazy == lazy.forwards == len(batches) * (lazy.points + 3) < calls_whole  # + Fisher, BN, combined
+    assert calls_lazy == lazy.forwards == len(batches) * (lazy.points + 2) < calls_whole  # + Fisher, BN (= combined)
     for cl, cw in zip(lazy.curves, whole.curves):
         n = cl.ks.size
         # a measured prefix of the grid, identical to the whole grid's; a unit cut short ends above the measuring
@@ -298,7 +306,8 @@ def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
     net, graph, state, batches, loss_fn, calls = setup(trained)
     crit = GroupFisher(delta='none')
     res = BalancedPruning(target=0.5, mode='estimated', importance=crit).run(state, net, batches, loss_fn)
-    assert res.forwards == len(calls) == 3 * len(batches)  # the Fisher pass, BN re-estimation, combined loss
+    # the Fisher pass, the BN re-estimation (whose batch-statistics losses are the combined loss)
+    assert res.forwards == len(calls) == 2 * len(batches)
     assert res.samples == 64 and crit.samples == 64
     f = crit.sums.numpy()
     for c in res.curves:
@@ -402,7 +411,7 @@ def test_l1_and_bn_scale_rankings_need_no_gradients(trained, crit):
     raw = ref.raw_scores()  # of the unpruned model (pruning changes the readers' filters)
     res = BalancedPruning(target=0.5, importance=crit, grid=(0.25, 0.5, 0.75)).run(state, net, batches, loss_fn)
     assert res.samples == 0 and all(p.grad is None for p in net.parameters())
-    assert res.forwards == len(calls) == len(batches) * (sum(len(c.ks) for c in res.curves) + 3)
+    assert res.forwards == len(calls) == len(batches) * (sum(len(c.ks) for c in res.curves) + 2)
     for c in res.curves:
         assert np.all(np.diff(raw[c.ranked]) >= 0)
     assert_met(state, res, 0.5)

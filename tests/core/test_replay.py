@@ -1,6 +1,6 @@
 """Replay of unchanged activations in one-shot trials (``mmfisher.core.replay``): the balanced curves come out bit
-for bit as without it while the unchanged prefix is skipped; hooks, RNG draws, shared modules, outputs that
-cannot be copied and the memory limit are respected."""
+for bit as without it while the unchanged prefix is skipped; hooks, RNG draws, shared modules, in-place writes,
+views, outputs that cannot be copied and the memory limit are respected."""
 import copy
 
 import numpy as np
@@ -98,7 +98,7 @@ def test_replayed_curves_equal_the_computed_ones_bit_for_bit(nets, noisy):
     slim, on = run(net, batches)
     same_curves(on, off)
     assert off.replay is None and on.replay is not None
-    assert on.forwards == off.forwards + len(batches)  # the recording pass
+    assert on.forwards == off.forwards  # recorded in the points: no pass of its own
     stats = on.replay
     assert stats['calls_replayed'] > 0 and stats['recorded'] > 0
     # a block that draws from the RNG, and every container holding it, is never recorded
@@ -127,8 +127,8 @@ def test_a_trial_skips_the_unchanged_prefix_and_keeps_shared_calls_aligned(nets)
                 expect.append(net(x))
         replay = ActivationReplay(net, 2 ** 24)
         with replay.installed():
-            for i, (x, _) in enumerate(batches):
-                with replay.record(i, len(batches)):
+            for i, (x, _) in enumerate(batches):  # an unchanged forward records every call
+                with replay.replay(i, ()):
                     net(x)
             before = {n: m.calls for n, m in net.named_modules() if isinstance(m, Block)}
             with masks.trial(alive) as m:
@@ -158,39 +158,71 @@ def test_inner_hooks_see_every_call_and_the_memory_limit_is_kept(nets):
         hooked.layer1[0].body[0].register_forward_hook(lambda m, a, o, calls=calls: calls.append(1))
         _, res[mb] = run(hooked, batches, replay_mb=mb)
     same_curves(res[1024], res[0])
-    # a container with a hook inside is never replayed: the hooked conv saw every forward (the recording pass
-    # the one more), the trace's included
-    assert len(seen[1024]) - len(seen[0]) == res[1024].forwards - res[0].forwards == len(batches)
-    assert len(seen[0]) == res[0].forwards + 1
+    # a module with a hook inside is never replayed, a module's own hook runs around its replayed forward: the
+    # hooked conv saw every forward (the trace's included)
+    assert len(seen[1024]) == len(seen[0]) == res[0].forwards + 1
     assert {'layer1', 'layer1.0', 'layer1.0.body'} <= set(res[1024].replay['hooked'])
-    assert res[1024].replay['calls_replayed'] > 0  # the other containers still are
+    assert 'layer1.0.body.0' not in res[1024].replay['hooked']
+    assert res[1024].replay['calls_replayed'] > 0  # the others still are
     # a limit that holds nothing: no record, the same curves
     _, off = run(net, batches, replay_mb=0)
     _, tiny = run(net, batches, replay_mb=1e-6)
     same_curves(tiny, off)
-    assert tiny.replay['recorded'] == 0 and tiny.replay['calls_replayed'] == 0
-    # a limit that holds the top-level containers' outputs only: the shallow ones are kept first
-    probe = copy.deepcopy(net).eval()
-    full = ActivationReplay(probe, 2 ** 30)
-    with torch.no_grad(), full.installed():
-        for i, (x, _) in enumerate(batches):
-            with full.record(i, len(batches)):
-                probe(x)
-    top = {name for name, _ in full.candidates if '.' not in name}
-    per = {}
-    for (i, _, _), n in full._bytes.items():
-        per[full.candidates[i][0]] = per.get(full.candidates[i][0], 0) + n
-    limit = sum(per[n] for n in top)
-    part = ActivationReplay(probe, limit)
-    with torch.no_grad(), part.installed():
-        for i, (x, _) in enumerate(batches):
-            with part.record(i, len(batches)):
-                probe(x)
-    assert part.stored_bytes <= limit
-    assert {part.candidates[k[0]][0] for k in part._store} == top
-    _, within = run(net, batches, replay_mb=limit / 2 ** 20)
-    same_curves(within, off)
-    assert ActivationReplay(probe, 0).enabled is False
+    assert tiny.replay['recorded'] == 0 and tiny.replay['calls_replayed'] == 0 and tiny.replay['limit_reached']
+    # a limit that holds part: the first records are kept within it, the rest computed, the same curves
+    full = on_stats = run(net, batches)[1].replay
+    assert not full['limit_reached']
+    limit_mb = full['stored_mb'] / 3
+    _, part = run(net, batches, replay_mb=limit_mb)
+    same_curves(part, off)
+    stats = part.replay
+    assert stats['limit_reached'] and 0 < stats['stored_mb'] <= limit_mb
+    assert 0 < stats['calls_replayed'] < on_stats['calls_replayed']
+    assert ActivationReplay(net, 0).enabled is False
+
+
+def test_in_place_writes_views_and_input_writes():
+    class WritesInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            x.mul_(2)  # writes into its argument and returns something else: never replayed
+            return self.conv(x)
+
+    class Top(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.act = nn.ReLU(inplace=True)
+            self.flat = nn.Flatten(0)  # a view of its argument: never replayed
+            self.writes = WritesInput()
+            self.last = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            self.act(y)  # relies on the in-place write, not on the returned value
+            y = self.writes(y)
+            self.flat(y)
+            return self.last(y)
+
+    top = Top().eval()
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        expect = top(x)
+        replay = ActivationReplay(top, 2 ** 20)
+        with replay.installed():
+            with replay.replay(0, ()):
+                first = top(x)
+            with replay.replay(0, (top.last,)):
+                got = top(x)
+    assert torch.equal(first, expect) and torch.equal(got, expect)
+    stats = replay.stats()
+    assert set(stats['refused']) == {'flat', 'writes'}
+    # conv, the in-place act (its write replayed into its argument) and writes.conv (its input, after the
+    # computed write, is the unchanged one)
+    assert stats['calls_replayed'] == 3
 
 
 def test_outputs_that_cannot_be_copied_are_not_recorded():
@@ -213,9 +245,9 @@ def test_outputs_that_cannot_be_copied_are_not_recorded():
     top = Top().eval()
     replay = ActivationReplay(top, 2 ** 20)
     with torch.no_grad(), replay.installed():
-        with replay.record(0, 1):
+        with replay.replay(0, ()):
             top(torch.randn(1, 3, 4, 4))
-    assert replay.stats()['refused'] == ['w'] and replay.stats()['recorded'] == 0
+    assert replay.stats()['refused'] == ['w'] and replay.stats()['recorded'] == 1  # w.conv is
 
 
 @pytest.mark.parametrize('bad', [-1, 1.5, True, '1'])
