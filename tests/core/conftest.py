@@ -82,6 +82,33 @@ def _unit_of(graph, layer: str, side: str = 'out'):
     return [u for u in graph.units if atoms & set(u.atoms.tolist())]
 
 
+def _fit_regression(make_net: Callable[[], nn.Module], shape, samples: int, batch: int, iters: int):
+    """``make_net()`` (torch seeded 0) trained ``iters`` Adam steps on a fixed linear regression task of
+    ``samples`` inputs of ``shape``: (net, the task's batches of ``batch`` as (x, y) pairs)."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    net = make_net()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(samples, *shape, generator=g)
+    y = x.flatten(1) @ (torch.randn(x[0].numel(), 4, generator=g) / 20)
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    steps = samples // batch
+    for it in range(iters):
+        i = torch.arange(batch) + batch * (it % steps)
+        loss = F.mse_loss(net(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in net.parameters():
+        p.grad = None
+    return net, [(x[i:i + batch], y[i:i + batch]) for i in range(0, samples, batch)]
+
+
+@pytest.fixture(scope='session')
+def fit_regression():
+    return _fit_regression
+
+
 @pytest.fixture
 def randomize():
     return _randomize

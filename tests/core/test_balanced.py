@@ -39,24 +39,9 @@ SHAPE = (3, 12, 12)
 
 
 @pytest.fixture(scope='module')
-def trained():
+def trained(fit_regression):
     """A briefly trained Net and 4 calibration batches of a fixed regression task (about a second)."""
-    torch.manual_seed(0)
-    net = Net()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, *SHAPE, generator=g)
-    y = x.flatten(1) @ (torch.randn(x[0].numel(), 4, generator=g) / 20)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for it in range(60):
-        i = torch.arange(16) + 16 * (it % 4)
-        loss = F.mse_loss(net(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in net.parameters():
-        p.grad = None
-    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
-    return net, batches
+    return fit_regression(Net, SHAPE, 64, 16, 60)
 
 
 def setup(trained, **state_kw):

@@ -52,27 +52,10 @@ class Net(nn.Module):
 SHAPE = (3, 12, 12)
 
 
-def trained(noisy=False):
-    torch.manual_seed(0)
-    net = Net(noisy=noisy)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, *SHAPE, generator=g)
-    y = x.flatten(1) @ (torch.randn(x[0].numel(), 4, generator=g) / 20)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for it in range(30):
-        i = torch.arange(8) + 8 * (it % 4)
-        loss = F.mse_loss(net(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in net.parameters():
-        p.grad = None
-    return net, [(x[i:i + 8], y[i:i + 8]) for i in range(0, 32, 8)]
-
-
 @pytest.fixture(scope='module')
-def nets():
-    return {False: trained(), True: trained(noisy=True)}
+def nets(fit_regression):
+    """Net and Net(noisy=True) briefly trained, each with 4 calibration batches of 8."""
+    return {noisy: fit_regression(lambda: Net(noisy=noisy), SHAPE, 32, 8, 30) for noisy in (False, True)}
 
 
 def run(net, batches, **kw):
