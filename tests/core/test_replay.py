@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfisher.core import ChannelMasks, PruningState, analyze, input_forward
+from mmfisher.core import PruningState, analyze, input_forward
 from mmfisher.core.balanced import BalancedPruning
 from mmfisher.core.replay import ActivationReplay
 
