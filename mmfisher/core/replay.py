@@ -16,9 +16,9 @@ recomputation on a deterministic device). A module is never replayed when:
 
 * its subtree holds a changed module, or a changed module (or an owner of a tensor the trial changed: tied
   weights) has started in this forward (its forward pre-hook marks the forward "diverged");
-* some module strictly inside it has hooks (a feature recorder, e.g. a distiller's anchors, must see its call;
-  the module's own hooks run around the replayed forward as usual); the global module hooks are set (then
-  nothing is replayed);
+* some module strictly inside it has hooks at the time of the call (a feature recorder, e.g. a distiller's
+  anchors, must see its call, also one registered for a single forward only; the module's own hooks run around
+  the replayed forward as usual); the global module hooks are set (then nothing is replayed);
 * its recorded call drew from torch's RNG (its skipped draws would shift the later ones), changed a tensor
   argument in place other than by returning its first argument (an in-place activation's write is replayed into
   that argument), returned a view of an argument (an identity, a flatten: a copy would not follow later writes),
@@ -172,7 +172,9 @@ class ActivationReplay:
         names = {id(m): n for n, m in model.named_modules()}
         self._names = [n for n, _ in self.candidates] + [
             f'{names.get(id(m), type(m).__name__)}.{method}()' for m, method in self._methods]
-        self._hooked: Set[int] = set()  # hooks strictly inside (found when installed): never replayed
+        # the modules strictly inside each candidate: a call with hooks on one of them is computed, not recorded
+        self._inner: List[List[nn.Module]] = [[d for d in m.modules() if d is not m] for _, m in self.candidates]
+        self._hooked: Set[int] = set()  # candidates seen with hooks strictly inside at a call (for stats)
         # (module index, batch, call number) -> (output copy, descendants' calls inside, in place, bytes)
         self._store: Dict[Tuple[int, int, int], Tuple[Any, np.ndarray, bool, int]] = {}
         self._bytes = 0
@@ -212,9 +214,6 @@ class ActivationReplay:
         if not self.enabled:
             yield self
             return
-        # a candidate with hooks strictly inside is never recorded (its inner hooks must see their calls)
-        self._hooked = {i for i, (_, m) in enumerate(self.candidates)
-                        if any(_has_hooks(d) for d in m.modules() if d is not m)}
         patched = []
         try:
             targets = [(m, 'forward') for _, m in self.candidates] + self._methods
@@ -240,7 +239,7 @@ class ActivationReplay:
             calls = self._calls
             key = (index, self._batch, int(calls[index]))
             calls[index] += 1
-            if not invariant and (self._diverged or index in self._dirty):
+            if not invariant and (self._diverged or index in self._dirty or self._hooks_inside(index)):
                 self.computed += 1
                 return forward(*args, **kwargs)
             entry = self._store.get(key)
@@ -255,9 +254,18 @@ class ActivationReplay:
             return _copy(value)[0]
         return wrapped
 
+    def _hooks_inside(self, index: int) -> bool:
+        """Whether a module strictly inside candidate ``index`` has hooks now (checked at every call: a hook
+        may be registered for one forward only, e.g. a distiller's feature capture). The trial's own
+        divergence pre-hooks sit on changed modules, whose ancestors are never replayed anyway."""
+        if any(_has_hooks(d) for d in self._inner[index]):
+            self._hooked.add(index)
+            return True
+        return False
+
     def _record(self, index: int, key: Tuple[int, int, int], forward: Any, args: tuple, kwargs: dict) -> Any:
         """Compute an unchanged call (or an invariant method's) and record it, if it may be replayed."""
-        if index in self._refused or index in self._hooked or self._full:
+        if index in self._refused or self._full:
             return forward(*args, **kwargs)
         rng = _rng_state()
         tensors = _arg_tensors(args, kwargs)

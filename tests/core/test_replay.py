@@ -164,6 +164,34 @@ def test_inner_hooks_see_every_call_and_the_memory_limit_is_kept(nets):
     assert ActivationReplay(net, 0).enabled is False
 
 
+def test_hooks_registered_for_one_forward_see_their_call(nets):
+    """A feature recorder hooked for one forward only (a distiller's anchors on its frozen teacher) must see the
+    call: the containers above it are computed while the hook is there, and replayed again after."""
+    net, batches = nets[False]
+    res, seen = {}, {}
+    for mb in (0, 1024):
+        hooked = copy.deepcopy(net)
+        graph = analyze(hooked, input_forward(torch.randn(1, *SHAPE)))
+        state = PruningState(hooked, graph, input_shape=SHAPE)
+        calls = seen.setdefault(mb, [])
+
+        def loss_fn(b, net=hooked, calls=calls):
+            captured = []  # first, as a distiller's teacher: a forward that has not diverged yet
+            handle = net.layer2[2].body[3].register_forward_hook(lambda m, a, o: captured.append(o))
+            try:
+                out = net(b[0])
+            finally:
+                handle.remove()
+            calls.append(len(captured))
+            return F.mse_loss(out, b[1]) + 1e-3 * captured[0].square().mean() + F.mse_loss(net(b[0]), b[1])
+        res[mb] = BalancedPruning(target=0.5, full_curves=True, replay_mb=mb).run(state, hooked, batches, loss_fn)
+    same_curves(res[1024], res[0])
+    assert seen[1024] == seen[0] and set(seen[0]) == {1}  # the hooked conv ran in every hooked forward
+    stats = res[1024].replay
+    assert {'layer2', 'layer2.2', 'layer2.2.body'} <= set(stats['hooked'])
+    assert 'layer1' not in stats['hooked'] and stats['calls_replayed'] > 0  # the unhooked ones still are
+
+
 def test_in_place_writes_views_and_input_writes():
     class WritesInput(nn.Module):
         def __init__(self):
