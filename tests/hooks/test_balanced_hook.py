@@ -278,16 +278,19 @@ def test_tiny_classifier_config_prunes_with_train_py_and_fine_tunes_as_pruned(tm
 CLS_LABEL_FREE = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_cls_balanced_label_free_prune.py')
 
 
-def test_label_free_config_measures_the_exact_distillation_loss_and_writes_a_plain_classifier(tmp_path):
-    """The distiller config (output KL against the frozen unpruned model, unlabeled images): the Fisher pass uses
-    the sampled terms, every measurement the exact ones (their own base); the pair is the student's, which the
-    labeled fine-tune config rebuilds as a Pruned ImageClassifier."""
+@pytest.mark.parametrize('anchors', ['None', "'auto'"])
+def test_label_free_config_measures_the_exact_distillation_loss_and_writes_a_plain_classifier(tmp_path, anchors):
+    """The distiller config (output KL against the frozen unpruned model, unlabeled images; and with seed 002's
+    anchors, whose feature capture hooks the teacher for one forward: the replay must compute what lies above
+    them): the Fisher pass uses the sampled terms, every measurement the exact ones (their own base); the pair is
+    the student's, which the labeled fine-tune config rebuilds as a Pruned ImageClassifier."""
     from mmfisher.data_gen import make_all
     make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_unlabeled'])
     ckpt = _cls_checkpoint(str(tmp_path / 'init.pth'))
     work = str(tmp_path / 'prune')
     proc = _train([CLS_LABEL_FREE, '--work-dir', work, '--cfg-options', f'load_from={ckpt}',
-                   'custom_hooks.0.calibration_batches=2', 'custom_hooks.0.grid=[0.25,0.5,0.75]'] + SMALL_DATA)
+                   'custom_hooks.0.calibration_batches=2', 'custom_hooks.0.grid=[0.25,0.5,0.75]',
+                   f'model.anchors={anchors}'] + SMALL_DATA)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert 'LabelFreeDistiller' in proc.stdout and 'BalancedPruningHook: pruned in one shot (measured)' in proc.stdout
     sampled = float(re.search(r'unpruned calibration loss ([0-9.e+-]+) over 2 batches', proc.stdout).group(1))
@@ -298,6 +301,8 @@ def test_label_free_config_measures_the_exact_distillation_loss_and_writes_a_pla
     # Fisher, exact base, BN re-estimation (= combined loss; the replay records in the points: no pass of its own)
     assert curves['replay'] is not None and curves['replay']['calls_replayed'] > 0
     assert curves['forwards'] == 2 * (curves['points_measured'] + 3)
+    if anchors != 'None':  # the teacher's containers above its hooked anchors were computed
+        assert any(n.startswith('teacher.') for n in curves['replay']['hooked']), curves['replay']['hooked']
     with open(osp.join(work, 'channels.json')) as f:
         written = json.load(f)
     assert written['meta']['flops_ratio'] <= 0.5
