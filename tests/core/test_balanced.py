@@ -375,6 +375,26 @@ def test_estimated_mode_warns_when_the_real_loss_rise_dwarfs_the_estimate(traine
     assert not measured.warnings
 
 
+def test_measured_points_below_the_base_loss_warn_of_the_noise_floor(trained):
+    """A loss that masking cannot move (a model that fits its batches exactly), here a constant plus noise that is
+    not torch's RNG (the measurements reseed that): about half the points lower it, and the result says the
+    allocation follows noise and names the fix. The regression loss itself does not warn."""
+    net, graph, state, batches, loss_fn, _ = setup(trained)
+    plain = BalancedPruning(target=0.5).run(state, net, batches, loss_fn)
+    assert not plain.warnings
+    net, graph, state, batches, _, _ = setup(trained)
+    draws = iter(np.random.default_rng(0).standard_normal(100000))
+
+    def noise(batch):
+        return F.mse_loss(net(batch[0]), batch[1]) * 0 + 1.0 + 1e-3 * float(next(draws))
+    res = BalancedPruning(target=0.5, full_curves=True).run(state, net, batches, noise)
+    below = sum(int((c.variation < 0).sum()) for c in res.curves)
+    assert below >= 5 and len(res.warnings) == 1, res.warnings
+    assert re.search(rf'^{below} of {res.points} measured points lowered the calibration loss .*not at a minimum.*'
+                     r'noise.*Fix: prune a converged model.*held-out batches, more batches.*temperature',
+                     res.warnings[0]), res.warnings[0]
+
+
 def test_acts_and_params_targets_count_divisor_rounding(trained):
     for metric in ('acts', 'params'):
         net, graph, state, batches, loss_fn, _ = setup(trained, divisor=4)
