@@ -552,8 +552,8 @@ class BalancedPruning:
             f'{res.sum_variations:.3g}): the model is not at a minimum of this loss that masking can only raise - '
             'not trained to convergence, or its loss on these batches is near 0 and the variations are noise - so '
             'the units\' rates follow that more than what their channels carry. Fix: prune a converged model, and '
-            'calibrate on a loss that still moves: held-out batches, more batches, or a distillation loss at a '
-            'temperature > 1 (a label-free distiller, temperature=4)')
+            'calibrate on a loss that still moves: held-out batches, more batches, or a distillation loss against the '
+            'unpruned model with feature anchors (a label-free distiller, anchors=\'auto\')')
 
     @staticmethod
     def _deepest(curves: List[UnitCurve], n: int = 3) -> List[str]:

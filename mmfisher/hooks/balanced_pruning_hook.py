@@ -91,6 +91,8 @@ class BalancedPruningHook(Hook):
             split when the model fits its training images almost exactly: its training loss then barely moves
             whatever is masked, and the curves measure that fit rather than what the channels do on unseen images
             (the hook warns when the unpruned training loss is below ``1e-3``; benchmarks/README.md, cls_hard).
+            The other fix there: a label-free distiller's loss with feature anchors (``anchors='auto'``), which
+            still moves when the task loss is ~0.
         grid (Sequence[float]): shares of a unit's atoms at which the curve is measured (the unit's limit is
             always added). Defaults to 0.1, ..., 0.9.
         max_share (float): the largest share of a unit's channels that may be pruned. Defaults to 1.0.
@@ -277,7 +279,10 @@ class BalancedPruningHook(Hook):
                 f'BalancedPruningHook: the unpruned model\'s loss on its training batches is {res.base_loss:.3g} '
                 f'(< {OVERFIT_LOSS:g}): it fits them almost exactly, so the measured variations reflect that fit '
                 'more than what the channels do on unseen images. Fix, if the result fine-tunes poorly: calibrate '
-                'on held-out images (calibration_dataloader=dict(dataset=..., ...))')
+                'on held-out images (calibration_dataloader=dict(dataset=..., ...)), or measure the distillation '
+                'loss against the unpruned model with feature anchors (model=dict(type=\'mmfisher.'
+                'LabelFreeDistiller\', architecture=<this model>, anchors=\'auto\'): e.g. '
+                'configs/tiny/resnet_tiny_cls_balanced_label_free_prune.py with model.anchors=auto)')
         self._write(runner, model, res)
         self.wall['total'] = time.perf_counter() - t_start
         runner.logger.info(self.summary())

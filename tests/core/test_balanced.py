@@ -391,7 +391,7 @@ def test_measured_points_below_the_base_loss_warn_of_the_noise_floor(trained):
     below = sum(int((c.variation < 0).sum()) for c in res.curves)
     assert below >= 5 and len(res.warnings) == 1, res.warnings
     assert re.search(rf'^{below} of {res.points} measured points lowered the calibration loss .*not at a minimum.*'
-                     r'noise.*Fix: prune a converged model.*held-out batches, more batches.*temperature',
+                     r'noise.*Fix: prune a converged model.*held-out batches, more batches.*anchors',
                      res.warnings[0]), res.warnings[0]
 
 
