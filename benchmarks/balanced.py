@@ -78,8 +78,12 @@ METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'balanced_labe
 # 'unpruned': the baseline itself through the same fine-tune, a reference (not pruned, not in the goals): a
 # fine-tune that lowers it disturbs a trained model more than it recovers a pruned one
 # settings that only the balanced methods read
-BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms', 'importance',
-                 'replay_mb')
+BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms', 'importance')
+# ... that only balanced_label_free reads
+LABEL_FREE_ONLY = ('lf_temperature', 'lf_anchors')
+# settings that change the pruning time only, never a result: mergeable (the replay gives the same curves bit for
+# bit, tests/core/test_replay.py); a merged file's prune_wall_s then mixes them (each run records its own replay)
+SPEED_ONLY = ('replay_mb',)
 
 
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
@@ -546,13 +550,13 @@ def main() -> None:
         with open(other_path) as f:
             other = json.load(f)
         theirs = other.get('setup', {})
-        # the balanced methods' own settings matter only if a balanced run of that file is kept (not one this
+        # a method's own settings matter only if a run of that method in that file is kept (not one this
         # invocation, or a file merged before, has for the same task and seed)
-        kept = any(r['seed'] not in {x['seed'] for x in res.data.get('tasks', {}).get(task, {}).get('runs', {})
-                                     .get(m, [])}
-                   for task, e in other.get('tasks', {}).items() for m, rs in e.get('runs', {}).items()
-                   if m.startswith('balanced') for r in rs)
-        ignore = free + (() if kept else BALANCED_ONLY)
+        kept = {m for task, e in other.get('tasks', {}).items() for m, rs in e.get('runs', {}).items()
+                if any(r['seed'] not in {x['seed'] for x in res.data.get('tasks', {}).get(task, {})
+                                         .get('runs', {}).get(m, [])} for r in rs)}
+        ignore = free + SPEED_ONLY + (() if any(m.startswith('balanced') for m in kept) else BALANCED_ONLY) + \
+            (() if 'balanced_label_free' in kept else LABEL_FREE_ONLY)
         differ = sorted(k for k in set(mine_setup) | set(theirs)
                         if k not in ignore and mine_setup.get(k) != theirs.get(k))
         if differ:

@@ -205,6 +205,27 @@ def test_balanced_and_its_merge(tmp_path):
         m = json.load(f)['tasks']['cls']
     assert m['methods'] == entry['methods'] and m['merged_from'] == [osp.relpath(str(tmp_path / 'balanced.json'),
                                                                                   ROOT)]
+    # another seed's runs with other settings: a balanced setting refuses the merge (its run would be kept), a
+    # speed-only one (the replay's memory) and a label-free one without label-free runs do not
+    with open(tmp_path / 'balanced.json') as f:
+        base = json.load(f)
+    for change, ok in ((dict(max_share=0.5), False), (dict(replay_mb=0), True), (dict(lf_anchors='auto'), True)):
+        other = json.loads(json.dumps(base))
+        other['setup'].update(change)
+        for runs in other['tasks']['cls']['runs'].values():
+            for r in runs:
+                r['seed'] += 1
+        path = tmp_path / f'other_{next(iter(change))}.json'
+        path.write_text(json.dumps(other))
+        proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced.py'), '--quick', '--tasks',
+                               '--no-r50', '--merge-from', str(tmp_path / 'balanced.json'), str(path), '--out',
+                               str(tmp_path / 'm2.json')], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert (proc.returncode == 0) == ok, (change, proc.stderr[-2000:])
+        if ok:
+            with open(tmp_path / 'm2.json') as f:
+                assert json.load(f)['tasks']['cls']['methods']['balanced']['n'] == 2
+        else:
+            assert 'another setup (max_share)' in proc.stderr
 
 
 def test_balanced_base_cycles_needs_its_schedule(tmp_path):
