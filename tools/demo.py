@@ -22,10 +22,11 @@ import glob
 import json
 import os
 import os.path as osp
+import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -102,53 +103,59 @@ def analyse(train_ckpt: str, finetune_ckpt: str, channels: str, out_dir: str) ->
 
     figures: Dict[str, Any] = {}
     x1 = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(0))
-    for tag, model in (('before', base), ('after', slim)):
-        wrapped = TensorMode(model, samples).eval()
-        info = get_model_complexity_info(wrapped, inputs=(x1,), show_table=False, show_arch=False)
+    models = {'before': base, 'after': slim}
+    wrapped = {tag: TensorMode(model, samples).eval() for tag, model in models.items()}
+    for tag, model in models.items():
+        info = get_model_complexity_info(wrapped[tag], inputs=(x1,), show_table=False, show_arch=False)
         graph = analyze_fast(model, lambda m: make_trace_forward(m, SHAPE))
         acts = CostModel(graph).totals(np.ones(graph.num_atoms, dtype=bool))['acts']
-        lat = {}
-        with torch.no_grad():
-            for batch in (1, 8):
-                x = torch.randn(batch, *SHAPE)
-                for _ in range(3):
-                    wrapped(x)
-                times = []
-                for _ in range(15 if batch == 1 else 5):
-                    t0 = time.perf_counter()
-                    wrapped(x)
-                    times.append(time.perf_counter() - t0)
-                lat[batch] = 1000 * float(np.median(times))
-        figures[tag] = {'flops': int(info['flops']), 'params': int(info['params']), 'acts': float(acts),
-                        'latency_ms': lat[1], 'latency_b8_ms': lat[8]}
+        figures[tag] = {'flops': int(info['flops']), 'params': int(info['params']), 'acts': float(acts)}
         figures[tag]['layers'] = {name: int(m.out_channels) for name, m in model.named_modules()
                                   if isinstance(m, torch.nn.Conv2d)}
+    with torch.no_grad():
+        for batch, key, rounds, per_round in ((1, 'latency_ms', 5, 3), (8, 'latency_b8_ms', 5, 1)):
+            x = torch.randn(batch, *SHAPE)
+            lat = interleaved_ms({tag: (lambda w=w: w(x)) for tag, w in wrapped.items()}, rounds, per_round)
+            for tag in models:
+                figures[tag][key] = lat[tag]
 
     # ONNX export of both models, each checked against torch and timed with onnxruntime
     import onnxruntime as ort
     figures['onnx'] = {}
-    for tag, model in (('before', base), ('after', slim)):
+    sessions = {}
+    for tag in models:
         onnx_path = osp.join(out_dir, f'retinanet_tiny_{"unpruned" if tag == "before" else "pruned"}.onnx')
-        wrapped = TensorMode(model, samples).eval()
-        torch.onnx.export(wrapped, (x1,), onnx_path, opset_version=17, dynamo=False, input_names=['inputs'],
+        torch.onnx.export(wrapped[tag], (x1,), onnx_path, opset_version=17, dynamo=False, input_names=['inputs'],
                           do_constant_folding=True)
-        sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+        sessions[tag] = sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
         ort_out = sess.run(None, {'inputs': x1.numpy()})
         with torch.no_grad():
-            ref = wrapped(x1)
+            ref = wrapped[tag](x1)
         diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(ort_out, ref))
-        times = []
-        for _ in range(3):
-            sess.run(None, {'inputs': x1.numpy()})
-        for _ in range(30):
-            t0 = time.perf_counter()
-            sess.run(None, {'inputs': x1.numpy()})
-            times.append(time.perf_counter() - t0)
-        figures['onnx'][tag] = {'path': osp.relpath(onnx_path, ROOT), 'max_abs_diff_vs_torch': diff,
-                                'latency_ms': 1000 * float(np.median(times))}
+        figures['onnx'][tag] = {'path': osp.relpath(onnx_path, ROOT), 'max_abs_diff_vs_torch': diff}
+    feed = {'inputs': x1.numpy()}
+    lat = interleaved_ms({tag: (lambda s=s: s.run(None, feed)) for tag, s in sessions.items()}, 10, 3)
+    for tag in models:
+        figures['onnx'][tag]['latency_ms'] = lat[tag]
     figures['plot'] = plot(figures['before']['layers'], figures['after']['layers'],
                            osp.join(out_dir, 'kept_channels.png'))
     return figures
+
+
+def interleaved_ms(calls: Dict[str, Callable[[], Any]], rounds: int, per_round: int) -> Dict[str, float]:
+    """Median milliseconds per call of each of ``calls``, timed in alternating rounds (``rounds`` x
+    ``per_round`` calls each, after 3 warm-up calls): load from other jobs then slows every model alike."""
+    for call in calls.values():
+        for _ in range(3):
+            call()
+    times: Dict[str, List[float]] = {tag: [] for tag in calls}
+    for _ in range(rounds):
+        for tag, call in calls.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                call()
+                times[tag].append(time.perf_counter() - t0)
+    return {tag: 1000 * statistics.median(t) for tag, t in times.items()}
 
 
 def _finetune_cfg(channels: str):
