@@ -84,11 +84,14 @@ LABEL_FREE_ONLY = ('lf_temperature', 'lf_anchors')
 # settings that change the pruning time only, never a result: mergeable (the replay gives the same curves bit for
 # bit, tests/core/test_replay.py); a merged file's prune_wall_s then mixes them (each run records its own replay)
 SPEED_ONLY = ('replay_mb',)
+# ... that only balanced_estimated reads, with the value files written before it existed stand for
+ESTIMATED_ONLY = {'repair_rounds': 0}
 
 
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
                  norm_stats=None, recalibrate_norms=None, allocation=None, label_free=False,
-                 lf_temperature=1.0, lf_anchors=None, calibration_root=None, importance=None, replay_mb=None):
+                 lf_temperature=1.0, lf_anchors=None, calibration_root=None, importance=None, replay_mb=None,
+                 repair_rounds=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook). ``label_free``: the
     model is a LabelFreeDistiller around the config's (``lf_anchors``: None = output KL only, 'auto' = seed
     002's anchors too; the class KL at ``lf_temperature``), its student pruned. ``calibration_root``: the
@@ -116,6 +119,8 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
         kw['importance'] = dict(type=importance)
     if replay_mb is not None:
         kw['replay_mb'] = replay_mb
+    if repair_rounds is not None:
+        kw['repair_rounds'] = repair_rounds
     hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
     runner.register_hook(hook, priority='NORMAL')
     t0 = time.perf_counter()
@@ -147,7 +152,7 @@ def prune(method, task, base, work, args, seed):
                             label_free=method == 'balanced_label_free',
                             lf_temperature=args.lf_temperature, lf_anchors=args.lf_anchors,
                             calibration_root=args.calibration_root, importance=args.importance,
-                            replay_mb=args.replay_mb)
+                            replay_mb=args.replay_mb, repair_rounds=args.repair_rounds)
     if method.startswith('fisher'):
         hook = (pruning_hook(k=1, interval=args.fisher_interval, target=args.target, input_shape=t['shape'])
                 if method == 'fisher_k1' else
@@ -407,6 +412,9 @@ def main() -> None:
     p.add_argument('--replay-mb', type=float, default=None,
                    help="balanced: the hook's replay_mb (MiB for replaying the unchanged containers in the curve "
                         'points; 0 turns it off; default: its own)')
+    p.add_argument('--repair-rounds', type=int, default=None,
+                   help="balanced_estimated: the hook's repair_rounds (0: the estimate alone, only a warning; "
+                        'default: its own)')
     p.add_argument('--fisher-interval', type=int, default=10,
                    help="iterations between Group Fisher steps (default 10: the paper's and the hook's default)")
     p.add_argument('--adaptive-share', type=float, default=0.02)
@@ -463,7 +471,7 @@ def main() -> None:
     import inspect
     from mmfisher.hooks import BalancedPruningHook
     hook_default = inspect.signature(BalancedPruningHook).parameters
-    for key in ('norm_stats', 'recalibrate_norms', 'replay_mb'):  # recorded as the values used
+    for key in ('norm_stats', 'recalibrate_norms', 'replay_mb', 'repair_rounds'):  # recorded as the values used
         if getattr(args, key) is None:
             setattr(args, key, hook_default[key].default)
     res = Result('balanced', args.out, args.quick)
@@ -556,9 +564,11 @@ def main() -> None:
                 if any(r['seed'] not in {x['seed'] for x in res.data.get('tasks', {}).get(task, {})
                                          .get('runs', {}).get(m, [])} for r in rs)}
         ignore = free + SPEED_ONLY + (() if any(m.startswith('balanced') for m in kept) else BALANCED_ONLY) + \
-            (() if 'balanced_label_free' in kept else LABEL_FREE_ONLY)
+            (() if 'balanced_label_free' in kept else LABEL_FREE_ONLY) + \
+            (() if 'balanced_estimated' in kept else tuple(ESTIMATED_ONLY))
         differ = sorted(k for k in set(mine_setup) | set(theirs)
-                        if k not in ignore and mine_setup.get(k) != theirs.get(k))
+                        if k not in ignore and mine_setup.get(k, ESTIMATED_ONLY.get(k))
+                        != theirs.get(k, ESTIMATED_ONLY.get(k)))
         if differ:
             raise SystemExit(f'--merge-from: {other_path} was written with another setup ({", ".join(differ)}); '
                              'rerun it with this one')

@@ -24,7 +24,10 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    (``full_curves=True`` measures everything). ``mode='estimated'`` replaces the measured curves with the
    second-order estimate from the Fisher sums, ``V_u(k) = 0.5 * sum_{first k atoms} F / N`` (``N`` calibration
    samples): no forward per grid point, every ``k`` exact, but the cross terms between atoms and everything beyond
-   second order are ignored.
+   second order are ignored. The structure the estimate chose is then checked with one forward per batch; when its
+   real loss rise exceeds the estimates ``ESTIMATE_TRUST`` times, the *repair rounds* (``repair_rounds``) measure
+   every unit alone at its rate, raise its curve to the measurement (:func:`_corrected`: never below the
+   estimate) and search again, until every chosen rate's measurement agrees with its curve.
 3. **Search.** The remaining ``metric`` ratio (flops / acts / params of the written structure, after the
    divisor's rounding: :meth:`PruningState.ratios`) falls monotonically as ``tau`` grows. ``tau`` is found by
    bisection over the sorted breakpoints of the cached curves (the values at which some unit's rate changes), so
@@ -50,8 +53,10 @@ whatever the model: use it when the measured curves are too slow (a large detect
 tau is in the estimate's units. The estimate holds near the trained weights only: on a well-trained model a
 unit's Fisher sums can be near zero while removing most of it is costly (measured on the tiny RetinaNet trained
 6x its schedule: it cut the classification branch to one channel, 0.000 mAP right after pruning, where the
-measured curves gave 0.819), so the run warns when the combined structure's real loss rise exceeds the units'
-estimates ``ESTIMATE_TRUST`` times; ``max_share < 1`` bounds the damage. The measured mode warns when many of its
+measured curves gave 0.819): the repair rounds catch that at the cost of about one point per unit and round
+(``units x batches`` forwards, a grid's fraction of the measured mode), and the run warns when the combined
+structure's real loss rise still exceeds the units' curves ``ESTIMATE_TRUST`` times; ``max_share < 1`` bounds
+the damage. The measured mode warns when many of its
 points lowered the loss (``NOISE_SHARE``): a model not at a minimum of the calibration loss, or one whose loss on
 the batches is near 0 (a classifier that fits them exactly), where the variations are noise.
 
@@ -88,6 +93,10 @@ ESTIMATE_TRUST = 10.0
 # sum; on the tiny RetinaNet, loss 0.02: 1 point in 100, 0.8x)
 NOISE_SHARE = 0.2
 NOISE_POINTS = 5
+# estimated mode, repair rounds: a unit's measured variation at its rate agrees with its curve when it is at most
+# REPAIR_SLACK times the curve's value there (plus REPAIR_FLOOR times the unpruned loss, the calibration noise)
+REPAIR_SLACK = 2.0
+REPAIR_FLOOR = 0.01
 
 
 class TargetUnreachable(ValueError):
@@ -136,6 +145,31 @@ def _second_order(c: 'UnitCurve', fisher: np.ndarray, samples: int) -> np.ndarra
     return 0.5 * np.cumsum(fisher[c.ranked[:c.k_max]]) / max(samples, 1)
 
 
+def _corrected(estimate: np.ndarray, checks: Dict[int, float]) -> np.ndarray:
+    """A unit's estimated curve (``V(k)``, ``k = 1..k_max``) raised to its measured points ``checks`` (``k`` ->
+    measured variation): up to the last measured ``k`` the larger of the estimate and the measured points' linear
+    interpolation (from ``V(0) = 0``); beyond it the estimate scaled by the last point's measured / estimated ratio
+    (never below 1) and at least that point's value. Never below the estimate; monotone after
+    :meth:`UnitCurve.set_points`."""
+    if not checks:
+        return estimate
+    k = np.arange(1, estimate.size + 1)
+    out = estimate.astype(np.float64).copy()
+    bad = [kk for kk, m in checks.items() if not math.isfinite(m)]
+    if bad:  # a NaN / inf loss there: that share and every larger one are out of reach, as in measured curves
+        out[k >= min(bad)] = np.inf
+    ks = np.array(sorted(kk for kk, m in checks.items() if math.isfinite(m)), dtype=np.int64)
+    if ks.size:
+        ms = np.maximum(np.array([checks[int(kk)] for kk in ks], dtype=np.float64), 0.0)
+        inside = k <= ks[-1]
+        out[inside] = np.maximum(out[inside], np.interp(k[inside], np.concatenate([[0], ks]),
+                                                        np.concatenate([[0.0], ms])))
+        last = float(estimate[ks[-1] - 1])
+        ratio = max(1.0, ms[-1] / last) if last > 0 else 1.0
+        out[~inside] = np.maximum(out[~inside] * ratio, ms[-1])
+    return np.where(np.isnan(out), np.inf, out)
+
+
 def _as_float(loss: Any) -> float:
     if isinstance(loss, torch.Tensor):
         return float(loss.detach().float().sum())
@@ -162,6 +196,10 @@ class UnitCurve:
         # allocation='variation_per_cost': the target metric's share (of the unpruned model's) freed by masking
         # the first k atoms alone, k = 1..k_max; None: the threshold is on the variation itself
         self.freed: Optional[np.ndarray] = None
+        # estimated mode: the second-order estimate (k = 1..k_max) and the variations measured at some k by the
+        # repair rounds (k -> variation); the curve is the estimate raised to them (see _corrected)
+        self.estimate: Optional[np.ndarray] = None
+        self.checks: Dict[int, float] = {}
 
     def set_points(self, ks: np.ndarray, variation: np.ndarray, dense: Optional[np.ndarray] = None) -> None:
         self.ks = np.asarray(ks, dtype=np.int64)
@@ -220,6 +258,9 @@ class UnitCurve:
                 'unmeasured_k': [k for k in self.grid_ks.tolist() if k > (self.ks[-1] if self.ks.size else 0)],
                 'chosen_k': int(self.chosen), 'chosen_share': self.chosen / self.size,
                 'variation_at_rate': num(self.at(self.chosen)),
+                **({'checked_k': sorted(self.checks), 'checked_variation': [num(self.checks[k])
+                                                                          for k in sorted(self.checks)]}
+                   if self.checks else {}),
                 **({} if self.freed is None else {'freed_at_rate': float(self.freed[self.chosen - 1])
                                                   if self.chosen else 0.0,
                                                   'freed_per_atom': float(self.freed[-1] / self.k_max)})}
@@ -259,6 +300,8 @@ class BalancedResult:
         self.norm_stats = 'running'
         self.norms_recalibrated = 0
         self.replay: Optional[Dict[str, Any]] = None  # ActivationReplay.stats() of the measured points
+        # estimated mode: the repair rounds (BalancedPruning._repair; None when repair_rounds=0)
+        self.repair: Optional[Dict[str, Any]] = None
         self.warnings: List[str] = []
 
     @property
@@ -285,6 +328,7 @@ class BalancedResult:
                 'tau_before': num(self.tau_before_fill), 'stopped_units': list(self.fill_stopped)},
             'norm_stats': self.norm_stats,
             'norms_recalibrated': self.norms_recalibrated, 'pruned_atoms': len(self.pruned), 'replay': self.replay,
+            'repair': self.repair,
             'wall_s': dict(self.wall), 'warnings': list(self.warnings),
             'units': [c.to_json() for c in self.curves]}
 
@@ -327,13 +371,20 @@ class BalancedPruning:
             cannot change that runs before the unit's first changed layer, answered from the record of that call
             seen unchanged in an earlier point (no extra pass; the same values, bit for bit). 0 turns it off.
             Defaults to 1024.
+        repair_rounds: ``mode='estimated'`` only: before pruning, the structure the estimate chose is measured
+            (one forward per batch, masks undone); when its real loss rise exceeds the units' estimates
+            ``ESTIMATE_TRUST`` times, every unit is measured alone at its rate, its curve is raised to what was
+            measured (:func:`_corrected`) and tau is searched again, at most this many rounds, until every chosen
+            rate's measurement agrees with its curve (``REPAIR_SLACK``). Each round costs at most one point per
+            unit (``units x batches`` forwards), a grid's fraction of the measured mode; nothing when the
+            estimate holds. 0: only warn. Defaults to 3.
     """
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
                  grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
                  tolerance: float = 0.01, seed: int = 0, full_curves: bool = False,
                  max_share: float = 1.0, norm_stats: str = 'batch', recalibrate_norms: bool = True,
-                 allocation: str = 'variation', replay_mb: float = 1024) -> None:
+                 allocation: str = 'variation', replay_mb: float = 1024, repair_rounds: int = 3) -> None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -370,8 +421,13 @@ class BalancedPruning:
         if isinstance(replay_mb, bool) or not isinstance(replay_mb, (int, float)) or not replay_mb >= 0:
             raise ValueError(f'replay_mb={replay_mb!r} must be a number >= 0: the memory (MiB) for the recorded '
                              'activations the curve points replay, e.g. 1024; 0 turns replay off')
+        if isinstance(repair_rounds, bool) or not isinstance(repair_rounds, int) or repair_rounds < 0:
+            raise ValueError(f'repair_rounds={repair_rounds!r} must be an int >= 0: how many times the estimated '
+                             'mode may measure the units at their rates and search again when the real loss of its '
+                             'structure contradicts the estimate, e.g. 3; 0 only warns')
         self.target = float(target)
         self.target_metric = target_metric
+        self.repair_rounds = repair_rounds
         self.replay_mb = float(replay_mb)
         self.mode = mode
         self.grid = tuple(sorted({float(r) for r in grid}))
@@ -470,25 +526,23 @@ class BalancedPruning:
         t0 = time.perf_counter()
         atoms, tau = self._search(state, curves, res)
         res.wall['search'] = time.perf_counter() - t0
+        if self.mode == 'estimated' and self.repair_rounds:
+            t0 = time.perf_counter()
+            atoms, tau = self._repair(state, model, curves, batches, measure_fn, reduce, device, res, log, atoms,
+                                      tau, invariant)
+            res.wall['repair'] = time.perf_counter() - t0
         if res.fill_stopped:
             log(f'balanced: the target was crossed at tau={res.tau_before_fill:.6g} by an atom that overshoots it; '
                 f'the gap was filled up to tau={tau:.6g}, which stops {", ".join(res.fill_stopped)} below '
                 'their rate there (their next atom would cross the target)')
         res.tau = tau
         # mask only what the written structure removes (after the divisor's rounding): masks == structure
-        order = list(state.order) + atoms
-        after = state.alive
-        after[atoms] = False
-        written = state.export_alive(after, order)
-        removed = [a for a in atoms if not written[a]]
+        removed = self._removed(state, atoms)
         state.prune(removed)
         res.pruned = removed
         res.alive = state.alive
         res.ratios = state.ratios()
-        removed_set = set(removed)
-        for c in curves:
-            c.chosen = int(sum(1 for a in c.ranked[:c.k_max].tolist() if a in removed_set))
-        res.sum_variations = float(sum(c.at(c.chosen) for c in curves))
+        res.sum_variations = self._set_chosen(curves, removed)
         achieved = res.ratios[self.target_metric]
         if self.target - achieved > self.tolerance:
             res.warnings.append(f'the structure has {self.target_metric} {achieved:.4f}, more than '
@@ -524,8 +578,10 @@ class BalancedPruning:
                 f'the second-order estimate is far off for this structure: the calibration loss rose '
                 f'{res.combined_variation:.4g} ({res.base_loss:.4g} -> {res.combined_loss:.4g}) where the units\' '
                 f'estimates sum to {res.sum_variations:.4g}; units at the largest estimated shares: '
-                f'{", ".join(self._deepest(curves))}. Fix: use mode=\'measured\' (real loss variations), or '
-                'max_share < 1 to keep part of every unit')
+                f'{", ".join(self._deepest(curves))}'
+                + (f' (after {res.repair["rounds"]} repair round(s))' if res.repair and res.repair['rounds'] else '')
+                + ". Fix: use mode='measured' (real loss variations), more repair_rounds, or max_share < 1 to "
+                'keep part of every unit')
         if self.mode == 'measured':
             self._noise_floor(res, curves)
         log(f'balanced: tau={tau:.6g} after {res.search_steps} search steps; {self.target_metric} '
@@ -732,14 +788,7 @@ class BalancedPruning:
                 ci = min(open_units, key=lambda u: (prior[u][len(values[u])], len(values[u]), u))
                 alive = base_alive.copy()
                 alive[curves[ci].ranked[:grids[ci][len(values[ci])]]] = False
-                with state.masks.trial(alive) as masks:
-                    s = 0.0
-                    for i, batch in enumerate(batches):
-                        with replay.replay(i, masks.changed_modules, masks.changed_tensors), \
-                                _seeded(self.seed + i, device):
-                            s += _as_float(loss_fn(batch))
-                summed = reduce(torch.tensor([s], dtype=torch.float64))
-                values[ci].append(float(summed[0]) / res.batches - res.base_loss)
+                values[ci].append(self._variation(state, alive, batches, loss_fn, reduce, device, res, replay))
                 curves[ci].set_points(grids[ci][:len(values[ci])], np.array(values[ci]))
                 measured += 1
                 if measured % every == 0:
@@ -751,15 +800,118 @@ class BalancedPruning:
                 f'the points ({res.replay["recorded"]} modules recorded, {res.replay["stored_mb"]:.1f} MiB)')
         log(f'balanced: {measured} of {total} grid points measured in {time.perf_counter() - t0:.1f} s')
         res.tau_up = tau_up
-        res.forwards += measured * len(batches)
         res.points = measured
         res.grid_points = total
+
+    def _variation(self, state: PruningState, alive: np.ndarray, batches: Sequence[Any], loss_fn: Callable,
+                   reduce: Callable, device: torch.device, res: BalancedResult,
+                   replay: Optional[ActivationReplay] = None) -> float:
+        """The calibration loss variation (mean over every rank's batches, minus the unpruned base) with the masks
+        set to ``alive`` for the forwards and undone after. The caller holds eval mode, no_grad and the norms'
+        statistics; ``replay`` (installed) answers the calls the trial cannot change."""
+        with state.masks.trial(alive) as masks:
+            s = 0.0
+            for i, batch in enumerate(batches):
+                with (replay.replay(i, masks.changed_modules, masks.changed_tensors) if replay is not None
+                      else contextlib.nullcontext()), _seeded(self.seed + i, device):
+                    s += _as_float(loss_fn(batch))
+        summed = reduce(torch.tensor([s], dtype=torch.float64))
+        res.forwards += len(batches)
+        return float(summed[0]) / res.batches - res.base_loss
 
     def _estimate(self, curves: List[UnitCurve], fisher: torch.Tensor, res: BalancedResult) -> None:
         f = fisher.numpy()
         for c in curves:
             dense = _second_order(c, f, res.samples)
+            c.estimate = dense
             c.set_points(c.grid_ks, dense[c.grid_ks - 1], dense=dense)
+
+    @staticmethod
+    def _removed(state: PruningState, atoms: List[int]) -> List[int]:
+        """The atoms of ``atoms`` (in rate order) that the written structure removes, after the divisor's
+        rounding."""
+        after = state.alive
+        after[atoms] = False
+        written = state.export_alive(after, list(state.order) + list(atoms))
+        return [a for a in atoms if not written[a]]
+
+    @staticmethod
+    def _set_chosen(curves: List[UnitCurve], removed: Sequence[int]) -> float:
+        """Set every curve's ``chosen`` (its atoms among ``removed``); returns the sum of the units' variations
+        there."""
+        removed_set = set(int(a) for a in removed)
+        for c in curves:
+            c.chosen = int(sum(1 for a in c.ranked[:c.k_max].tolist() if a in removed_set))
+        return float(sum(c.at(c.chosen) for c in curves))
+
+    def _repair(self, state: PruningState, model: nn.Module, curves: List[UnitCurve], batches: Sequence[Any],
+                loss_fn: Callable, reduce: Callable, device: torch.device, res: BalancedResult, log: Callable,
+                atoms: List[int], tau: float, invariant: Sequence[Tuple[nn.Module, str]] = ()
+                ) -> Tuple[List[int], float]:
+        """Estimated mode: check the structure the estimate chose against its real loss and repair the curves
+        that the measurements contradict (see ``repair_rounds``). Returns the search's (atoms, tau) on the final
+        curves. Every rank measures the same points (the losses are summed over ranks) and takes the same
+        branches. The points replay the unchanged module calls as the measured mode's do (``replay_mb``)."""
+        replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
+        with replay.installed():
+            try:
+                return self._repair_rounds(state, model, curves, batches, loss_fn, reduce, device, res, log,
+                                           atoms, tau, replay)
+            finally:
+                res.replay = replay.stats() if replay.enabled else None
+
+    def _repair_rounds(self, state: PruningState, model: nn.Module, curves: List[UnitCurve],
+                       batches: Sequence[Any], loss_fn: Callable, reduce: Callable, device: torch.device,
+                       res: BalancedResult, log: Callable, atoms: List[int], tau: float,
+                       replay: ActivationReplay) -> Tuple[List[int], float]:
+        base_alive = state.alive
+        removed = self._removed(state, atoms)
+        estimated = self._set_chosen(curves, removed)
+        alive = base_alive.copy()
+        alive[removed] = False
+        with eval_mode(model), torch.no_grad(), self._statistics():
+            real = self._variation(state, alive, batches, loss_fn, reduce, device, res, replay)
+        floor = REPAIR_FLOOR * abs(res.base_loss)
+        res.repair = {'structure_variation': real, 'structure_estimate': estimated, 'rounds': 0, 'points': [],
+                      'agreed': None}
+        if not real > max(ESTIMATE_TRUST * estimated, 0.1 * abs(res.base_loss)):
+            log(f'balanced: the estimated structure\'s real loss rise {real:.4g} agrees with the estimates '
+                f'({estimated:.4g}): no repair')
+            return atoms, tau
+        log(f'balanced: the estimated structure\'s real loss rise is {real:.4g} where the units\' estimates sum to '
+            f'{estimated:.4g}: measuring the units at their rates (at most {self.repair_rounds} round(s))')
+        agreed = False
+        for rnd in range(1, self.repair_rounds + 1):
+            res.repair['rounds'] = rnd
+            off = []
+            with eval_mode(model), torch.no_grad(), self._statistics():
+                for c in curves:
+                    k = c.chosen
+                    if k <= 0 or k in c.checks:
+                        continue
+                    alive = base_alive.copy()
+                    alive[c.ranked[:k]] = False
+                    m = self._variation(state, alive, batches, loss_fn, reduce, device, res, replay)
+                    curve = c.at(k)
+                    c.checks[k] = m
+                    res.points += 1
+                    res.repair['points'].append({'round': rnd, 'unit': c.name, 'k': int(k), 'curve': curve,
+                                                 'measured': m})
+                    if not m <= REPAIR_SLACK * curve + floor:
+                        off.append(f'{c.name} ({k}/{c.size}: {curve:.3g} -> {m:.3g})')
+                    dense = _corrected(c.estimate, c.checks)
+                    c.set_points(c.grid_ks, dense[c.grid_ks - 1], dense=dense)
+            if not off:
+                agreed = True
+                break
+            log(f'balanced: repair round {rnd}: {len(off)} unit(s) far above their estimate: {", ".join(off[:6])}'
+                + (' ...' if len(off) > 6 else ''))
+            atoms, tau = self._search(state, curves, res)
+            self._set_chosen(curves, self._removed(state, atoms))
+        res.repair['agreed'] = agreed
+        log(f'balanced: repair {"converged" if agreed else "stopped"} after {res.repair["rounds"]} round(s), '
+            f'{len(res.repair["points"])} point(s) measured; tau={tau:.6g}')
+        return atoms, tau
 
     FILL_SCAN = 64  # how many atoms past the crossing one the gap filling tries (see :meth:`_fill`)
 
@@ -851,6 +1003,7 @@ class BalancedPruning:
     def _search(self, state: PruningState, curves: List[UnitCurve], res: BalancedResult
                 ) -> Tuple[List[int], float]:
         """The tau search on the final curves: (atoms to mask, in rate order; tau)."""
+        res.tau_before_fill, res.fill_stopped = None, []
         found = self._prefix(state, curves)
         if found is None:
             finite = [int(c.ranked[k]) for c in curves for k in np.nonzero(np.isfinite(c.keys()))[0].tolist()]

@@ -119,6 +119,10 @@ class BalancedPruningHook(Hook):
             from the record of that call seen unchanged in an earlier point (no extra pass; bit-identical values;
             modules with hooks inside, RNG draws, writes into their inputs or non-tensor outputs are always
             computed). 0 turns it off. Defaults to 1024.
+        repair_rounds (int): ``mode='estimated'`` only: the structure the estimate chose is measured once (one
+            forward per batch); when its real loss rise exceeds the estimates tenfold, every unit is measured at
+            its rate, its curve raised to that and tau searched again, at most this many rounds (each at most one
+            point per unit). 0 only warns. Defaults to 3.
         importance (dict, optional): the ranking criterion from ``IMPORTANCE`` (``dict(type='L1Norm')``,
             ``dict(type='BNScale')``, ...). Defaults to ``GroupFisher(delta='none')`` on the calibration batches.
         input_shape (Sequence[int]): ``(C, H, W)`` of the trace and of the cost counts. Defaults to (3, 800, 1333).
@@ -145,6 +149,7 @@ class BalancedPruningHook(Hook):
                  recalibrate_norms: bool = True,
                  allocation: str = 'variation',
                  replay_mb: float = 1024,
+                 repair_rounds: int = 3,
                  importance: Optional[Union[dict, Importance]] = None,
                  input_shape: Sequence[int] = (3, 800, 1333),
                  skip: Sequence[str] = (),
@@ -187,7 +192,7 @@ class BalancedPruningHook(Hook):
                                       importance=crit, tolerance=tolerance, seed=seed, full_curves=full_curves,
                                       max_share=max_share, norm_stats=norm_stats,
                                       recalibrate_norms=recalibrate_norms, allocation=allocation,
-                                      replay_mb=replay_mb)
+                                      replay_mb=replay_mb, repair_rounds=repair_rounds)
         self.target, self.target_metric, self.mode = float(target), target_metric, mode
         self.calibration_batches = int(calibration_batches)
         self.calibration_dataloader = calibration_dataloader

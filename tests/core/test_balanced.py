@@ -13,7 +13,7 @@ from torch import nn
 
 from mmfisher.core import ChannelMasks, PruningState, analyze, input_forward
 from mmfisher.core.balanced import (BalancedPruning, NoCalibrationData, NonFiniteLoss, TargetUnreachable,
-                                    UnitCurve)
+                                    UnitCurve, _corrected)
 from mmfisher.core.importance import BNScale, GroupFisher, L1Norm
 
 
@@ -290,9 +290,11 @@ def test_variation_per_cost_allocation_thresholds_the_variation_per_share_freed(
 def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
     net, graph, state, batches, loss_fn, calls = setup(trained)
     crit = GroupFisher(delta='none')
-    res = BalancedPruning(target=0.5, mode='estimated', importance=crit).run(state, net, batches, loss_fn)
+    res = BalancedPruning(target=0.5, mode='estimated', importance=crit, repair_rounds=0).run(
+        state, net, batches, loss_fn)
     # the Fisher pass, the BN re-estimation (whose batch-statistics losses are the combined loss)
     assert res.forwards == len(calls) == 2 * len(batches)
+    assert res.repair is None and res.points == 0
     assert res.samples == 64 and crit.samples == 64
     f = crit.sums.numpy()
     for c in res.curves:
@@ -301,6 +303,74 @@ def test_estimated_mode_reads_the_fisher_sums_without_curve_forwards(trained):
         # ranked by Group Fisher, lowest first
         assert np.all(np.diff(f[c.ranked]) >= 0)
     assert_met(state, res, 0.5)
+
+
+def test_corrected_curve_is_the_estimate_raised_to_the_measured_points():
+    est = np.array([0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert _corrected(est, {}) is est
+    out = _corrected(est, {4: 2.0})  # far above the estimate at k=4
+    np.testing.assert_allclose(out[:4], [0.5, 1.0, 1.5, 2.0])  # the line from V(0) = 0 to the point
+    np.testing.assert_allclose(out[4:], est[4:] * 2.0 / 0.3)  # beyond: the estimate scaled by the point's ratio
+    out = _corrected(est, {2: 0.05, 6: -0.3})  # below the estimate (or below 0): the estimate stays
+    np.testing.assert_allclose(out, est)
+    out = _corrected(est, {3: float('nan')})  # a NaN point: nothing up to it or beyond may be chosen
+    assert np.all(out[2:] == np.inf) and np.all(np.isfinite(out[:2]))
+    zero = np.zeros(5)
+    np.testing.assert_allclose(_corrected(zero, {2: 1.0}), [0.5, 1.0, 1.0, 1.0, 1.0])  # an estimate of 0
+
+
+def test_estimated_mode_repairs_the_units_its_structure_contradicts(trained):
+    """On the briefly trained net the second-order estimates are ~1e-6 where masking a unit's chosen share costs
+    0.07-0.3: the structure the estimate chose is measured, found 10x above the estimates, and every unit is
+    measured at its rate; its curve is raised to that, tau searched again, until the chosen rates' measurements
+    agree with the curves. The repaired structure has a lower real loss rise than the unrepaired one, and no
+    warning."""
+    found = {}
+    for rounds in (0, 3):
+        net, graph, state, batches, loss_fn, calls = setup(trained)
+        res = BalancedPruning(target=0.5, mode='estimated', norm_stats='running', recalibrate_norms=False,
+                              repair_rounds=rounds).run(state, net, batches, loss_fn)
+        found[rounds] = (res, calls)
+        assert_met(state, res, 0.5)
+    (plain, _), (fixed, calls) = found[0], found[3]
+    assert any('second-order estimate is far off' in w for w in plain.warnings), plain.warnings
+    assert not any('far off' in w for w in fixed.warnings), fixed.warnings
+    assert fixed.combined_variation < plain.combined_variation
+    rep = fixed.repair
+    assert rep['structure_variation'] == pytest.approx(plain.combined_variation)  # the same structure, checked
+    assert rep['structure_variation'] > 10 * rep['structure_estimate']
+    assert rep['agreed'] is True and 1 <= rep['rounds'] <= 3 and rep['points']
+    assert fixed.points == len(rep['points'])
+    # Fisher pass + the check of the estimated structure + one forward per batch per point + the combined loss
+    assert fixed.forwards == len(calls) == (3 + fixed.points) * len(batches)
+    # every point is the real variation of masking that unit's k lowest atoms alone
+    by_name = {c.name: c for c in fixed.curves}
+    for p in rep['points']:
+        net, graph, state, batches, loss_fn, _ = setup(trained)
+        base = mean_loss(net, batches)
+        state.prune(by_name[p['unit']].ranked[:p['k']].tolist())
+        assert p['measured'] == pytest.approx(mean_loss(net, batches) - base, rel=1e-9, abs=1e-12)
+        assert by_name[p['unit']].checks[p['k']] == p['measured']
+    for c in fixed.curves:
+        assert np.all(c.values() >= np.maximum.accumulate(c.estimate) - 1e-15)  # never below the estimate
+        if c.chosen:  # the final rates are measured, and agree with their curves
+            assert c.chosen in c.checks and c.checks[c.chosen] <= 2.0 * c.at(c.chosen) + 0.01 * fixed.base_loss
+    js = fixed.to_json()
+    assert js['repair']['rounds'] == rep['rounds'] and js['mode'] == 'estimated'
+    assert any(u.get('checked_k') for u in js['units'])
+
+
+def test_estimated_mode_checks_its_structure_once_when_the_estimate_holds(trained, monkeypatch):
+    """When the real rise of the estimated structure is within ESTIMATE_TRUST of the estimates nothing is
+    repaired: the check costs one forward per batch."""
+    import mmfisher.core.balanced as balanced
+    monkeypatch.setattr(balanced, 'ESTIMATE_TRUST', 1e12)
+    net, graph, state, batches, loss_fn, calls = setup(trained)
+    res = BalancedPruning(target=0.5, mode='estimated', norm_stats='running', recalibrate_norms=False).run(
+        state, net, batches, loss_fn)
+    assert res.repair['rounds'] == 0 and res.repair['points'] == [] and res.points == 0
+    assert res.repair['structure_variation'] == pytest.approx(res.combined_variation)
+    assert res.forwards == len(calls) == 3 * len(batches)
 
 
 def test_a_coarse_crossing_atom_is_skipped_and_the_gap_filled(trained):
@@ -359,8 +429,8 @@ def test_estimated_mode_warns_when_the_real_loss_rise_dwarfs_the_estimate(traine
 
     def flat(batch):
         return F.mse_loss(net(batch[0]), ref[index[id(batch[0])]])
-    res = BalancedPruning(target=0.5, mode='estimated', norm_stats='running', recalibrate_norms=False).run(
-        state, net, batches, flat)
+    res = BalancedPruning(target=0.5, mode='estimated', norm_stats='running', recalibrate_norms=False,
+                          repair_rounds=0).run(state, net, batches, flat)
     assert res.base_loss == 0.0 and res.sum_variations == 0.0 and res.combined_variation > 0
     assert len(res.warnings) == 1
     assert re.search(r'second-order estimate is far off.*rose [0-9.e-]+ .*estimates sum to 0.*Fix: use '
@@ -543,7 +613,9 @@ def test_non_finite_loss_of_the_unpruned_model(trained, bad, mode):
     (dict(target=1.2), 'target'), (dict(target=0), 'target'), (dict(target_metric='latency'), 'target_metric'),
     (dict(mode='exact'), 'mode'), (dict(grid=(0.5, 1.5)), 'grid'), (dict(grid=()), 'grid'),
     (dict(tolerance=0), 'tolerance'), (dict(max_share=0), 'max_share'), (dict(max_share=1.5), 'max_share'),
-    (dict(norm_stats='adaptive'), 'norm_stats'), (dict(allocation='flops'), 'allocation')])
+    (dict(norm_stats='adaptive'), 'norm_stats'), (dict(allocation='flops'), 'allocation'),
+    (dict(repair_rounds=-1), 'repair_rounds'), (dict(repair_rounds=1.5), 'repair_rounds'),
+    (dict(repair_rounds=True), 'repair_rounds')])
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f'^{field}='):
         BalancedPruning(**kwargs)
@@ -557,7 +629,7 @@ def test_bad_flag_types_name_the_field(kwargs, field):
 
 
 # ---------------------------------------------------------------------------------------------- rank split
-def _rank_worker(rank, world, port, out):
+def _rank_worker(rank, world, port, out, mode='measured'):
     import torch.distributed as dist
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -568,6 +640,12 @@ def _rank_worker(rank, world, port, out):
         x = torch.randn(24, *SHAPE, generator=torch.Generator().manual_seed(1))
         batches = [(x[i:i + 4], x[i:i + 4, :, ::3, ::3].mean((1, 2, 3))[:, None].expand(-1, 4))
                    for i in range(0, 24, 4)]
+        kw = {}
+        if mode == 'estimated':  # targets = the unpruned outputs: every estimate is 0, so the repair runs
+            net.eval()
+            with torch.no_grad():
+                batches = [(x_, net(x_)) for x_, _ in batches]
+            kw = dict(norm_stats='running', recalibrate_norms=False)
         graph = analyze(net, input_forward(torch.randn(1, *SHAPE)))
         state = PruningState(net, graph, input_shape=SHAPE)
         mine = batches[rank::world] if world > 1 else batches
@@ -576,16 +654,19 @@ def _rank_worker(rank, world, port, out):
             if world > 1:
                 dist.all_reduce(t)
             return t
-        res = BalancedPruning(target=0.5, grid=(0.25, 0.5, 0.75)).run(
+        res = BalancedPruning(target=0.5, grid=(0.25, 0.5, 0.75), mode=mode, **kw).run(
             state, net, mine, lambda b: F.mse_loss(net(b[0]), b[1]), reduce=reduce)
         torch.save({'alive': torch.from_numpy(state.alive), 'tau': res.tau, 'base': res.base_loss,
-                    'combined': res.combined_loss, 'batches': res.batches, 'samples': res.samples},
+                    'combined': res.combined_loss, 'batches': res.batches, 'samples': res.samples,
+                    'repair_rounds': res.repair['rounds'] if res.repair else 0,
+                    'repair_points': [p['measured'] for p in res.repair['points']] if res.repair else []},
                    f'{out}_{world}_{rank}.pt')
     finally:
         dist.destroy_process_group()
 
 
-def test_batches_split_over_ranks_give_every_rank_the_one_process_structure(tmp_path):
+@pytest.mark.parametrize('mode', ['measured', 'estimated'])
+def test_batches_split_over_ranks_give_every_rank_the_one_process_structure(tmp_path, mode):
     import socket
     import torch.multiprocessing as mp
     results = {}
@@ -593,10 +674,13 @@ def test_batches_split_over_ranks_give_every_rank_the_one_process_structure(tmp_
         with socket.socket() as s:
             s.bind(('127.0.0.1', 0))
             port = s.getsockname()[1]
-        mp.spawn(_rank_worker, args=(world, port, str(tmp_path / 'r')), nprocs=world, join=True)
+        mp.spawn(_rank_worker, args=(world, port, str(tmp_path / 'r'), mode), nprocs=world, join=True)
         results[world] = [torch.load(f'{tmp_path}/r_{world}_{r}.pt', weights_only=True) for r in range(world)]
     one, (r0, r1) = results[1][0], results[2]
     assert r0['batches'] == r1['batches'] == one['batches'] == 6 and r0['samples'] == one['samples'] == 24
     assert torch.equal(r0['alive'], r1['alive']) and torch.equal(r0['alive'], one['alive'])
     assert r0['tau'] == r1['tau'] == pytest.approx(one['tau'], rel=1e-9)
     assert r0['combined'] == pytest.approx(one['combined'], rel=1e-9)
+    if mode == 'estimated':  # the untrained net contradicts its estimates: every rank repairs the same units
+        assert one['repair_rounds'] >= 1 and r0['repair_rounds'] == r1['repair_rounds'] == one['repair_rounds']
+        assert r0['repair_points'] == r1['repair_points'] == pytest.approx(one['repair_points'], rel=1e-9)

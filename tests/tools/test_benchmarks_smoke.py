@@ -206,16 +206,27 @@ def test_balanced_and_its_merge(tmp_path):
     assert m['methods'] == entry['methods'] and m['merged_from'] == [osp.relpath(str(tmp_path / 'balanced.json'),
                                                                                   ROOT)]
     # another seed's runs with other settings: a balanced setting refuses the merge (its run would be kept), a
-    # speed-only one (the replay's memory) and a label-free one without label-free runs do not
+    # speed-only one (the replay's memory) and a label-free one without label-free runs do not; the estimated
+    # mode's repair_rounds matters only with balanced_estimated runs, and a file written before the key existed
+    # stands for repair_rounds=0
     with open(tmp_path / 'balanced.json') as f:
         base = json.load(f)
-    for change, ok in ((dict(max_share=0.5), False), (dict(replay_mb=0), True), (dict(lf_anchors='auto'), True)):
+    assert base['setup']['repair_rounds'] == 3
+    for i, (change, ok, as_estimated, refused) in enumerate((
+            (dict(max_share=0.5), False, False, 'max_share'), (dict(replay_mb=0), True, False, None),
+            (dict(lf_anchors='auto'), True, False, None), (dict(repair_rounds=0), True, False, None),
+            (dict(repair_rounds=0), False, True, 'repair_rounds'), (dict(repair_rounds=None), False, True,
+                                                                   'repair_rounds'))):
         other = json.loads(json.dumps(base))
         other['setup'].update(change)
+        if change.get('repair_rounds', 0) is None:
+            del other['setup']['repair_rounds']
+        if as_estimated:
+            other['tasks']['cls']['runs'] = {'balanced_estimated': other['tasks']['cls']['runs']['balanced']}
         for runs in other['tasks']['cls']['runs'].values():
             for r in runs:
                 r['seed'] += 1
-        path = tmp_path / f'other_{next(iter(change))}.json'
+        path = tmp_path / f'other_{i}.json'
         path.write_text(json.dumps(other))
         proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced.py'), '--quick', '--tasks',
                                '--no-r50', '--merge-from', str(tmp_path / 'balanced.json'), str(path), '--out',
@@ -225,7 +236,7 @@ def test_balanced_and_its_merge(tmp_path):
             with open(tmp_path / 'm2.json') as f:
                 assert json.load(f)['tasks']['cls']['methods']['balanced']['n'] == 2
         else:
-            assert 'another setup (max_share)' in proc.stderr
+            assert f'another setup ({refused})' in proc.stderr
 
 
 def test_balanced_base_cycles_needs_its_schedule(tmp_path):
