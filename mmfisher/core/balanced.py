@@ -853,7 +853,8 @@ class BalancedPruning:
         curves. Every rank measures the same points (the losses are summed over ranks) and takes the same
         branches. The points replay the unchanged module calls as the measured mode's do (``replay_mb``)."""
         replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
-        with replay.installed():
+        # the norms' statistics first: the replay then wraps their (patched) forwards, as in _measure
+        with eval_mode(model), torch.no_grad(), self._statistics(), replay.installed():
             try:
                 return self._repair_rounds(state, model, curves, batches, loss_fn, reduce, device, res, log,
                                            atoms, tau, replay)
@@ -869,8 +870,7 @@ class BalancedPruning:
         estimated = self._set_chosen(curves, removed)
         alive = base_alive.copy()
         alive[removed] = False
-        with eval_mode(model), torch.no_grad(), self._statistics():
-            real = self._variation(state, alive, batches, loss_fn, reduce, device, res, replay)
+        real = self._variation(state, alive, batches, loss_fn, reduce, device, res, replay)
         floor = REPAIR_FLOOR * abs(res.base_loss)
         res.repair = {'structure_variation': real, 'structure_estimate': estimated, 'rounds': 0, 'points': [],
                       'agreed': None}
@@ -884,23 +884,22 @@ class BalancedPruning:
         for rnd in range(1, self.repair_rounds + 1):
             res.repair['rounds'] = rnd
             off = []
-            with eval_mode(model), torch.no_grad(), self._statistics():
-                for c in curves:
-                    k = c.chosen
-                    if k <= 0 or k in c.checks:
-                        continue
-                    alive = base_alive.copy()
-                    alive[c.ranked[:k]] = False
-                    m = self._variation(state, alive, batches, loss_fn, reduce, device, res, replay)
-                    curve = c.at(k)
-                    c.checks[k] = m
-                    res.points += 1
-                    res.repair['points'].append({'round': rnd, 'unit': c.name, 'k': int(k), 'curve': curve,
-                                                 'measured': m})
-                    if not m <= REPAIR_SLACK * curve + floor:
-                        off.append(f'{c.name} ({k}/{c.size}: {curve:.3g} -> {m:.3g})')
-                    dense = _corrected(c.estimate, c.checks)
-                    c.set_points(c.grid_ks, dense[c.grid_ks - 1], dense=dense)
+            for c in curves:
+                k = c.chosen
+                if k <= 0 or k in c.checks:
+                    continue
+                alive = base_alive.copy()
+                alive[c.ranked[:k]] = False
+                m = self._variation(state, alive, batches, loss_fn, reduce, device, res, replay)
+                curve = c.at(k)
+                c.checks[k] = m
+                res.points += 1
+                res.repair['points'].append({'round': rnd, 'unit': c.name, 'k': int(k), 'curve': curve,
+                                             'measured': m})
+                if not m <= REPAIR_SLACK * curve + floor:
+                    off.append(f'{c.name} ({k}/{c.size}: {curve:.3g} -> {m:.3g})')
+                dense = _corrected(c.estimate, c.checks)
+                c.set_points(c.grid_ks, dense[c.grid_ks - 1], dense=dense)
             if not off:
                 agreed = True
                 break
