@@ -343,7 +343,10 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
         input_shape=list(shape), images=images, batch=batch, threads=threads, trace_s=trace_s,
         units=units, atoms=int(graph.num_atoms), grid=list(grid), grid_points_per_unit_mean=points / units,
         curve_points=points, estimated_mode_s=est_s, estimated_wall=res.wall, estimated_forwards=res.forwards,
-        estimated_ratios=dict(res.ratios), measured_point_s=point_s, measured_points_timed=len(per_point),
+        estimated_ratios=dict(res.ratios),
+        estimated_repair=None if res.repair is None else dict(
+            {k: v for k, v in res.repair.items() if k != 'points'}, points=len(res.repair['points'])),
+        measured_point_s=point_s, measured_points_timed=len(per_point),
         measured_mode_s_extrapolated=res.wall['ranking'] + points * point_s + res.wall['combined'],
         replay=dict(record_s=record_s, points=replayed, point_s_mean=replay_point_s,
                     stored_mb=replay_stats['stored_mb'], invariant_methods=replay_stats['invariant_methods'],
@@ -354,7 +357,8 @@ def time_r50(images, batch, grid_points_timed, threads, device='cpu', measured=F
         scaling=('measured: trace + Fisher pass (batches x (forward + backward)) + units x grid points x batches '
                  f'forwards ({units} x {points / units:.1f} x {len(batches)} = {points * len(batches)} forwards of '
                  f'{batch} image(s), {point_s / len(batches):.3g} s each here) + one combined pass; estimated: '
-                 'trace + Fisher pass + one combined pass, whatever the grid'))
+                 'trace + Fisher pass + the check of its structure (one pass; when it contradicts the estimates, '
+                 'at most one point per unit and repair round) + one combined pass, whatever the grid'))
     if measured:
         del model, state, res
         if cuda:

@@ -111,6 +111,8 @@ def test_balanced_r50_timing(tmp_path):
         assert finite_pos(r[f'{mode}_mode_s'])
     assert 1 <= r['measured_points'] <= r['measured_grid_points'] == r['curve_points']
     assert r['measured_forwards'] > r['estimated_forwards']
+    rep = r['estimated_repair']  # the check of the estimated structure ran; a repair measures <= 1 point per unit
+    assert math.isfinite(rep['structure_variation']) and 0 <= rep['points'] <= rep['rounds'] * r['units']
 
 
 def test_quality(tmp_path):
