@@ -570,8 +570,7 @@ class BalancedPruning:
             res.forwards += len(batches)
         res.combined_loss = total / res.batches
         res.wall['combined'] = time.perf_counter() - t0
-        if self.mode == 'estimated' and res.combined_variation > max(
-                ESTIMATE_TRUST * res.sum_variations, 0.1 * abs(res.base_loss)):
+        if self.mode == 'estimated' and self._estimate_off(res.combined_variation, res.sum_variations, res):
             # the estimate holds near the trained weights only: a unit it calls free can carry the loss (measured
             # on the tiny detector: a head branch cut to one channel, estimated 6e-7, real rise 1.13)
             res.warnings.append(
@@ -861,10 +860,17 @@ class BalancedPruning:
             finally:
                 res.replay = replay.stats() if replay.enabled else None
 
+    @staticmethod
+    def _estimate_off(real: float, estimated: float, res: BalancedResult) -> bool:
+        """Whether a structure's real loss rise contradicts the curves' sum: above ``ESTIMATE_TRUST`` times it
+        and above a tenth of the unpruned loss (NaN counts as contradicting)."""
+        return not real <= max(ESTIMATE_TRUST * estimated, 0.1 * abs(res.base_loss))
+
     def _repair_rounds(self, state: PruningState, model: nn.Module, curves: List[UnitCurve],
                        batches: Sequence[Any], loss_fn: Callable, reduce: Callable, device: torch.device,
                        res: BalancedResult, log: Callable, atoms: List[int], tau: float,
                        replay: ActivationReplay) -> Tuple[List[int], float]:
+        """The body of :meth:`_repair`, inside its eval mode, norm statistics and installed replay."""
         base_alive = state.alive
         removed = self._removed(state, atoms)
         estimated = self._set_chosen(curves, removed)
@@ -874,7 +880,7 @@ class BalancedPruning:
         floor = REPAIR_FLOOR * abs(res.base_loss)
         res.repair = {'structure_variation': real, 'structure_estimate': estimated, 'rounds': 0, 'points': [],
                       'agreed': None}
-        if not real > max(ESTIMATE_TRUST * estimated, 0.1 * abs(res.base_loss)):
+        if not self._estimate_off(real, estimated, res):
             log(f'balanced: the estimated structure\'s real loss rise {real:.4g} agrees with the estimates '
                 f'({estimated:.4g}): no repair')
             return atoms, tau
