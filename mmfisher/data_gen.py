@@ -8,6 +8,9 @@ Two data sets are drawn from the same shape primitives on noisy backgrounds:
 * ``shapes_cls_hard``: the same format and drawing with smaller shapes (24-48 px in 64 px) and a larger val split
   (400 per class), for benchmarks whose methods a converged model on ``shapes_cls`` (about 99% top-1 on 150 val
   images) cannot tell apart.
+* ``shapes_cls_fine``: the same format with six classes (:data:`FINE_CLASSES`: pentagons, hexagons and circles
+  of 20-40 px among them), 400 train and 300 val images per class; a converged small model on ``shapes_cls_hard``
+  still solves it (about 99%), this set it does not.
 * ``shapes_unlabeled``: plain images for label-free pruning (``mmfisher.UnlabeledImages``), no annotation at all:
   ``det/*.png`` drawn like ``shapes_det`` and ``cls/*.png`` like ``shapes_cls`` (the class of each image is drawn
   and thrown away), from their own random streams, so they are new images of the same distributions.
@@ -36,6 +39,11 @@ from .core.files import default_mode
 
 GENERATOR_VERSION = 1
 CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle')
+_SIDES = dict(triangle=3, pentagon=5, hexagon=6)
+SHAPES: Tuple[str, ...] = ('circle', 'square', 'star') + tuple(_SIDES)
+# shapes_cls_fine's classes: circles, pentagons and hexagons among them, a few pixels apart. Sorted, as
+# mmpretrain's CustomDataset numbers a folder-format set's classes by their folders' sorted names
+FINE_CLASSES: Tuple[str, ...] = ('circle', 'hexagon', 'pentagon', 'square', 'star', 'triangle')
 MANIFEST = 'manifest.json'
 
 Polygon = List[Tuple[float, float]]
@@ -106,20 +114,27 @@ def _contrasting_colour(rng: np.random.Generator, bg: np.ndarray) -> Tuple[int, 
     return tuple(int(v) for v in c)  # type: ignore[return-value]
 
 
-def _shape_polygon(rng: np.random.Generator, label: int, cx: float, cy: float, s: float) -> Polygon:
-    """Outline of shape ``label`` of size ``s`` centred at (cx, cy) (circles as 32-gons)."""
-    name = CLASSES[label]
+def _regular(cx: float, cy: float, r: float, n: int, a0: float) -> Polygon:
+    """The ``n`` vertices of a regular polygon of circumradius ``r`` turned by ``a0``."""
+    return [(cx + r * math.cos(a0 + 2 * math.pi * k / n), cy + r * math.sin(a0 + 2 * math.pi * k / n))
+            for k in range(n)]
+
+
+def _shape_polygon(rng: np.random.Generator, name: str, cx: float, cy: float, s: float) -> Polygon:
+    """Outline of the shape ``name`` (one of :data:`SHAPES`) of size ``s`` centred at (cx, cy): circles as
+    32-gons, squares axis-aligned, the other polygons turned by a random angle (one draw from ``rng``)."""
     r = s / 2
     if name == 'circle':
-        n = 32
-        return [(cx + r * math.cos(2 * math.pi * k / n), cy + r * math.sin(2 * math.pi * k / n)) for k in range(n)]
+        return _regular(cx, cy, r, 32, 0.0)
     if name == 'square':
         return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
-    if name == 'triangle':
+    if name in _SIDES:
+        return _regular(cx, cy, r, _SIDES[name], rng.uniform(0, 2 * math.pi))
+    if name == 'star':  # five points, the inner vertices at 0.45 r
         a0 = rng.uniform(0, 2 * math.pi)
-        return [(cx + r * math.cos(a0 + 2 * math.pi * k / 3), cy + r * math.sin(a0 + 2 * math.pi * k / 3))
-                for k in range(3)]
-    raise ValueError(f'unknown shape class {name!r}; known: {CLASSES}')
+        return [(cx + rr * math.cos(a0 + math.pi * k / 5), cy + rr * math.sin(a0 + math.pi * k / 5))
+                for k, rr in ((k, r if k % 2 == 0 else 0.45 * r) for k in range(10))]
+    raise ValueError(f'unknown shape class {name!r}; known: {SHAPES}')
 
 
 def _bbox(poly: Polygon) -> Tuple[float, float, float, float]:
@@ -155,7 +170,8 @@ def draw_det_image(spec: DetSpec, rng: np.random.Generator) -> Tuple[Image.Image
         label = int(rng.integers(len(spec.classes)))
         s = float(rng.uniform(spec.min_size, spec.max_size))
         cx, cy = rng.uniform(s / 2 + 1, spec.img_size - s / 2 - 1, size=2)
-        poly = [(round(x, 2), round(y, 2)) for x, y in _shape_polygon(rng, label, float(cx), float(cy), s)]
+        outline = _shape_polygon(rng, spec.classes[label], float(cx), float(cy), s)
+        poly = [(round(x, 2), round(y, 2)) for x, y in outline]
         box = _bbox(poly)
         if any(_overlaps(box, p.bbox) for p in placed):
             continue
@@ -170,7 +186,7 @@ def draw_cls_image(spec: ClsSpec, rng: np.random.Generator, label: int) -> Image
     img, bg = _background(rng, spec.img_size)
     s = float(rng.uniform(spec.min_size, spec.max_size))
     cx, cy = rng.uniform(s / 2 + 1, spec.img_size - s / 2 - 1, size=2)
-    _draw(img, rng, bg, _shape_polygon(rng, label, float(cx), float(cy), s))
+    _draw(img, rng, bg, _shape_polygon(rng, spec.classes[label], float(cx), float(cy), s))
     return img
 
 
@@ -231,6 +247,9 @@ def make_det(out_dir: str, spec: DetSpec = DetSpec(), seed: int = 0, force: bool
 
 
 HARD_CLS = ClsSpec(train_per_class=200, val_per_class=400, min_size=24, max_size=48)
+# six classes of 20-40 px shapes (pentagons, hexagons and circles a few pixels apart), 4x the train images: a
+# converged small model stays well below 100%, so pruned structures differ after a fine-tune
+FINE_CLS = ClsSpec(train_per_class=400, val_per_class=300, min_size=20, max_size=40, classes=FINE_CLASSES)
 
 
 def make_cls(out_dir: str, spec: ClsSpec = ClsSpec(), seed: int = 0, force: bool = False,
@@ -288,15 +307,19 @@ def make_cls_hard(out_dir: str, seed: int = 0, force: bool = False) -> bool:
     return make_cls(out_dir, HARD_CLS, seed=seed, force=force, kind='shapes_cls_hard')
 
 
+def make_cls_fine(out_dir: str, seed: int = 0, force: bool = False) -> bool:
+    """Generate ``shapes_cls_fine`` (:data:`FINE_CLS`) into ``out_dir``; False if already there."""
+    return make_cls(out_dir, FINE_CLS, seed=seed, force=force, kind='shapes_cls_fine')
+
+
 MAKERS = dict(shapes_det=make_det, shapes_cls=make_cls, shapes_unlabeled=make_unlabeled,
-              shapes_cls_hard=make_cls_hard)
+              shapes_cls_hard=make_cls_hard, shapes_cls_fine=make_cls_fine)
 
 
 def make_all(root: str = 'data/generated', seed: int = 0, force: bool = False,
              which: Optional[Sequence[str]] = None) -> Dict[str, bool]:
-    """Generate ``shapes_det``, ``shapes_cls``, ``shapes_unlabeled`` and ``shapes_cls_hard`` (or those in
-    ``which``) under ``root``;
-    maps each name to whether it was (re)made."""
+    """Generate every set of :data:`MAKERS` (or those in ``which``) under ``root``; maps each name to whether
+    it was (re)made."""
     makers = MAKERS
     names = list(which) if which else list(makers)
     unknown = [n for n in names if n not in makers]

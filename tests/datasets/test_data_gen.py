@@ -1,6 +1,7 @@
 """The bundled data generator: deterministic, idempotent, and valid COCO / mmpretrain folder data."""
 import hashlib
 import json
+import math
 import os
 import os.path as osp
 
@@ -194,11 +195,12 @@ def test_make_all_and_make_data_know_the_unlabeled_set(tmp_path):
     import subprocess
     import sys
     from mmfisher.data_gen import MAKERS
-    assert set(MAKERS) == {'shapes_det', 'shapes_cls', 'shapes_unlabeled', 'shapes_cls_hard'}
+    assert set(MAKERS) == {'shapes_det', 'shapes_cls', 'shapes_unlabeled', 'shapes_cls_hard', 'shapes_cls_fine'}
     root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
     out = subprocess.run([sys.executable, osp.join(root, 'tools', 'make_data.py'), '--help'], capture_output=True,
                          text=True, cwd=root)
     assert out.returncode == 0 and 'shapes_unlabeled' in out.stdout and 'shapes_cls_hard' in out.stdout
+    assert 'shapes_cls_fine' in out.stdout
 
 
 def test_hard_classification_set_draws_its_own_smaller_shapes(tmp_path):
@@ -224,3 +226,57 @@ def test_hard_classification_set_draws_its_own_smaller_shapes(tmp_path):
     fg = np.abs(img - np.median(img)) > 40
     ys, xs = np.nonzero(fg)
     assert HARD_CLS.min_size - 2 <= max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= HARD_CLS.max_size + 2
+
+
+def test_shape_outlines_have_their_vertex_counts_and_size():
+    """Every named shape: its vertex count, centred in a box of its size; the turned ones draw one angle from
+    the RNG (the 3-class sets' streams are unchanged by the new shapes: circles and squares draw none)."""
+    from mmfisher.data_gen import SHAPES, _shape_polygon
+    counts = dict(circle=32, square=4, triangle=3, pentagon=5, hexagon=6, star=10)
+    assert set(SHAPES) == set(counts)
+    for name, n in counts.items():
+        rng = np.random.default_rng(0)
+        poly = _shape_polygon(rng, name, 30.0, 20.0, 10.0)
+        assert len(poly) == n, name
+        xs, ys = np.array(poly).T
+        assert np.all(np.abs(xs - 30.0) <= 5.0 + 1e-9) and np.all(np.abs(ys - 20.0) <= 5.0 + 1e-9), name
+        outer = 5.0 * math.sqrt(2) if name == 'square' else 5.0  # the square's side is the size
+        assert np.isclose(np.hypot(xs - 30.0, ys - 20.0).max(), outer, atol=0.5), name
+        draws = 0 if name in ('circle', 'square') else 1
+        assert rng.random() == np.random.default_rng(0).random(draws + 1)[-1], name
+    with pytest.raises(ValueError, match='pentagon'):
+        _shape_polygon(np.random.default_rng(0), 'ellipse', 0.0, 0.0, 1.0)
+
+
+def test_fine_classification_set_has_six_classes_of_small_shapes(tmp_path):
+    """shapes_cls_fine: the folder format with FINE_CLASSES' six folders per split, its spec's sizes and its own
+    manifest kind and random streams."""
+    from mmfisher.data_gen import FINE_CLASSES, FINE_CLS
+    assert len(FINE_CLASSES) == 6 and FINE_CLS.classes == FINE_CLASSES
+    # mmpretrain's CustomDataset numbers the classes by sorted folder name: the config's names must follow it
+    from mmengine.config import Config
+    root_dir = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(root_dir, 'configs', 'tiny', 'resnet_tiny_shapes_cls_fine.py'))
+    assert list(FINE_CLASSES) == sorted(FINE_CLASSES) == list(cfg.train_dataloader.dataset.metainfo['classes'])
+    assert cfg.model.head.num_classes == cfg.data_preprocessor.num_classes == len(FINE_CLASSES)
+    assert cfg.train_dataloader.dataset.data_root == cfg.val_dataloader.dataset.data_root == \
+        'data/generated/shapes_cls_fine/'
+    assert FINE_CLS.max_size < ClsSpec().max_size and FINE_CLS.min_size < ClsSpec().min_size
+    assert FINE_CLS.train_per_class > ClsSpec().train_per_class
+    spec = ClsSpec(train_per_class=2, val_per_class=1, min_size=FINE_CLS.min_size, max_size=FINE_CLS.max_size,
+                   classes=FINE_CLASSES)
+    make_cls(str(tmp_path / 'fine'), spec, seed=0, kind='shapes_cls_fine')
+    root = tmp_path / 'fine'
+    assert sorted(os.listdir(root / 'train')) == sorted(FINE_CLASSES)
+    assert all(len(os.listdir(root / 'val' / c)) == 1 for c in FINE_CLASSES)
+    assert open(root / 'classes.txt').read().split() == list(FINE_CLASSES)
+    assert json.load(open(root / 'manifest.json'))['kind'] == 'shapes_cls_fine'
+    for name in FINE_CLASSES:  # the shape: the pixels far (RGB) from the near-flat background's median
+        for idx in range(2):
+            img = np.asarray(Image.open(root / 'train' / name / f'{idx:05d}.png').convert('RGB'), dtype=np.float32)
+            ys, xs = np.nonzero(np.linalg.norm(img - np.median(img.reshape(-1, 3), 0), axis=2) > 75)
+            extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
+            assert 0.6 * FINE_CLS.min_size <= extent <= FINE_CLS.max_size + 2, (name, idx, extent)
+    made = make_all(str(tmp_path / 'all'), which=['shapes_cls_fine'])
+    assert made == {'shapes_cls_fine': True}
+    assert len(os.listdir(tmp_path / 'all' / 'shapes_cls_fine' / 'train' / 'star')) == FINE_CLS.train_per_class

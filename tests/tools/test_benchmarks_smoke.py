@@ -188,6 +188,18 @@ def test_balanced_on_the_hard_set_with_the_per_cost_allocation_and_the_unpruned_
     assert 'x 0.1' in d['setup']['finetune']
 
 
+def test_balanced_on_the_six_class_set(tmp_path):
+    """cls_fine: the six-class config's baseline, pruned to the target by balanced and Torch-Pruning Taylor, and
+    its slimmed models evaluated on the six classes."""
+    d = run('balanced', tmp_path, '--tasks', 'cls_fine', '--no-r50', '--methods', 'balanced', 'tp_taylor')
+    entry = d['tasks']['cls_fine']
+    assert entry['baseline']['config'].endswith('resnet_tiny_shapes_cls_fine.py')
+    assert set(entry['methods']) == {'balanced', 'tp_taylor'}
+    for m in entry['methods'].values():
+        assert m['flops_ratio'] <= 0.8 and 0.0 <= m['metric_mean'] <= 100.0
+    assert 'balanced_tau_search_within_1pct' in entry['goals']
+
+
 def test_balanced_and_its_merge(tmp_path):
     d = run('balanced', tmp_path, '--tasks', 'cls', '--no-r50', '--methods', 'balanced', 'l1')
     entry = d['tasks']['cls']
