@@ -2,7 +2,8 @@
 equal FLOPs, the same baseline and the same fine-tune; and the calibration cost of RetinaNet R50-FPN at 800x1333.
 
 Tasks (``--tasks``): ``cls`` (the tiny ResNet on the bundled 3-class shapes set, top-1) and ``det`` (the tiny
-RetinaNet on the bundled detection set, bbox mAP). Per task, identical for every method except the choice of
+RetinaNet on the bundled detection set, bbox mAP); ``cls_hard`` (smaller shapes, 1,200 val images) and
+``cls_fine`` (six classes, 2,400 train / 1,800 val images), the same tiny ResNet. Per task, identical for every method except the choice of
 channels:
 
 1. one baseline trained from scratch: by default benchmarks/label_free.py's (the config's schedule x3 for cls,
@@ -74,7 +75,7 @@ TASKS = dict(QUALITY_TASKS, cls_hard=dict(config=osp.join(ROOT, 'configs', 'tiny
              cls_fine=dict(config=osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_shapes_cls_fine.py'),
                            shape=(3, 64, 64), base_iters=240))
 # the baseline's schedule (x the config's) per task, unless --base-x: label_free.py's for cls / det (its cached
-# baseline is shared), and for cls_hard x9
+# baseline is shared), for cls_hard x9 and cls_fine x16 (its schedule is 600 iterations)
 BASE_X = {'cls': 3, 'det': 2, 'cls_hard': 9, 'cls_fine': 16}
 
 METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'balanced_label_free', 'fisher_k1', 'fisher_adaptive',
