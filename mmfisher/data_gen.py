@@ -130,10 +130,10 @@ def _shape_polygon(rng: np.random.Generator, name: str, cx: float, cy: float, s:
         return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     if name in _SIDES:
         return _regular(cx, cy, r, _SIDES[name], rng.uniform(0, 2 * math.pi))
-    if name == 'star':  # five points, the inner vertices at 0.45 r
-        a0 = rng.uniform(0, 2 * math.pi)
-        return [(cx + rr * math.cos(a0 + math.pi * k / 5), cy + rr * math.sin(a0 + math.pi * k / 5))
-                for k, rr in ((k, r if k % 2 == 0 else 0.45 * r) for k in range(10))]
+    if name == 'star':  # five points: the outer vertices of one pentagon, the inner ones (0.45 r) between them
+        outer, inner = _regular(cx, cy, r, 5, a0 := rng.uniform(0, 2 * math.pi)), \
+            _regular(cx, cy, 0.45 * r, 5, a0 + math.pi / 5)
+        return [p for pair in zip(outer, inner) for p in pair]
     raise ValueError(f'unknown shape class {name!r}; known: {SHAPES}')
 
 

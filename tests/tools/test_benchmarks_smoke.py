@@ -189,12 +189,13 @@ def test_balanced_on_the_hard_set_with_the_per_cost_allocation_and_the_unpruned_
 
 
 def test_balanced_on_the_six_class_set(tmp_path):
-    """cls_fine: the six-class config's baseline, pruned to the target by balanced and Torch-Pruning Taylor, and
-    its slimmed models evaluated on the six classes."""
+    """cls_fine: the six-class config's baseline, pruned by balanced and Torch-Pruning Taylor below the quick
+    run's FLOPs bound, and each slimmed model's top-1 on the six-class val set recorded."""
     d = run('balanced', tmp_path, '--tasks', 'cls_fine', '--no-r50', '--methods', 'balanced', 'tp_taylor')
     entry = d['tasks']['cls_fine']
     assert entry['baseline']['config'].endswith('resnet_tiny_shapes_cls_fine.py')
     assert set(entry['methods']) == {'balanced', 'tp_taylor'}
+    assert entry['baseline']['metric'] == 'accuracy/top1'
     for m in entry['methods'].values():
         assert m['flops_ratio'] <= 0.8 and 0.0 <= m['metric_mean'] <= 100.0
     assert 'balanced_tau_search_within_1pct' in entry['goals']
