@@ -29,6 +29,11 @@ method except the choice of channels:
    * ``l1``: Li et al.'s uniform L1 (the same share of every unit, bisected to the target);
    * ``tp_magnitude`` / ``tp_taylor``: Torch-Pruning's one-shot global magnitude (L2) / Taylor pruning
      (``benchmarks/quality.py``'s implementations, mapped onto mmfisher's atoms);
+   * ``balanced_widths``: a reference, not a method: the per-unit widths of another run
+     (``--widths-from``'s channels.json, e.g. fisher_k1's), each unit's channels chosen by balanced's Group
+     Fisher ranking on the same calibration batches (the estimated mode's single gradient pass, its search
+     replaced by those widths): with ``balanced`` beside it, it tells how much of a method's lead is its
+     structure (the widths) and how much its training while it prunes;
    * ``unpruned``: no pruning, a reference: the baseline through the same fine-tune (a fine-tune that lowers it
      disturbs a trained model more than it restores a pruned one, and the comparison then measures recovery from
      that disturbance rather than the structures);
@@ -60,6 +65,7 @@ import os.path as osp
 import statistics
 import sys
 import time
+import types
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import (ROOT, Result, build_runner, finetune_eval, pruning_hook, run_hook_pruning,  # noqa: E402
@@ -79,11 +85,13 @@ TASKS = dict(QUALITY_TASKS, cls_hard=dict(config=osp.join(ROOT, 'configs', 'tiny
 BASE_X = {'cls': 3, 'det': 2, 'cls_hard': 9, 'cls_fine': 16}
 
 METHODS = ['balanced', 'balanced_estimated', 'balanced_per_cost', 'balanced_label_free', 'fisher_k1', 'fisher_adaptive',
-           'l1', 'tp_magnitude', 'tp_taylor', 'unpruned']
+           'l1', 'tp_magnitude', 'tp_taylor', 'balanced_widths', 'unpruned']
 # 'unpruned': the baseline itself through the same fine-tune, a reference (not pruned, not in the goals): a
 # fine-tune that lowers it disturbs a trained model more than it recovers a pruned one
 # settings that only the balanced methods read
 BALANCED_ONLY = ('calibration_batches', 'grid', 'max_share', 'norm_stats', 'recalibrate_norms', 'importance')
+# ... that only balanced_widths reads
+WIDTHS_ONLY = ('widths_from',)
 # ... that only balanced_label_free reads
 LABEL_FREE_ONLY = ('lf_temperature', 'lf_anchors')
 # settings that change the pruning time only, never a result: mergeable (the replay gives the same curves bit for
@@ -96,12 +104,14 @@ ESTIMATED_ONLY = {'repair_rounds': 0}
 def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=None, max_share=None,
                  norm_stats=None, recalibrate_norms=None, allocation=None, label_free=False,
                  lf_temperature=1.0, lf_anchors=None, calibration_root=None, importance=None, replay_mb=None,
-                 repair_rounds=None):
+                 repair_rounds=None, widths=None):
     """BalancedPruningHook through a Runner on the baseline: (result dict, the hook). ``label_free``: the
     model is a LabelFreeDistiller around the config's (``lf_anchors``: None = output KL only, 'auto' = seed
     002's anchors too; the class KL at ``lf_temperature``), its student pruned. ``calibration_root``: the
     calibration batches come from this dataset root (same layout as the config's) instead of the training set.
-    ``importance``: the hook's ranking criterion type (``'L1Norm'``, ``'BNScale'``; None = its Group Fisher)."""
+    ``importance``: the hook's ranking criterion type (``'L1Norm'``, ``'BNScale'``; None = its Group Fisher).
+    ``widths``: {unit name: channels kept}: the search is replaced by these widths, each unit masking its
+    lowest-ranked ``channels - width`` atoms (``balanced_widths``)."""
     from mmfisher.hooks import BalancedPruningHook
     cfg = tiny_runner_cfg(config, work, 1, seed=seed)
     cfg.load_from = base
@@ -127,6 +137,8 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
     if repair_rounds is not None:
         kw['repair_rounds'] = repair_rounds
     hook = BalancedPruningHook(target=target, mode=mode, calibration_batches=batches, input_shape=shape, **kw)
+    if widths is not None:
+        hook.method._search = types.MethodType(_fixed_widths(widths), hook.method)
     runner.register_hook(hook, priority='NORMAL')
     t0 = time.perf_counter()
     runner.train()
@@ -143,11 +155,42 @@ def run_balanced(config, base, work, target, shape, seed, mode, batches, grid=No
                 weights=hook.outputs['weights'])
 
 
+def _fixed_widths(widths):
+    """A ``BalancedPruning._search`` that returns the atoms leaving each unit ``widths[unit name]`` channels
+    (its lowest-ranked first), tau 0."""
+    def search(self, state, curves, res):
+        atoms = []
+        for c in curves:
+            if c.name not in widths:
+                raise SystemExit(f'--widths-from: the structure has no unit {c.name!r}: it is not of this model')
+            n = c.size - widths[c.name]
+            if not 0 <= n <= c.k_max:
+                raise SystemExit(f'--widths-from: unit {c.name!r} keeps {widths[c.name]} of {c.size} channels; this '
+                                 f'run can mask 0..{c.k_max} of them')
+            atoms += c.ranked[:n].tolist()
+        return atoms, 0.0
+    return search
+
+
+def read_widths(pattern, seed):
+    """{unit name: kept channels} of ``pattern.format(seed=seed)`` (a channels.json)."""
+    path = pattern.format(seed=seed)
+    if not osp.isfile(path):
+        raise SystemExit(f'--widths-from: {path} not found (the pattern takes {{seed}}, e.g. '
+                         'work_dirs/bench/balanced_cls_fine_fk1/fisher_k1_s{seed}/channels.json)')
+    with open(path) as f:
+        return {u['name']: len(u['kept']) for u in json.load(f)['units']}
+
+
 def prune(method, task, base, work, args, seed):
     t = TASKS[task]
     if method == 'unpruned':
         return dict(pruning_iters=0, pruning_wall_s=0.0, ratios=dict(flops=1.0, acts=1.0, params=1.0),
                     atoms_masked=0, channels=None, weights=base)
+    if method == 'balanced_widths':
+        return run_balanced(t['config'], base, work, args.target, t['shape'], seed, 'estimated',
+                            args.calibration_batches, repair_rounds=0, calibration_root=args.calibration_root,
+                            widths=read_widths(args.widths_from, seed))
     if method.startswith('balanced'):
         return run_balanced(t['config'], base, work, args.target, t['shape'], seed,
                             'estimated' if method == 'balanced_estimated' else 'measured',
@@ -424,6 +467,9 @@ def main() -> None:
     p.add_argument('--repair-rounds', type=int, default=None,
                    help="balanced_estimated: the hook's repair_rounds (0: the estimate alone, only a warning; "
                         'default: its own)')
+    p.add_argument('--widths-from', default=None, metavar='PATTERN',
+                   help="balanced_widths: the channels.json whose per-unit widths it applies, with {seed} for the "
+                        'seed, e.g. work_dirs/bench/balanced_cls_fine_fk1/fisher_k1_s{seed}/channels.json')
     p.add_argument('--fisher-interval', type=int, default=10,
                    help="iterations between Group Fisher steps (default 10: the paper's and the hook's default)")
     p.add_argument('--adaptive-share', type=float, default=0.02)
@@ -472,6 +518,9 @@ def main() -> None:
     if stray := sorted(set(base_cycles) - set(base_x)):
         raise SystemExit(f'--base-cycles {stray}: give the schedule of these tasks with --base-x too, e.g. '
                          f'--base-x {stray[0]}=6 --base-cycles {stray[0]}=2')
+    if 'balanced_widths' in methods and not args.widths_from:
+        raise SystemExit('--methods balanced_widths: give the structure it applies with --widths-from PATTERN '
+                         '({seed} in it), e.g. work_dirs/bench/balanced_cls_fine_fk1/fisher_k1_s{seed}/channels.json')
     if args.quick:
         args.seeds, args.ft_iters, args.target, args.calibration_batches = [0], 2, 0.8, 2
         args.grid = args.grid or [0.5]
@@ -574,6 +623,7 @@ def main() -> None:
                                          .get('runs', {}).get(m, [])} for r in rs)}
         ignore = free + SPEED_ONLY + (() if any(m.startswith('balanced') for m in kept) else BALANCED_ONLY) + \
             (() if 'balanced_label_free' in kept else LABEL_FREE_ONLY) + \
+            (() if 'balanced_widths' in kept else WIDTHS_ONLY) + \
             (() if 'balanced_estimated' in kept else tuple(ESTIMATED_ONLY))
         differ = sorted(k for k in set(mine_setup) | set(theirs)
                         if k not in ignore and mine_setup.get(k, ESTIMATED_ONLY.get(k))

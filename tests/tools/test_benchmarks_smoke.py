@@ -190,15 +190,34 @@ def test_balanced_on_the_hard_set_with_the_per_cost_allocation_and_the_unpruned_
 
 def test_balanced_on_the_six_class_set(tmp_path):
     """cls_fine: the six-class config's baseline, pruned by balanced and Torch-Pruning Taylor below the quick
-    run's FLOPs bound, and each slimmed model's top-1 on the six-class val set recorded."""
-    d = run('balanced', tmp_path, '--tasks', 'cls_fine', '--no-r50', '--methods', 'balanced', 'tp_taylor')
+    run's FLOPs bound, and each slimmed model's top-1 on the six-class val set recorded. The balanced_widths
+    reference given balanced's own structure chooses the same channels (the same Group Fisher ranking on the
+    same calibration batches); it is no method of the goals."""
+    work = osp.join(ROOT, 'work_dirs', 'bench', 'balanced_cls_fine_quick_widths')
+    d = run('balanced', tmp_path, '--tasks', 'cls_fine', '--no-r50', '--methods', 'balanced', 'tp_taylor',
+            'balanced_widths', '--work-suffix', 'widths',
+            '--widths-from', osp.join(work, 'balanced_s{seed}', 'channels.json'))
     entry = d['tasks']['cls_fine']
     assert entry['baseline']['config'].endswith('resnet_tiny_shapes_cls_fine.py')
-    assert set(entry['methods']) == {'balanced', 'tp_taylor'}
+    assert set(entry['methods']) == {'balanced', 'tp_taylor', 'balanced_widths'}
     assert entry['baseline']['metric'] == 'accuracy/top1'
     for m in entry['methods'].values():
         assert m['flops_ratio'] <= 0.8 and 0.0 <= m['metric_mean'] <= 100.0
     assert 'balanced_tau_search_within_1pct' in entry['goals']
+    assert not any('widths' in k for k in entry['goals'])
+
+    def kept(method):
+        with open(osp.join(work, f'{method}_s0', 'channels.json')) as f:
+            return {u['name']: u['kept'] for u in json.load(f)['units']}
+    assert kept('balanced_widths') == kept('balanced')
+    assert entry['methods']['balanced_widths']['flops_ratio'] == entry['methods']['balanced']['flops_ratio']
+    assert entry['runs']['balanced_widths'][0]['points_measured'] == 0  # one gradient pass, no curve
+    # without the structure it applies, the reference refuses to run and says what to give
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced.py'), '--quick', '--tasks',
+                           'cls_fine', '--no-r50', '--methods', 'balanced_widths', '--work-suffix', 'widths',
+                           '--out', str(tmp_path / 'w.json')], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and '--widths-from' in proc.stderr and not osp.exists(tmp_path / 'w.json')
 
 
 def test_balanced_and_its_merge(tmp_path):
