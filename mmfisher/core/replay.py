@@ -15,7 +15,10 @@ or an earlier one: no extra pass. It is exact by construction (the replayed valu
 recomputation on a deterministic device). A module is never replayed when:
 
 * its subtree holds a changed module, or a changed module (or an owner of a tensor the trial changed: tied
-  weights) has started in this forward (its forward pre-hook marks the forward "diverged");
+  weights) has started in this forward (its forward pre-hook marks the forward "diverged"). A changed module
+  whose own ``forward`` is not seen called (its weights read by its parent: ``nn.MultiheadAttention`` passes
+  ``out_proj.weight`` to ``F.multi_head_attention_forward``) diverges the forward when its nearest ancestor
+  seen called starts; until a forward has shown which modules are called, when any of its ancestors starts;
 * some module strictly inside it has hooks at the time of the call (a feature recorder, e.g. a distiller's
   anchors, must see its call, also one registered for a single forward only; the module's own hooks run around
   the replayed forward as usual); the global module hooks are set (then nothing is replayed);
@@ -183,6 +186,9 @@ class ActivationReplay:
         self._active = False
         self._batch = -1
         self._calls = np.zeros(len(self._names), dtype=np.int64)
+        # candidates seen called (computed or replayed, descendants of a replayed call included) in any forward
+        self._called = np.zeros(len(self._names), dtype=bool)
+        self._index = {id(m): i for i, (_, m) in enumerate(self.candidates)}
         self._dirty: Set[int] = set()
         self._diverged = False
         self.replayed = 0  # calls answered from the records
@@ -313,9 +319,13 @@ class ActivationReplay:
             for m in self._owners.get(id(t), ()):
                 movers[id(m)] = m
         self._dirty = set()
+        triggers: Dict[int, nn.Module] = {}
         for m in movers.values():
             self._dirty.update(self._ancestors.get(id(m), ()))
-        handles = [m.register_forward_pre_hook(self._diverge) for m in movers.values()]
+            triggers[id(m)] = m
+            for i in self._uses_of(m):
+                triggers[id(self.candidates[i][1])] = self.candidates[i][1]
+        handles = [m.register_forward_pre_hook(self._diverge) for m in triggers.values()]
         self._active, self._batch = True, int(batch)
         self._calls[:] = 0
         self._diverged = False
@@ -323,8 +333,24 @@ class ActivationReplay:
             yield
         finally:
             self._active = False
+            self._called |= self._calls > 0
             for h in handles:
                 h.remove()
+
+    def _uses_of(self, module: nn.Module) -> List[int]:
+        """The candidates whose start may be where ``module``'s weights are first read, when its own forward is
+        not seen called: each ancestor with no ancestor seen called between it and ``module`` (all of them
+        before any forward was seen). [] when ``module``'s forward is seen called."""
+        own = self._index.get(id(module))
+        if own is not None and self._called[own]:
+            return []
+        above = [i for i in self._ancestors.get(id(module), ()) if i != own]
+        called = [i for i in above if self._called[i]]
+        inside = self._ancestors  # id(module) -> the candidates holding it
+
+        def between(i: int) -> bool:  # a called ancestor of ``module`` strictly inside candidate i
+            return any(j != i and i in inside[id(self.candidates[j][1])] for j in called)
+        return [i for i in above if not between(i)]
 
     def _diverge(self, module: nn.Module, args: tuple) -> None:
         self._diverged = True

@@ -271,3 +271,33 @@ def test_bad_limit_names_the_field(bad):
 def test_bad_replay_mb_names_the_field(bad):
     with pytest.raises(ValueError, match='replay_mb'):
         BalancedPruning(replay_mb=bad)
+
+
+class Attend(nn.Module):
+    """conv stem -> tokens -> nn.MultiheadAttention (reads ``out_proj.weight`` itself: ``out_proj``'s forward is
+    never called) -> an MLP -> mean -> head."""
+
+    def __init__(self, w: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU())
+        self.attn = nn.MultiheadAttention(w, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(w, 2 * w), nn.ReLU(), nn.Linear(2 * w, w))
+        self.head = nn.Linear(w, 4)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head((t + self.mlp(t)).mean(1))
+
+
+def test_a_changed_module_whose_weights_its_parent_reads_diverges_the_forward_there(fit_regression):
+    """Masking the attention's value channels zeroes ``out_proj``'s input weights, but ``out_proj`` is never called:
+    the forward diverges where ``attn`` starts, so the MLP after it is computed, not replayed (each attention
+    point a real loss rise, and the curves bit for bit those without replay)."""
+    net, batches = fit_regression(Attend, SHAPE, 32, 8, 30)
+    _, off = run(net, batches, replay_mb=0)
+    _, on = run(net, batches)
+    same_curves(on, off)
+    assert on.replay['calls_replayed'] > 0
+    attn = [c for c in off.curves if c.name.startswith('attn')]
+    assert attn and all(np.any(c.variation != 0) for c in attn), [(c.name, c.variation) for c in off.curves]
