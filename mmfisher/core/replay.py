@@ -12,7 +12,10 @@ detector's head, a backbone's last stage) the whole prefix before it costs nothi
 max pool are leaves of the backbone) and, in each trial forward (:meth:`replay`), answers such a call from a
 record of that call (module, batch, call number), made the first time the call was seen unchanged, in this trial
 or an earlier one: no extra pass. It is exact by construction (the replayed values are bit-identical to a
-recomputation on a deterministic device). A module is never replayed when:
+recomputation on a deterministic device). Measured on 38 zoo, torchvision and timm models (random weights,
+every curve point replayed and recomputed): the same curves on 37; on mmdet's DINO 10 of 85 units' points differ
+by up to 5e-5 of the loss (cause not found yet: no record's strides differ; its top-k query selection amplifies
+any rounding), so ``replay_mb=0`` there if the curves must be exact. A module is never replayed when:
 
 * its subtree holds a changed module, or a changed module (or an owner of a tensor the trial changed: tied
   weights) has started in this forward (its forward pre-hook marks the forward "diverged"). A changed module

@@ -302,3 +302,24 @@ def test_converged_baseline_warm_restart_cycles(tmp_path):
     assert out.is_file() and not (tmp_path / 'base' / 'base.pth.partial').exists()
     # cycle 2 loaded cycle 1's weights (mmengine's checkpoint loader names the file), once
     assert (proc.stdout + proc.stderr).count(f'from path: {out}.partial') == 1
+
+
+def test_balanced_models_sweep_row(tmp_path):
+    """benchmarks/balanced_models.py on one small model: the replay gives the curves of the recomputation, both
+    modes reach the target and slim exactly; an unknown model name is refused."""
+    out = tmp_path / 'm.json'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced_models.py'), '--models',
+                           'tv_squeezenet1_0', '--out', str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        d = json.load(f)
+    row = d['models']['tv_squeezenet1_0']
+    assert d['ok'] == d['total'] == 1 and row['ok'] is True
+    assert row['replay_same'] and row['slim_ok'] and row['slim_ok_est']
+    assert row['replay']['points'] == row['noreplay']['points'] > 0
+    for mode in ('replay', 'estimated'):
+        assert abs(row[mode]['flops'] - 0.8) <= 0.01
+    bad = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced_models.py'), '--models', 'nope',
+                          '--out', str(tmp_path / 'x.json')], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and 'nope' in bad.stderr and not osp.exists(tmp_path / 'x.json')
