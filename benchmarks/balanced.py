@@ -505,7 +505,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
-    methods = args.methods or list(METHODS)
+    methods = args.methods or [m for m in METHODS if m != 'balanced_widths']  # a reference needing --widths-from
     base_x, base_cycles = {}, {}
     for flag, items, into, example in (('--base-x', args.base_x, base_x, 'det=6'),
                                        ('--base-cycles', args.base_cycles, base_cycles, 'det=2')):
