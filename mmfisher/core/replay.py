@@ -12,13 +12,13 @@ detector's head, a backbone's last stage) the whole prefix before it costs nothi
 max pool are leaves of the backbone) and, in each trial forward (:meth:`replay`), answers such a call from a
 record of that call (module, batch, call number), made the first time the call was seen unchanged, in this trial
 or an earlier one: no extra pass. It is exact by construction (the replayed values are bit-identical to a
-recomputation on a deterministic device). Measured on 38 zoo, torchvision and timm models (random weights,
-every curve point replayed and recomputed): the same curves on 37; on mmdet's DINO 10 of 85 units' points differ
-by up to 5e-5 of the loss (cause not found yet: no record's strides differ; its top-k query selection amplifies
-any rounding), so ``replay_mb=0`` there if the curves must be exact. A module is never replayed when:
+recomputation on a deterministic device). ``benchmarks/balanced_models.py`` checks it on 38 zoo,
+torchvision and timm models (every curve point replayed and recomputed). A module is never replayed when:
 
 * its subtree holds a changed module, or a changed module (or an owner of a tensor the trial changed: tied
-  weights) has started in this forward (its forward pre-hook marks the forward "diverged"). A changed module
+  weights) has started in this forward (its forward pre-hook marks the forward "diverged"), or ran inside its
+  recorded call without being its descendant (a module passed in as an argument: DINO's decoder calls the
+  head's ``reg_branches``; a call during which the forward diverged is never recorded). A changed module
   whose own ``forward`` is not seen called (its weights read by its parent: ``nn.MultiheadAttention`` passes
   ``out_proj.weight`` to ``F.multi_head_attention_forward``) diverges the forward when its nearest ancestor
   seen called starts; until a forward has shown which modules are called, when any of its ancestors starts;
@@ -193,6 +193,7 @@ class ActivationReplay:
         self._called = np.zeros(len(self._names), dtype=bool)
         self._index = {id(m): i for i, (_, m) in enumerate(self.candidates)}
         self._dirty: Set[int] = set()
+        self._triggers = np.zeros(0, dtype=np.int64)  # candidate indices whose start diverges this trial forward
         self._diverged = False
         self.replayed = 0  # calls answered from the records
         self.computed = 0  # candidate calls computed in trials
@@ -256,7 +257,12 @@ class ActivationReplay:
                 self.computed += 1
                 return self._record(index, key, forward, args, kwargs)
             value, inner, in_place, _ = entry
-            calls += inner  # the descendants' calls it would have made
+            if self._triggers.size and inner[self._triggers].any():
+                # a changed module ran inside the recorded call without being a descendant (a module passed in
+                # as an argument: DINO's decoder calls the head's reg_branches): compute it
+                self.computed += 1
+                return forward(*args, **kwargs)
+            calls += inner  # the calls it would have made (its descendants', and any other module's inside it)
             self.replayed += 1
             if in_place:  # the call wrote its output into its first argument: so does the replay
                 return args[0].copy_(value)
@@ -281,6 +287,8 @@ class ActivationReplay:
         versions = [t._version for t in tensors]
         before = self._calls.copy()
         out = forward(*args, **kwargs)
+        if self._diverged:  # a changed module ran inside this call (not a descendant): not an unchanged call
+            return out
         written = [t for t, v in zip(tensors, versions) if t._version != v]
         after = _rng_state()
         in_place = bool(written) and len(written) == 1 and bool(args) and out is args[0] is written[0]
@@ -329,6 +337,7 @@ class ActivationReplay:
             for i in self._uses_of(m):
                 triggers[id(self.candidates[i][1])] = self.candidates[i][1]
         handles = [m.register_forward_pre_hook(self._diverge) for m in triggers.values()]
+        self._triggers = np.array(sorted(self._index[k] for k in triggers if k in self._index), dtype=np.int64)
         self._active, self._batch = True, int(batch)
         self._calls[:] = 0
         self._diverged = False
