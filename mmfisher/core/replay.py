@@ -287,7 +287,9 @@ class ActivationReplay:
         versions = [t._version for t in tensors]
         before = self._calls.copy()
         out = forward(*args, **kwargs)
-        if self._diverged:  # a changed module ran inside this call (not a descendant): not an unchanged call
+        if self._diverged and index < self._first_method:
+            # a changed module ran inside this call (not a descendant): not an unchanged call (an invariant method's
+            # result depends on its arguments only, however far the forward has diverged)
             return out
         written = [t for t, v in zip(tensors, versions) if t._version != v]
         after = _rng_state()
