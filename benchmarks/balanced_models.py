@@ -19,6 +19,8 @@ import traceback
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import Result  # noqa: E402
 from mmfisher.model_sweep import build, forward_maker, compare_maker, MM_FAMILIES, TORCHVISION, TIMM  # noqa: E402
 from mmfisher.core import analyze_fast, compare_masked_slimmed  # noqa: E402
 from mmfisher.core.state import PruningState  # noqa: E402
@@ -98,11 +100,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--models', nargs='+', choices=sorted(every), default=None,
                    help='default: all but mask_rcnn, cascade and mask_rcnn_swin (about 1.8 s a forward at 128 px)')
-    p.add_argument('--out', required=True)
+    p.add_argument('--out', help='default: benchmarks/results/balanced_models.json')
     args = p.parse_args()
     torch.set_num_threads(1)
     names = args.models or [k for k in every if k not in ('mask_rcnn', 'cascade', 'mask_rcnn_swin')]
-    rows = {}
+    res = Result('balanced_models', args.out)
+    rows = res.data.setdefault('models', {})
     for k in names:
         src, name, shape, ov = every[k]
         t0 = time.perf_counter()
@@ -116,10 +119,9 @@ def main() -> None:
         r['wall_s'] = round(time.perf_counter() - t0, 1)
         rows[k] = dict(r, source=src, name=name, shape=list(shape))
         print('OK' if r['ok'] else 'BAD', k, json.dumps(r), flush=True)
-        with open(args.out, 'w') as f:
-            json.dump(dict(command=' '.join(sys.argv), torch=torch.__version__, models=rows,
-                           ok=sum(v['ok'] for v in rows.values()), total=len(rows)), f, indent=1)
-    print(f"{sum(v['ok'] for v in rows.values())} of {len(rows)} ok; wrote {args.out}")
+        res['ok'], res['total'] = sum(v['ok'] for v in rows.values()), len(rows)
+        res.save(final=False)  # atomically, after every model
+    print(f"{res['ok']} of {res['total']} ok; wrote {res.save()}")
 
 
 if __name__ == '__main__':

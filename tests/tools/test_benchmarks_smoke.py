@@ -316,6 +316,7 @@ def test_balanced_models_sweep_row(tmp_path):
         d = json.load(f)
     row = d['models']['tv_squeezenet1_0']
     assert d['ok'] == d['total'] == 1 and row['ok'] is True
+    assert d['benchmark'] == 'balanced_models' and d['machine']['torch'] and 'finished' in d
     assert row['replay_same'] and row['slim_ok'] and row['slim_ok_est']
     assert row['replay']['points'] == row['noreplay']['points'] > 0
     for mode in ('replay', 'estimated'):
