@@ -8,11 +8,11 @@ import argparse
 import json
 import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 
 import mmfisher  # noqa: F401  registers mmfisher and applies its runtime patches before anything is built
-from mmfisher.engine import launch
+from mmfisher.engine import launch, load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parse_args()
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist; pass a .pth written by train.py')
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     scope = launch.detect_scope(cfg)

@@ -7,10 +7,10 @@
 """
 import argparse
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 import mmfisher  # noqa: F401  registers mmfisher and applies its runtime patches before anything is built
-from mmfisher.engine import launch
+from mmfisher.engine import launch, load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     scope = launch.detect_scope(cfg)

@@ -26,9 +26,13 @@
 # detector on a CPU). The loss is the model's own mode='loss' loss: a label-free distiller's distillation loss when
 # the model is one.
 #
-# This file only sets custom_hooks (mmengine refuses a key set by two _base_ files): with a model base that sets
-# hooks of its own, list them next to this one in your config. Keep input_shape (C, H, W) close to the training
-# resolution: FLOPs and activations are counted there (classification: (3, 224, 224)).
+# This file only sets custom_hooks, and mmengine refuses a key set by two _base_ files: with a model base that sets
+# hooks of its own (SSD, YOLOX, RTMDet, ...; mmfisher's tools/train.py names the key and both bases), leave this
+# file out and list every hook in your config, the model base's first:
+#   _base_ = ['mmdet::yolox/yolox_tiny_8xb8-300e_coco.py']
+#   custom_hooks = _base_.custom_hooks + [dict(type='mmfisher.BalancedPruningHook', target=0.5, ...)]
+# Keep input_shape (C, H, W) close to the training resolution: FLOPs and activations are counted there
+# (classification: (3, 224, 224)).
 custom_hooks = [
     dict(
         type='mmfisher.BalancedPruningHook',

@@ -21,7 +21,9 @@
 #   custom_hooks = [dict(type='mmfisher.FisherPruningHook', target=0.4, input_shape=(3, 640, 640))]
 # The 'mmfisher.' prefix makes mmengine import mmfisher by itself, so this file sets no custom_imports (mmengine
 # refuses a key set by two _base_ files; many model configs set custom_imports). It does set custom_hooks: with a
-# base that sets them too (e.g. an EMAHook), leave this file out and list all hooks in your config.
+# base that sets them too (e.g. an EMAHook; mmfisher's tools/train.py names the key and both bases), leave this file
+# out and list all hooks in your config:
+#   custom_hooks = _base_.custom_hooks + [dict(type='mmfisher.FisherPruningHook', ...)]
 # (With mmdet's / mmpretrain's own tools and distributed training on CPUs, add
 #  custom_imports = dict(imports=['mmfisher']) to your config so mmfisher's CPU patches load before dist init;
 #  mmfisher's tools/train.py imports it anyway.)

@@ -6,7 +6,7 @@
 * :mod:`.launch`: config helpers shared by ``tools/train.py`` and ``tools/test.py``.
 """
 from .checkpoint import register_safe_globals, safe_globals
-from .config import register_config_scope
+from .config import ConfigConflict, load_config, register_config_scope
 from .dist import default_backend, has_accelerator, patch_cpu_distributed
 from . import launch  # noqa: F401
 
@@ -14,4 +14,4 @@ register_safe_globals()
 register_config_scope()
 patch_cpu_distributed()
 
-__all__ = ['safe_globals', 'register_safe_globals', 'register_config_scope', 'patch_cpu_distributed', 'has_accelerator', 'default_backend']
+__all__ = ['ConfigConflict', 'load_config', 'safe_globals', 'register_safe_globals', 'register_config_scope', 'patch_cpu_distributed', 'has_accelerator', 'default_backend']
