@@ -9,8 +9,9 @@
 # No training happens: before the first iteration the hook takes `calibration_batches` batches of the training
 # dataloader (or of `calibration_dataloader`: a held-out split for a model that fits its training images almost
 # exactly; in total over all ranks), ranks every unit's channels (Group Fisher from those batches by default),
-# measures for each unit alone the loss variation of masking its lowest share r (r on `grid`, real forwards in eval
-# mode; the batch norms that train normalise with each batch's own statistics: norm_stats='batch'), searches the
+# measures for each unit alone the loss variation of masking its lowest share r (r on `grid`, real forwards of the
+# training loss in training mode with dropout / drop-path frozen; the batch norms that train normalise with each
+# batch's own statistics: norm_stats='batch'), searches the
 # threshold tau whose per-unit rates meet `target` (bisection over the cached curves), prunes every unit at its rate
 # at once, re-estimates the trained batch norms' statistics for that structure (recalibrate_norms; norms frozen by
 # norm_eval=True, frozen_stages or requires_grad=False, as in the zoo detectors' backbones, keep their stored

@@ -8,7 +8,8 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    default (``GroupFisher(delta='none')``), or any :mod:`mmfisher.core.importance` criterion (``L1Norm``,
    ``BNScale``, ...).
 2. **Curves.** For each unit *alone*, the loss variation ``V_u(k) = L(mask the unit's k lowest atoms) - L`` is
-   measured on the calibration batches (real forwards in eval mode, the masks undone exactly after each:
+   measured on the calibration batches (real forwards of the training loss, the model in training mode with its
+   stochastic layers and stored norm statistics frozen: :func:`loss_mode`; the masks undone exactly after each:
    :meth:`ChannelMasks.trial`; the batch norms that train normalise with each batch's own statistics, as once
    re-estimated for the candidate: ``norm_stats='batch'``, :mod:`mmfisher.core.norm_stats`) for ``k`` on a grid of
    shares ``r`` of the unit's atoms (``grid``, plus the most the unit may lose). The curve is made monotone (running
@@ -115,11 +116,35 @@ def _sum_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# modules whose training forward draws at random, by class name (timm's / mmcv's DropPath, torchvision's
+# StochasticDepth, DropBlock): lower-cased, underscores dropped
+_STOCHASTIC_NAMES = ('droppath', 'stochasticdepth', 'dropblock')
+
+
+def _stochastic(m: nn.Module) -> bool:
+    """Dropout of any kind (``nn.Dropout*``, ``AlphaDropout``), attention dropout (``nn.MultiheadAttention``),
+    drop-path / stochastic depth / DropBlock."""
+    if isinstance(m, (nn.modules.dropout._DropoutNd, nn.MultiheadAttention)):
+        return True
+    name = type(m).__name__.lower().replace('_', '')
+    return any(k in name for k in _STOCHASTIC_NAMES)
+
+
 @contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode for the block (BN statistics and dropout frozen), each one's flag restored."""
+def loss_mode(module: nn.Module) -> Iterator[None]:
+    """The model as its training loop runs it, made deterministic, for the block; every flag restored after.
+
+    ``module.train()`` first, so what branches on ``self.training`` gives its training outputs and loss (VFNet's
+    head returns its refined boxes only in training, GoogLeNet its auxiliary logits; a backbone's own ``train()``
+    keeps its frozen stages and ``norm_eval`` norms in eval mode, a distiller its teacher); then every norm with
+    stored statistics (stored statistics used, never updated; :func:`~.norm_stats.batch_statistics` makes the
+    trained ones normalise with the batch's own) and every stochastic layer (dropout, attention dropout,
+    drop-path) in eval mode, so the same batch gives the same loss at every measurement."""
     flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    module.train()
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) or _stochastic(m):
+            m.eval()
     try:
         yield
     finally:
@@ -457,7 +482,7 @@ class BalancedPruning:
         Args:
             state: the pruning state of ``module`` (nothing masked yet, usually); its masks are changed.
             module: the pruned module (the one ``state`` was traced on; the criterion attaches to it).
-            model: the module switched to eval mode while measuring, whose parameters' gradients the Fisher pass
+            model: the module put in :func:`loss_mode` while measuring, whose parameters' gradients the Fisher pass
                 sets and restores: ``module`` (default) or a wrapper holding it (a distiller with a frozen
                 teacher); every submodule's train flag is restored after.
             batches: this rank's calibration batches, each passed to ``loss_fn`` as it is.
@@ -560,7 +585,7 @@ class BalancedPruning:
                 i = next(seen)
                 with _seeded(self.seed + i, device):
                     local[i] = _as_float(measure_fn(batch))
-            with eval_mode(model):
+            with loss_mode(model):
                 res.norms_recalibrated = recalibrate(self._norms, batches, forward, reduce)
             res.forwards += len(batches)
             if self.norm_stats == 'batch':
@@ -656,9 +681,9 @@ class BalancedPruning:
 
     def _loss_sum(self, model: nn.Module, batches: Sequence[Any], loss_fn: Callable, reduce: Callable,
                   device: torch.device) -> Tuple[float, torch.Tensor]:
-        """(sum over every rank's batches of the loss, this rank's per-batch losses), no gradients, eval mode."""
+        """(sum over every rank's batches of the loss, this rank's per-batch losses), no gradients, :func:`loss_mode`."""
         local = torch.zeros(len(batches), dtype=torch.float64)
-        with eval_mode(model), torch.no_grad(), self._statistics():
+        with loss_mode(model), torch.no_grad(), self._statistics():
             for i, batch in enumerate(batches):
                 with _seeded(self.seed + i, device):
                     local[i] = _as_float(loss_fn(batch))
@@ -690,7 +715,7 @@ class BalancedPruning:
         saved = [p.grad for p in params]
         local = torch.zeros(len(batches), dtype=torch.float64)
         try:
-            with eval_mode(model), torch.enable_grad(), self._statistics():
+            with loss_mode(model), torch.enable_grad(), self._statistics():
                 for i, batch in enumerate(batches):
                     for p in params:
                         p.grad = None
@@ -775,7 +800,7 @@ class BalancedPruning:
         t0 = time.perf_counter()
         measured, tau_up, every = 0, math.inf, max(1, total // 5)
         replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
-        with eval_mode(model), torch.no_grad(), self._statistics(), replay.installed():
+        with loss_mode(model), torch.no_grad(), self._statistics(), replay.installed():
             while True:
                 if not self.full_curves:
                     found = self._prefix(state, curves)
@@ -806,7 +831,7 @@ class BalancedPruning:
                    reduce: Callable, device: torch.device, res: BalancedResult,
                    replay: Optional[ActivationReplay] = None) -> float:
         """The calibration loss variation (mean over every rank's batches, minus the unpruned base) with the masks
-        set to ``alive`` for the forwards and undone after. The caller holds eval mode, no_grad and the norms'
+        set to ``alive`` for the forwards and undone after. The caller holds :func:`loss_mode`, no_grad and the norms'
         statistics; ``replay`` (installed) answers the calls the trial cannot change."""
         with state.masks.trial(alive) as masks:
             s = 0.0
@@ -853,7 +878,7 @@ class BalancedPruning:
         branches. The points replay the unchanged module calls as the measured mode's do (``replay_mb``)."""
         replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
         # the norms' statistics first: the replay then wraps their (patched) forwards, as in _measure
-        with eval_mode(model), torch.no_grad(), self._statistics(), replay.installed():
+        with loss_mode(model), torch.no_grad(), self._statistics(), replay.installed():
             try:
                 return self._repair_rounds(state, model, curves, batches, loss_fn, reduce, device, res, log,
                                            atoms, tau, replay)
@@ -870,7 +895,7 @@ class BalancedPruning:
                        batches: Sequence[Any], loss_fn: Callable, reduce: Callable, device: torch.device,
                        res: BalancedResult, log: Callable, atoms: List[int], tau: float,
                        replay: ActivationReplay) -> Tuple[List[int], float]:
-        """The body of :meth:`_repair`, inside its eval mode, norm statistics and installed replay."""
+        """The body of :meth:`_repair`, inside its loss mode, norm statistics and installed replay."""
         base_alive = state.alive
         removed = self._removed(state, atoms)
         estimated = self._set_chosen(curves, removed)

@@ -69,8 +69,10 @@ class BalancedPruningHook(Hook):
     (``mode='estimated'``); the threshold ``tau`` that meets ``target`` is found by bisection over the cached
     curves; every unit is pruned at its rate at ``tau`` at once. See :mod:`mmfisher.core.balanced`.
 
-    The loss is the runner model's own ``mode='loss'`` loss on the calibration batches (eval mode; the batch
-    norms that train use each batch's statistics, stored ones untouched: ``norm_stats``): the task loss, or the
+    The loss is the runner model's own ``mode='loss'`` loss on the calibration batches (training mode, so heads that
+    branch on ``self.training`` give their training loss, with dropout and drop-path frozen and the batch norms
+    that train using each batch's statistics, stored ones untouched: ``norm_stats``;
+    :func:`mmfisher.core.balanced.loss_mode`): the task loss, or the
     distillation loss when the model is a label-free distiller (its student is pruned:
     :func:`mmfisher.models.pruned_module`; the Fisher ranking uses its sampled terms, the measured variations its
     exact ones: :meth:`~mmfisher.models.LabelFreeDistiller.exact_targets`).

@@ -686,3 +686,55 @@ def test_batches_split_over_ranks_give_every_rank_the_one_process_structure(tmp_
     if mode == 'estimated':  # the untrained net contradicts its estimates: every rank repairs the same units
         assert one['repair_rounds'] >= 1 and r0['repair_rounds'] == r1['repair_rounds'] == one['repair_rounds']
         assert r0['repair_points'] == r1['repair_points'] == pytest.approx(one['repair_points'], rel=1e-9)
+
+
+class TrainingBranchNet(Net):
+    """Net with what a training forward adds: dropout before the head, and an auxiliary output only in training
+    (VFNet's head returns its refined boxes only then, GoogLeNet its auxiliary logits)."""
+
+    def __init__(self, w: int = 32) -> None:
+        super().__init__(w)
+        self.drop = nn.Dropout(0.5)
+        self.aux = nn.Linear(w, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = x + self.bnb(self.b(F.relu(self.bna(self.a(x)))))
+        aux = self.aux(x.mean((2, 3)))
+        y = self.head(self.drop(F.relu(self.bnc(self.c(F.relu(x)))).mean((2, 3))))
+        return (y, aux) if self.training else y
+
+
+def test_the_loss_is_measured_in_training_mode_with_dropout_and_stored_statistics_frozen(trained):
+    from mmfisher.core.balanced import loss_mode
+    net, batches = trained
+    model = TrainingBranchNet()
+    model.load_state_dict(net.state_dict(), strict=False)
+    model.eval()
+    model.bn.train()  # a flag the block must restore as it found it
+    with loss_mode(model):
+        assert model.training and model.stem.training and model.aux.training
+        assert not model.drop.training and not any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        x = batches[0][0]
+        with torch.no_grad():
+            out1, out2 = model(x), model(x)
+        assert isinstance(out1, tuple) and torch.equal(out1[0], out2[0])  # training outputs, deterministic
+    assert not model.training and model.bn.training and not model.drop.training
+
+    calls = []
+
+    def loss_fn(batch):  # fails unless the model gives its training outputs, as VFNet's loss does in eval mode
+        y, aux = model(batch[0])
+        calls.append(1)
+        return F.mse_loss(y, batch[1]) + 0.1 * F.mse_loss(aux, batch[1])
+
+    from mmfisher.core.norm_stats import batch_statistics, trained_norms
+    with loss_mode(model), batch_statistics(trained_norms(model)), torch.no_grad():
+        expected = float(np.mean([float(loss_fn(b)) for b in batches]))  # no dropout draw, the batches' statistics
+    graph = analyze(model, input_forward(torch.randn(1, *SHAPE)))
+    state = PruningState(model, graph, input_shape=SHAPE)
+    model.train()
+    res = BalancedPruning(target=0.5).run(state, model, batches, loss_fn)
+    assert res.ratios['flops'] <= 0.5 and calls
+    assert res.base_loss == pytest.approx(expected, rel=1e-6)
+    assert all(m.training for m in model.modules())

@@ -324,3 +324,20 @@ def test_balanced_models_sweep_row(tmp_path):
     bad = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced_models.py'), '--models', 'nope',
                           '--out', str(tmp_path / 'x.json')], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and 'nope' in bad.stderr and not osp.exists(tmp_path / 'x.json')
+
+
+def test_balanced_user_flow_row(tmp_path):
+    """benchmarks/balanced_user_flow.py on VFNet (a zoo config the other tests do not use, whose head gives its
+    refined boxes only in training mode and whose deformable convs refuse meta tensors): the standard tools prune
+    it, fine-tune the Pruned model and test it; the DCN layers are named unprunable."""
+    out = tmp_path / 'f.json'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'balanced_user_flow.py'), '--models',
+                           'vfnet_r50', '--work-dir', str(tmp_path / 'w'), '--out', str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        d = json.load(f)
+    row = d['rows']['vfnet_r50']
+    assert d['ok'] == 1 and row['ok'] is True, row
+    assert abs(row['flops_ratio'] - 0.5) <= 0.01 and row['unprunable_layers_named'] >= 1
+    assert osp.exists(tmp_path / 'w' / 'vfnet_r50' / 'ft' / 'iter_4.pth')

@@ -113,3 +113,17 @@ def test_verify_slimming_nothing_prunable_is_not_ok(monkeypatch, capsys):
     report = json.loads(out[-1])
     assert report['ok'] is False and report['nothing_prunable'] and report['unprunable'] == {
         '0': 'reaches the model output'}
+
+
+def test_a_compiled_ops_device_check_on_the_meta_copy_falls_back_to_the_real_trace():
+    """mmcv's deformable convolution refuses meta tensors with its own message ("input must be a CPU tensor",
+    VFNet's head): that is the meta device's limit, not the model's error."""
+    class CompiledOp(Net):
+        def forward(self, x):
+            CALLS.append(self.a.weight.device.type)
+            if x.is_meta:
+                raise RuntimeError('input must be a CPU tensor')
+            return self.b(F.relu(self.a(x)))
+
+    graph = analyze_fast(CompiledOp(), lambda m: make_trace_forward(m, (3, 8, 8)))
+    assert graph.device == 'real' and CALLS == ['meta', 'cpu']

@@ -31,18 +31,24 @@ def no_meta(*objs: Any) -> None:
 # "meta" as a word of its own or in an identifier (register_meta, "Meta backend", "device meta", "meta and
 # cpu"), not inside another word (metainfo, metadata)
 _META = re.compile(r'(?<![a-z])meta(?![a-z])', re.IGNORECASE)
+# a compiled op's own device check, which sees a meta tensor as the wrong device (mmcv's deformable convolution:
+# "input must be a CPU tensor"): the message names a device kind, never "meta"
+_DEVICE_CHECK = re.compile(r'must be an? (?:cpu|cuda) tensor|(?:cpu|cuda) tensors? (?:is |are )?expected'
+                           r'|expected (?:a |all )?(?:cpu|cuda) tensors?', re.IGNORECASE)
 
 
 def is_meta_limitation(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from or while handling) means "the meta device cannot run
     this": :class:`MetaTraceUnsupported`, a missing meta kernel (``NotImplementedError``: ``nonzero``,
-    ``masked_select``, custom ops), a value read (``.item()``, ``.tolist()``, numpy), a meta/real device mix.
-    Anything else (a shape or channel mismatch, a model's own check) fails on real tensors too."""
+    ``masked_select``, custom ops), a value read (``.item()``, ``.tolist()``, numpy), a meta/real device mix, a
+    compiled op's own device check (``input must be a CPU tensor``: mmcv's deformable convolution). Anything else
+    (a shape or channel mismatch, a model's own check) fails on real tensors too."""
     seen = set()
     e: Any = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, (MetaTraceUnsupported, NotImplementedError)) or _META.search(str(e)):
+        if isinstance(e, (MetaTraceUnsupported, NotImplementedError)) or _META.search(str(e)) \
+                or _DEVICE_CHECK.search(str(e)):
             return True
         e = e.__cause__ or e.__context__
     return False

@@ -1,0 +1,157 @@
+"""Balanced one-shot pruning as a user runs it, on mmdet zoo configs the tests do not use: each config's model
+(num_classes 3, no pretrained init) on the bundled shapes set at 128 px, its own initial weights saved as the
+"trained" checkpoint; then ``tools/train.py`` with BalancedPruningHook (2 calibration batches of 2 images) ->
+channels.json + pruned.pth, ``tools/train.py`` of a ``mmfisher.Pruned`` fine-tune config (4 iterations, then its
+validation) and ``tools/test.py`` of the fine-tuned checkpoint. A model base that sets custom_hooks (SSD, YOLOX,
+RTMDet) takes the recipe ``custom_hooks = _base_.custom_hooks + [BalancedPruningHook]``; the others inherit
+``mmfisher::_base_/balanced_pruning.py``. One row per model: each step's exit code and seconds, the pruned FLOPs
+ratio, the unprunable layers the hook named, and the last error line of a failed step.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/balanced_user_flow.py --out benchmarks/results/balanced_user_flow.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/balanced_user_flow.py --models vfnet --work-dir /tmp/flow
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import Result  # noqa: E402
+
+# name: (model config, the statement that sets 3 classes, mode, whether the model base sets custom_hooks)
+MODELS = {
+    'yolox_tiny': ('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', "model['bbox_head']['num_classes'] = 3",
+                   'estimated', True),
+    'rtmdet_tiny': ('mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py', "model['bbox_head']['num_classes'] = 3",
+                    'estimated', True),
+    'ssdlite_mobilenetv2': ('mmdet::ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py',
+                            "model['bbox_head']['num_classes'] = 3", 'measured', True),
+    'yolov3_mobilenetv2': ('mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
+                           "model['bbox_head']['num_classes'] = 3", 'measured', False),
+    'centernet_r18': ('mmdet::centernet/centernet_r18_8xb16-crop512-140e_coco.py',
+                      "model['bbox_head']['num_classes'] = 3", 'measured', False),
+    'gfl_r50': ('mmdet::gfl/gfl_r50_fpn_1x_coco.py', "model['bbox_head']['num_classes'] = 3", 'estimated', False),
+    'vfnet_r50': ('mmdet::vfnet/vfnet_r50_fpn_1x_coco.py', "model['bbox_head']['num_classes'] = 3", 'estimated',
+                  False),
+    'cascade_rcnn_r50': ('mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
+                         "for _h in model['roi_head']['bbox_head']:\n    _h['num_classes'] = 3", 'estimated', False),
+}
+
+DATA = '''
+_data_root = '{root}/data/generated/shapes_det/'
+_metainfo = dict(classes=('circle', 'square', 'triangle'))
+_train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
+                   dict(type='Resize', scale=(128, 128), keep_ratio=True), dict(type='PackDetInputs')]
+_test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 128), keep_ratio=True),
+                  dict(type='LoadAnnotations', with_bbox=True),
+                  dict(type='PackDetInputs',
+                       meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
+train_dataloader = dict(_delete_=True, batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(type='CocoDataset', data_root=_data_root, metainfo=_metainfo, ann_file='annotations/train.json',
+                 data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True), pipeline=_train_pipeline))
+val_dataloader = dict(_delete_=True, batch_size=2, num_workers=0, drop_last=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='CocoDataset', data_root=_data_root, metainfo=_metainfo, ann_file='annotations/val.json',
+                 data_prefix=dict(img='val/'), test_mode=True, pipeline=_test_pipeline, indices=16))
+test_dataloader = val_dataloader
+val_evaluator = dict(_delete_=True, type='CocoMetric', ann_file=_data_root + 'annotations/val.json', metric='bbox')
+test_evaluator = val_evaluator
+'''
+
+INIT = '''
+import torch, mmfisher
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmdet.registry import MODELS
+init_default_scope('mmdet')
+m = MODELS.build(Config.fromfile({cfg!r}).model)
+m.init_weights()
+torch.save(dict(state_dict=m.state_dict(), meta=dict()), {out!r})
+'''
+
+
+def _run(cmd, log):
+    """Run ``cmd`` in the repository root, output to ``log``; (exit code, seconds, last error line)."""
+    t = time.perf_counter()
+    with open(log, 'w') as f:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, OMP_NUM_THREADS='1'))
+    err = None
+    if rc:
+        lines = [ln for ln in open(log).read().splitlines() if re.match(r'^[A-Za-z_.]+(Error|Exception)\b', ln)]
+        err = lines[-1][:300] if lines else None
+    return rc, round(time.perf_counter() - t, 1), err
+
+
+def one(name, work):
+    cfg, classes, mode, base_hooks = MODELS[name]
+    d = osp.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    py = sys.executable
+    with open(osp.join(d, 'model.py'), 'w') as f:
+        f.write(f"_base_ = ['{cfg}']\nmodel = _base_.model\nmodel['backbone']['init_cfg'] = None\n{classes}\n"
+                + DATA.format(root=ROOT))
+    init = osp.join(d, 'init.pth')
+    row = {'config': cfg, 'mode': mode, 'recipe': 'custom_hooks = _base_.custom_hooks + [...]' if base_hooks
+           else "_base_ += ['mmfisher::_base_/balanced_pruning.py']"}
+    rc, s, err = _run([py, '-c', INIT.format(cfg=osp.join(d, 'model.py'), out=init)], osp.join(d, 'init.log'))
+    row['init'] = dict(rc=rc, s=s, error=err)
+    if rc:
+        return row
+    hook = (f"dict(type='mmfisher.BalancedPruningHook', target=0.5, mode='{mode}', calibration_batches=2, "
+            "input_shape=(3, 128, 128))")
+    bases = "['./model.py']" if base_hooks else "['./model.py', 'mmfisher::_base_/balanced_pruning.py']"
+    hooks = f"_base_.custom_hooks + [{hook}]" if base_hooks else f"[{hook}]"
+    with open(osp.join(d, 'prune.py'), 'w') as f:
+        f.write(f"_base_ = {bases}\nload_from = '{init}'\ncustom_hooks = {hooks}\n")
+    with open(osp.join(d, 'finetune.py'), 'w') as f:
+        f.write(f"""_base_ = ['./model.py', 'mmfisher::_base_/fisher_finetune.py']
+model = dict(_delete_=True, type='mmfisher.Pruned', architecture=_base_.model, channels='{d}/prune/channels.json')
+load_from = '{d}/prune/pruned.pth'
+custom_hooks = []
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4, val_interval=4)
+param_scheduler = []
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=4, by_epoch=False))
+""")
+    steps = [('prune', ['tools/train.py', f'{d}/prune.py', '--work-dir', f'{d}/prune']),
+             ('finetune', ['tools/train.py', f'{d}/finetune.py', '--work-dir', f'{d}/ft']),
+             ('test', ['tools/test.py', f'{d}/finetune.py', f'{d}/ft/iter_4.pth', '--work-dir', f'{d}/test'])]
+    for step, args in steps:
+        rc, s, err = _run([py] + args, osp.join(d, f'{step}.log'))
+        row[step] = dict(rc=rc, s=s, error=err)
+        if step == 'prune' and not rc:
+            meta = json.load(open(f'{d}/prune/channels.json'))['meta']
+            row['flops_ratio'] = meta['flops_ratio']
+            log = open(osp.join(d, 'prune.log')).read()
+            m = re.search(r'unprunable layers \((\d+)\)', log)
+            row['unprunable_layers_named'] = int(m.group(1)) if m else 0
+        if rc:
+            break
+    row['ok'] = all(row.get(k, {}).get('rc') == 0 for k in ('prune', 'finetune', 'test'))
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
+    p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'bench', 'balanced_user_flow'))
+    p.add_argument('--out', default=None, help='the JSON file (default benchmarks/results/balanced_user_flow.json)')
+    args = p.parse_args()
+    res = Result('balanced_user_flow', args.out)
+    res['rows'] = {}
+    for name in args.models:
+        res['rows'][name] = one(name, args.work_dir)
+        print(name, json.dumps(res['rows'][name]), flush=True)
+        res.save(final=False)
+    res['ok'] = sum(r['ok'] for r in res['rows'].values())
+    print(res.save(), f"{res['ok']} of {len(args.models)} ok")
+
+
+if __name__ == '__main__':
+    main()
