@@ -47,7 +47,9 @@ def one(source, name, shape, ov):
                     ('estimated', dict(mode='estimated', repair_rounds=1))):
         m = copy.deepcopy(model)
         st = PruningState(m, graph, input_shape=shape)
-        meth = BalancedPruning(target=0.8, grid=(0.25, 0.5), **dict(dict(mode='measured'), **kw))
+        # the loss is of the inference outputs (tensor mode): model_mode='eval' (DINO's training forward, say,
+        # needs its denoising queries' targets)
+        meth = BalancedPruning(target=0.8, grid=(0.25, 0.5), model_mode='eval', **dict(dict(mode='measured'), **kw))
         t0 = time.perf_counter()
         res = meth.run(st, m, [0, 1], lambda i, m=m: loss_of(fwds[i](m)))
         out[key] = dict(s=round(time.perf_counter() - t0, 1), flops=round(res.ratios['flops'], 4), tau=res.tau,

@@ -64,6 +64,20 @@ val_evaluator = dict(_delete_=True, type='CocoMetric', ann_file=_data_root + 'an
 test_evaluator = val_evaluator
 '''
 
+# what a model needs beyond the common data settings: CenterNet tests on its own padded crop (its head reads the
+# crop's `border`)
+EXTRA = {
+    'centernet_r18': '''
+val_dataloader['dataset']['pipeline'] = [
+    dict(type='LoadImageFromFile', to_float32=True),
+    dict(type='RandomCenterCropPad', ratios=None, border=None, mean=[0, 0, 0], std=[1, 1, 1], to_rgb=True,
+         test_mode=True, test_pad_mode=['logical_or', 31], test_pad_add_pix=1),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'border'))]
+test_dataloader = val_dataloader
+''',
+}
+
 INIT = '''
 import torch, mmfisher
 from mmengine.config import Config
@@ -96,7 +110,7 @@ def one(name, work):
     py = sys.executable
     with open(osp.join(d, 'model.py'), 'w') as f:
         f.write(f"_base_ = ['{cfg}']\nmodel = _base_.model\nmodel['backbone']['init_cfg'] = None\n{classes}\n"
-                + DATA.format(root=ROOT))
+                + DATA.format(root=ROOT) + EXTRA.get(name, ''))
     init = osp.join(d, 'init.pth')
     row = {'config': cfg, 'mode': mode, 'recipe': 'custom_hooks = _base_.custom_hooks + [...]' if base_hooks
            else "_base_ += ['mmfisher::_base_/balanced_pruning.py']"}

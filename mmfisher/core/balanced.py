@@ -86,6 +86,7 @@ DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODES = ('measured', 'estimated')
 NORM_STATS = ('running', 'batch')
 ALLOCATIONS = ('variation', 'variation_per_cost')
+MODEL_MODES = ('train', 'eval')
 # estimated mode: warn when the combined structure's real loss rise exceeds the units' estimates this many times
 ESTIMATE_TRUST = 10.0
 # measured mode: warn when at least this share of the measured points (and NOISE_POINTS of them) lowered the
@@ -128,6 +129,19 @@ def _stochastic(m: nn.Module) -> bool:
         return True
     name = type(m).__name__.lower().replace('_', '')
     return any(k in name for k in _STOCHASTIC_NAMES)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block (``model_mode='eval'``: a loss of the model's inference
+    outputs), each one's flag restored after."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 @contextlib.contextmanager
@@ -403,13 +417,18 @@ class BalancedPruning:
             rate's measurement agrees with its curve (``REPAIR_SLACK``). Each round costs at most one point per
             unit (``units x batches`` forwards), a grid's fraction of the measured mode; nothing when the
             estimate holds. 0: only warn. Defaults to 3.
+        model_mode: how the model runs for every loss: ``'train'`` (:func:`loss_mode`: training mode, so what
+            branches on ``self.training`` gives its training loss, with dropout / drop-path and stored norm
+            statistics frozen) or ``'eval'`` (:func:`eval_mode`: a loss of the inference outputs, e.g. an output
+            distance on a model whose training forward needs targets). Defaults to ``'train'``.
     """
 
     def __init__(self, target: float = 0.5, target_metric: str = 'flops', mode: str = 'measured',
                  grid: Sequence[float] = DEFAULT_GRID, importance: Optional[Importance] = None,
                  tolerance: float = 0.01, seed: int = 0, full_curves: bool = False,
                  max_share: float = 1.0, norm_stats: str = 'batch', recalibrate_norms: bool = True,
-                 allocation: str = 'variation', replay_mb: float = 1024, repair_rounds: int = 3) -> None:
+                 allocation: str = 'variation', replay_mb: float = 1024, repair_rounds: int = 3,
+                 model_mode: str = 'train') -> None:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -450,8 +469,14 @@ class BalancedPruning:
             raise ValueError(f'repair_rounds={repair_rounds!r} must be an int >= 0: how many times the estimated '
                              'mode may measure the units at their rates and search again when the real loss of its '
                              'structure contradicts the estimate, e.g. 3; 0 only warns')
+        if model_mode not in MODEL_MODES:
+            raise ValueError(f"model_mode={model_mode!r} is unknown: use 'train' (the training loss, as the training "
+                             "loop runs the model, dropout and stored norm statistics frozen) or 'eval' (every "
+                             'module in eval mode: a loss of the inference outputs)')
         self.target = float(target)
         self.target_metric = target_metric
+        self.model_mode = model_mode
+        self._model_mode = loss_mode if model_mode == 'train' else eval_mode
         self.repair_rounds = repair_rounds
         self.replay_mb = float(replay_mb)
         self.mode = mode
@@ -585,7 +610,7 @@ class BalancedPruning:
                 i = next(seen)
                 with _seeded(self.seed + i, device):
                     local[i] = _as_float(measure_fn(batch))
-            with loss_mode(model):
+            with self._model_mode(model):
                 res.norms_recalibrated = recalibrate(self._norms, batches, forward, reduce)
             res.forwards += len(batches)
             if self.norm_stats == 'batch':
@@ -681,9 +706,10 @@ class BalancedPruning:
 
     def _loss_sum(self, model: nn.Module, batches: Sequence[Any], loss_fn: Callable, reduce: Callable,
                   device: torch.device) -> Tuple[float, torch.Tensor]:
-        """(sum over every rank's batches of the loss, this rank's per-batch losses), no gradients, :func:`loss_mode`."""
+        """(sum over every rank's batches of the loss, this rank's per-batch losses), no gradients, in
+        ``model_mode``."""
         local = torch.zeros(len(batches), dtype=torch.float64)
-        with loss_mode(model), torch.no_grad(), self._statistics():
+        with self._model_mode(model), torch.no_grad(), self._statistics():
             for i, batch in enumerate(batches):
                 with _seeded(self.seed + i, device):
                     local[i] = _as_float(loss_fn(batch))
@@ -715,7 +741,7 @@ class BalancedPruning:
         saved = [p.grad for p in params]
         local = torch.zeros(len(batches), dtype=torch.float64)
         try:
-            with loss_mode(model), torch.enable_grad(), self._statistics():
+            with self._model_mode(model), torch.enable_grad(), self._statistics():
                 for i, batch in enumerate(batches):
                     for p in params:
                         p.grad = None
@@ -800,7 +826,7 @@ class BalancedPruning:
         t0 = time.perf_counter()
         measured, tau_up, every = 0, math.inf, max(1, total // 5)
         replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
-        with loss_mode(model), torch.no_grad(), self._statistics(), replay.installed():
+        with self._model_mode(model), torch.no_grad(), self._statistics(), replay.installed():
             while True:
                 if not self.full_curves:
                     found = self._prefix(state, curves)
@@ -878,7 +904,7 @@ class BalancedPruning:
         branches. The points replay the unchanged module calls as the measured mode's do (``replay_mb``)."""
         replay = ActivationReplay(model, int(self.replay_mb * 2 ** 20), invariant)
         # the norms' statistics first: the replay then wraps their (patched) forwards, as in _measure
-        with loss_mode(model), torch.no_grad(), self._statistics(), replay.installed():
+        with self._model_mode(model), torch.no_grad(), self._statistics(), replay.installed():
             try:
                 return self._repair_rounds(state, model, curves, batches, loss_fn, reduce, device, res, log,
                                            atoms, tau, replay)

@@ -613,7 +613,8 @@ def test_non_finite_loss_of_the_unpruned_model(trained, bad, mode):
 
 @pytest.mark.parametrize('kwargs, field', [
     (dict(target=1.2), 'target'), (dict(target=0), 'target'), (dict(target_metric='latency'), 'target_metric'),
-    (dict(mode='exact'), 'mode'), (dict(grid=(0.5, 1.5)), 'grid'), (dict(grid=()), 'grid'),
+    (dict(mode='exact'), 'mode'), (dict(model_mode='test'), 'model_mode'),
+    (dict(grid=(0.5, 1.5)), 'grid'), (dict(grid=()), 'grid'),
     (dict(tolerance=0), 'tolerance'), (dict(max_share=0), 'max_share'), (dict(max_share=1.5), 'max_share'),
     (dict(norm_stats='adaptive'), 'norm_stats'), (dict(allocation='flops'), 'allocation'),
     (dict(repair_rounds=-1), 'repair_rounds'), (dict(repair_rounds=1.5), 'repair_rounds'),
@@ -738,3 +739,15 @@ def test_the_loss_is_measured_in_training_mode_with_dropout_and_stored_statistic
     assert res.ratios['flops'] <= 0.5 and calls
     assert res.base_loss == pytest.approx(expected, rel=1e-6)
     assert all(m.training for m in model.modules())
+
+
+def test_model_mode_eval_measures_the_inference_outputs(trained):
+    net, graph, state, batches, _, _ = setup(trained)
+    seen = []
+
+    def loss_fn(batch):
+        seen.append(net.training or any(m.training for m in net.modules()))
+        return F.mse_loss(net(batch[0]), batch[1])
+    net.train()
+    res = BalancedPruning(target=0.5, model_mode='eval').run(state, net, batches, loss_fn)
+    assert res.ratios['flops'] <= 0.5 and seen and not any(seen) and all(m.training for m in net.modules())
