@@ -9,8 +9,8 @@ A trained model is pruned in one pass over a few calibration batches, without tr
    ``BNScale``, ...).
 2. **Curves.** For each unit *alone*, the loss variation ``V_u(k) = L(mask the unit's k lowest atoms) - L`` is
    measured on the calibration batches (real forwards of the training loss, the model in training mode with its
-   stochastic layers and stored norm statistics frozen: :func:`loss_mode`; the masks undone exactly after each:
-   :meth:`ChannelMasks.trial`; the batch norms that train normalise with each batch's own statistics, as once
+   stochastic layers and stored norm statistics frozen: :func:`loss_mode`, ``model_mode='train'``; the masks undone
+   exactly after each: :meth:`ChannelMasks.trial`; the batch norms that train normalise with each batch's own statistics, as once
    re-estimated for the candidate: ``norm_stats='batch'``, :mod:`mmfisher.core.norm_stats`) for ``k`` on a grid of
    shares ``r`` of the unit's atoms (``grid``, plus the most the unit may lose). The curve is made monotone (running
    maximum, from ``V(0) = 0``) and read at every ``k`` by linear interpolation between measured points. The unit's
@@ -507,7 +507,7 @@ class BalancedPruning:
         Args:
             state: the pruning state of ``module`` (nothing masked yet, usually); its masks are changed.
             module: the pruned module (the one ``state`` was traced on; the criterion attaches to it).
-            model: the module put in :func:`loss_mode` while measuring, whose parameters' gradients the Fisher pass
+            model: the module run in ``model_mode`` while measuring, whose parameters' gradients the Fisher pass
                 sets and restores: ``module`` (default) or a wrapper holding it (a distiller with a frozen
                 teacher); every submodule's train flag is restored after.
             batches: this rank's calibration batches, each passed to ``loss_fn`` as it is.
@@ -857,7 +857,7 @@ class BalancedPruning:
                    reduce: Callable, device: torch.device, res: BalancedResult,
                    replay: Optional[ActivationReplay] = None) -> float:
         """The calibration loss variation (mean over every rank's batches, minus the unpruned base) with the masks
-        set to ``alive`` for the forwards and undone after. The caller holds :func:`loss_mode`, no_grad and the norms'
+        set to ``alive`` for the forwards and undone after. The caller holds ``model_mode``, no_grad and the norms'
         statistics; ``replay`` (installed) answers the calls the trial cannot change."""
         with state.masks.trial(alive) as masks:
             s = 0.0
@@ -921,7 +921,7 @@ class BalancedPruning:
                        batches: Sequence[Any], loss_fn: Callable, reduce: Callable, device: torch.device,
                        res: BalancedResult, log: Callable, atoms: List[int], tau: float,
                        replay: ActivationReplay) -> Tuple[List[int], float]:
-        """The body of :meth:`_repair`, inside its loss mode, norm statistics and installed replay."""
+        """The body of :meth:`_repair`, inside its ``model_mode``, norm statistics and installed replay."""
         base_alive = state.alive
         removed = self._removed(state, atoms)
         estimated = self._set_chosen(curves, removed)
