@@ -1,11 +1,13 @@
-"""Balanced one-shot pruning as a user runs it, on mmdet zoo configs the tests do not use: each config's model
-(num_classes 3, no pretrained init) on the bundled shapes set at 128 px, its own initial weights saved as the
-"trained" checkpoint; then ``tools/train.py`` with BalancedPruningHook (2 calibration batches of 2 images) ->
-channels.json + pruned.pth, ``tools/train.py`` of a ``mmfisher.Pruned`` fine-tune config (4 iterations, then its
-validation) and ``tools/test.py`` of the fine-tuned checkpoint. A model base that sets custom_hooks (SSD, YOLOX,
-RTMDet) takes the recipe ``custom_hooks = _base_.custom_hooks + [BalancedPruningHook]``; the others inherit
-``mmfisher::_base_/balanced_pruning.py``. One row per model: each step's exit code and seconds, the pruned FLOPs
-ratio, the unprunable layers the hook named, and the last error line of a failed step.
+"""Balanced one-shot pruning as a user runs it, on mmdet and mmpretrain zoo configs the tests do not use: each
+config's model (3 classes, no pretrained init) on the bundled shapes sets (detection at 128 px, classification at
+64 px), its own initial weights saved as the "trained" checkpoint; then ``tools/train.py`` with
+BalancedPruningHook (2 calibration batches of 2 images) -> channels.json + pruned.pth, ``tools/train.py`` of a
+``mmfisher.Pruned`` fine-tune config (4 iterations, then its validation), ``tools/test.py`` of the fine-tuned
+checkpoint, and its export: reloaded strictly as the architecture's own class, FLOPs by mmengine's counter beside
+the unpruned model's, ONNX (opset 17) checked against torch with onnxruntime. A model base that sets custom_hooks
+(SSD, YOLOX, RTMDet, ConvNeXt, RegNet) takes the recipe ``custom_hooks = _base_.custom_hooks + [BalancedPruningHook]``;
+the others inherit ``mmfisher::_base_/balanced_pruning.py``. One row per model: each step's exit code and
+seconds, the pruned FLOPs ratio, the unprunable layers the hook named, and the last error line of a failed step.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/balanced_user_flow.py --out benchmarks/results/balanced_user_flow.json
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/balanced_user_flow.py --models vfnet --work-dir /tmp/flow
@@ -24,6 +26,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import Result  # noqa: E402
 
+CLS3 = "model['head']['num_classes'] = 3\ndata_preprocessor = dict(num_classes=3)"
 # name: (model config, the statement that sets 3 classes, mode, whether the model base sets custom_hooks)
 MODELS = {
     'yolox_tiny': ('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', "model['bbox_head']['num_classes'] = 3",
@@ -41,6 +44,16 @@ MODELS = {
                   False),
     'cascade_rcnn_r50': ('mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
                          "for _h in model['roi_head']['bbox_head']:\n    _h['num_classes'] = 3", 'estimated', False),
+    # mmpretrain: 3 classes, 64 px (the ViT / Swin position embeddings at 64 px)
+    'mobilenet_v3_small': ('mmpretrain::mobilenet_v3/mobilenet-v3-small_8xb128_in1k.py', CLS3, 'measured', False),
+    'efficientnet_b0': ('mmpretrain::efficientnet/efficientnet-b0_8xb32_in1k.py', CLS3, 'measured', False),
+    'shufflenet_v2': ('mmpretrain::shufflenet_v2/shufflenet-v2-1x_16xb64_in1k.py', CLS3, 'measured', False),
+    'regnetx_400mf': ('mmpretrain::regnet/regnetx-400mf_8xb128_in1k.py', CLS3, 'measured', True),  # PreciseBNHook
+    'convnext_tiny': ('mmpretrain::convnext/convnext-tiny_32xb128_in1k.py', CLS3, 'estimated', True),
+    'vit_base_p16': ('mmpretrain::vision_transformer/vit-base-p16_64xb64_in1k.py',
+                     CLS3 + "\nmodel['backbone']['img_size'] = 64", 'estimated', False),
+    'swin_tiny': ('mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py',
+                  CLS3 + "\nmodel['backbone'].update(img_size=64, pad_small_map=True)", 'estimated', False),
 }
 
 DATA = '''
@@ -64,6 +77,20 @@ val_evaluator = dict(_delete_=True, type='CocoMetric', ann_file=_data_root + 'an
 test_evaluator = val_evaluator
 '''
 
+CLS_DATA = '''
+_data_root = '{root}/data/generated/shapes_cls/'
+_metainfo = dict(classes=('circle', 'square', 'triangle'))
+train_dataloader = dict(_delete_=True, batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(type='CustomDataset', data_root=_data_root, data_prefix='train', metainfo=_metainfo,
+                 pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')]))
+val_dataloader = dict(_delete_=True, batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='CustomDataset', data_root=_data_root, data_prefix='val', metainfo=_metainfo, indices=16,
+                 pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')]))
+test_dataloader = val_dataloader
+val_evaluator = dict(_delete_=True, type='Accuracy', topk=(1, ))
+test_evaluator = val_evaluator
+'''
+
 # what a model needs beyond the common data settings: CenterNet tests on its own padded crop (its head reads the
 # crop's `border`)
 EXTRA = {
@@ -82,11 +109,43 @@ INIT = '''
 import torch, mmfisher
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmdet.registry import MODELS
-init_default_scope('mmdet')
-m = MODELS.build(Config.fromfile({cfg!r}).model)
+from {scope}.registry import MODELS
+init_default_scope({scope!r})
+cfg = Config.fromfile({cfg!r})
+if cfg.get('data_preprocessor'):
+    cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
+m = MODELS.build(cfg.model)
 m.init_weights()
 torch.save(dict(state_dict=m.state_dict(), meta=dict()), {out!r})
+'''
+
+# the fine-tuned checkpoint reloaded strictly into the config's Pruned model (the architecture's own class), its
+# FLOPs beside the unpruned model's (mmengine's counter) and its ONNX export checked against torch (onnxruntime)
+EXPORT = '''
+import json, torch, numpy as np, onnxruntime as ort, mmfisher
+from mmengine.analysis import get_model_complexity_info
+from mmengine.config import Config
+from mmengine.runner import load_checkpoint
+from mmfisher.models import TensorMode
+from mmfisher.models.tracing import det_data_samples
+from mmfisher.zoo import build_model
+shape = {shape!r}
+slim = build_model(Config.fromfile({ft!r}))
+load_checkpoint(slim, {ckpt!r}, map_location='cpu', strict=True, logger='silent')
+base = build_model(Config.fromfile({model!r}))
+samples = det_data_samples(shape[1:]) if {det!r} else None
+x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+out = dict(cls=type(slim).__name__, same_class=type(slim) is type(base))
+for tag, m in (('unpruned', base), ('pruned', slim)):
+    w = TensorMode(m.eval(), samples).eval()
+    out[tag + '_flops'] = int(get_model_complexity_info(w, inputs=(x,), show_table=False, show_arch=False)['flops'])
+w = TensorMode(slim, samples).eval()
+torch.onnx.export(w, (x,), {onnx!r}, opset_version=17, dynamo=False, input_names=['inputs'])
+got = ort.InferenceSession({onnx!r}, providers=['CPUExecutionProvider']).run(None, dict(inputs=x.numpy()))
+with torch.no_grad():
+    ref = w(x)
+out['onnx_max_abs_diff'] = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
+print('EXPORT ' + json.dumps(out))
 '''
 
 
@@ -105,21 +164,24 @@ def _run(cmd, log):
 
 def one(name, work):
     cfg, classes, mode, base_hooks = MODELS[name]
+    scope = cfg.split('::')[0]
+    shape = (3, 128, 128) if scope == 'mmdet' else (3, 64, 64)
     d = osp.join(work, name)
     os.makedirs(d, exist_ok=True)
     py = sys.executable
     with open(osp.join(d, 'model.py'), 'w') as f:
         f.write(f"_base_ = ['{cfg}']\nmodel = _base_.model\nmodel['backbone']['init_cfg'] = None\n{classes}\n"
-                + DATA.format(root=ROOT) + EXTRA.get(name, ''))
+                + (DATA if scope == 'mmdet' else CLS_DATA).format(root=ROOT) + EXTRA.get(name, ''))
     init = osp.join(d, 'init.pth')
     row = {'config': cfg, 'mode': mode, 'recipe': 'custom_hooks = _base_.custom_hooks + [...]' if base_hooks
            else "_base_ += ['mmfisher::_base_/balanced_pruning.py']"}
-    rc, s, err = _run([py, '-c', INIT.format(cfg=osp.join(d, 'model.py'), out=init)], osp.join(d, 'init.log'))
+    rc, s, err = _run([py, '-c', INIT.format(scope=scope, cfg=osp.join(d, 'model.py'), out=init)],
+                      osp.join(d, 'init.log'))
     row['init'] = dict(rc=rc, s=s, error=err)
     if rc:
         return row
     hook = (f"dict(type='mmfisher.BalancedPruningHook', target=0.5, mode='{mode}', calibration_batches=2, "
-            "input_shape=(3, 128, 128))")
+            f"input_shape={shape})")
     bases = "['./model.py']" if base_hooks else "['./model.py', 'mmfisher::_base_/balanced_pruning.py']"
     hooks = f"_base_.custom_hooks + [{hook}]" if base_hooks else f"[{hook}]"
     with open(osp.join(d, 'prune.py'), 'w') as f:
@@ -147,7 +209,17 @@ default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=4, by_epoch
             row['unprunable_layers_named'] = int(m.group(1)) if m else 0
         if rc:
             break
-    row['ok'] = all(row.get(k, {}).get('rc') == 0 for k in ('prune', 'finetune', 'test'))
+    if row.get('test', {}).get('rc') == 0:
+        code = EXPORT.format(shape=shape, ft=f'{d}/finetune.py', ckpt=f'{d}/ft/iter_4.pth', model=f'{d}/model.py',
+                             det=scope == 'mmdet', onnx=f'{d}/pruned.onnx')
+        rc, s, err = _run([py, '-c', code], osp.join(d, 'export.log'))
+        row['export'] = dict(rc=rc, s=s, error=err)
+        found = [ln for ln in open(osp.join(d, 'export.log')).read().splitlines() if ln.startswith('EXPORT ')]
+        if not rc and found:
+            row['export'].update(json.loads(found[-1][len('EXPORT '):]))
+            row['export']['flops_ratio_mmengine'] = row['export']['pruned_flops'] / row['export']['unpruned_flops']
+    row['ok'] = all(row.get(k, {}).get('rc') == 0 for k in ('prune', 'finetune', 'test', 'export')) and \
+        row['export'].get('same_class') is True and row['export'].get('onnx_max_abs_diff', 1.0) < 1e-3
     return row
 
 

@@ -65,9 +65,7 @@ def _base_keys(path: str) -> Tuple[List[Tuple[str, Any]], Optional[str]]:
     from mmengine.config import Config
     out, failing = [], None
     for spec in Config._get_base_files(path):
-        base_path, _ = Config._get_cfg_path(spec, path)
-        if not osp.isabs(base_path):
-            base_path = osp.join(osp.dirname(path), base_path)
+        base_path, _ = Config._get_cfg_path(spec, path)  # relative specs joined to path's folder, as mmengine does
         try:
             loaded = Config.fromfile(base_path)
         except KeyError as err:

@@ -82,3 +82,12 @@ def test_the_fisher_pruning_base_names_its_own_hook(tmp_path):
     cfg = _write(tmp_path / 'prune.py', "_base_ = ['./model.py', 'mmfisher::_base_/fisher_pruning.py']\n")
     with pytest.raises(ConfigConflict, match=r"_base_\.custom_hooks \+ \[dict\(type='mmfisher\.FisherPruningHook'"):
         load_config(cfg)
+
+
+def test_a_config_named_by_a_relative_path_is_resolved_as_mmengine_does(tmp_path, monkeypatch):
+    (tmp_path / 'cfgs').mkdir()
+    _write(tmp_path / 'cfgs' / 'model.py', MODEL_BASE)
+    _write(tmp_path / 'cfgs' / 'prune.py', "_base_ = ['./model.py', 'mmfisher::_base_/balanced_pruning.py']\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigConflict, match=r"'custom_hooks' is set by \./model\.py, mmfisher::"):
+        load_config(osp.join('cfgs', 'prune.py'))
