@@ -190,7 +190,7 @@ def prune(method, task, base, work, args, seed):
     if method == 'balanced_widths':
         return run_balanced(t['config'], base, work, args.target, t['shape'], seed, 'estimated',
                             args.calibration_batches, repair_rounds=0, calibration_root=args.calibration_root,
-                            widths=read_widths(args.widths_from, seed))
+                            importance=args.importance, widths=read_widths(args.widths_from, seed))
     if method.startswith('balanced'):
         return run_balanced(t['config'], base, work, args.target, t['shape'], seed,
                             'estimated' if method == 'balanced_estimated' else 'measured',
@@ -455,7 +455,7 @@ def main() -> None:
                    help='balanced_label_free: the class KL temperature T (T^2 KL at T; default 1)')
     p.add_argument('--lf-anchors', choices=['auto', 'all'], default=None,
                    help="balanced_label_free: the distiller's anchors (default: none, output terms only)")
-    p.add_argument('--importance', choices=['L1Norm', 'BNScale'], default=None,
+    p.add_argument('--importance', choices=['L1Norm', 'GroupMagnitude', 'BNScale'], default=None,
                    help="balanced: the hook's ranking criterion (default: its Group Fisher on the calibration batches)")
     p.add_argument('--norm-stats', choices=['running', 'batch'], default=None,
                    help="balanced: the hook's norm_stats (default: its own)")

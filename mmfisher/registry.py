@@ -26,8 +26,8 @@ SCHEDULES = Registry('pruning schedule', scope='mmfisher')
 
 def _register_core_parts() -> None:
     from .core import importance, schedule
-    for cls in (importance.GroupFisher, importance.Taylor, importance.L1Norm, importance.BNScale,
-                importance.RandomImportance):
+    for cls in (importance.GroupFisher, importance.Taylor, importance.L1Norm, importance.GroupMagnitude,
+                importance.BNScale, importance.RandomImportance):
         IMPORTANCE.register_module(module=cls)
     for cls in (schedule.IntervalTopK, schedule.AdaptiveK):
         SCHEDULES.register_module(module=cls)

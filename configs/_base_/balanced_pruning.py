@@ -49,7 +49,7 @@ custom_hooks = [
         replay_mb=1024,              # MiB for replaying the unchanged module calls in the curve points; 0: off
         repair_rounds=3,             # estimated mode: measure the units at their rates when its structure's real
                                      # loss rise is 10x the estimates, search again (at most 3 rounds); 0: warn
-        importance=None,             # None: GroupFisher(delta='none'); or dict(type='L1Norm'), dict(type='BNScale')
+        importance=None,             # None: GroupFisher(delta='none'); or dict(type='L1Norm'), GroupMagnitude, BNScale
         input_shape=(3, 800, 1333),  # (C, H, W) of the trace and of the FLOPs / activation counts
         skip=(),                     # fnmatch patterns of units / layers never pruned
         skip_unmatched='warn',       # a `skip` pattern that matches no layer: 'warn' | 'error'

@@ -8,9 +8,9 @@ Typical use on any ``nn.Module``::
     cfg = slim_model(model, graph, masks.alive.numpy())                  # real smaller model + channel config
 
 The layer above serves every pruning method: ``PruningState`` (alive atoms, order, eligibility, ratios, divisor
-rounding, checkpoint state), importance criteria (``importance``: GroupFisher, Taylor, L1Norm, BNScale, random),
-schedules (``schedule``: IntervalTopK, AdaptiveK), ``ChannelMasks.trial`` (masks that are undone exactly), and
-``export.export_pruned`` (channels.json + pruned.pth as one verified pair).
+rounding, checkpoint state), importance criteria (``importance``: GroupFisher, Taylor, L1Norm, GroupMagnitude,
+BNScale, random), schedules (``schedule``: IntervalTopK, AdaptiveK), ``ChannelMasks.trial`` (masks that are undone
+exactly), and ``export.export_pruned`` (channels.json + pruned.pth as one verified pair).
 """
 from .copying import deepcopy_module
 from .cost import CostModel
@@ -21,7 +21,7 @@ from .slim import (ChannelConfigError, apply_channel_config, channel_config, loa
 from .trace import trace_channels
 from .units import ChannelGraph, Unit, analyze, analyze_fast, build_graph, input_forward, meta_copy
 from .export import SlimmingMismatch, WeightsMismatch, export_pruned, structure_digest
-from .importance import BNScale, GroupFisher, Importance, L1Norm, RandomImportance, Taylor
+from .importance import BNScale, GroupFisher, GroupMagnitude, Importance, L1Norm, RandomImportance, Taylor
 from .schedule import AdaptiveK, IntervalTopK, Schedule
 from .state import NothingPrunable, PruningState, StateMismatch
 from .verify import compare_masked_slimmed, max_output_diff, outputs_agree, random_alive
@@ -32,6 +32,6 @@ __all__ = [
     'slim_model', 'trace_channels', 'ChannelGraph', 'Unit', 'analyze', 'analyze_fast', 'meta_copy', 'build_graph', 'input_forward',
     'compare_masked_slimmed', 'max_output_diff', 'random_alive', 'deepcopy_module', 'outputs_agree',
     'SlimmingMismatch', 'WeightsMismatch', 'export_pruned', 'structure_digest', 'Importance', 'GroupFisher',
-    'Taylor', 'L1Norm', 'BNScale', 'RandomImportance', 'Schedule', 'IntervalTopK', 'AdaptiveK', 'PruningState',
+    'Taylor', 'L1Norm', 'GroupMagnitude', 'BNScale', 'RandomImportance', 'Schedule', 'IntervalTopK', 'AdaptiveK', 'PruningState',
     'NothingPrunable', 'StateMismatch',
 ]

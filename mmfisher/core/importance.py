@@ -24,7 +24,8 @@ from .cost import CostModel
 from .masks import ChannelMasks, FisherTaps
 from .units import ChannelGraph
 
-__all__ = ['Importance', 'GradientImportance', 'GroupFisher', 'Taylor', 'L1Norm', 'BNScale', 'RandomImportance',
+__all__ = ['Importance', 'GradientImportance', 'GroupFisher', 'Taylor', 'L1Norm', 'GroupMagnitude', 'BNScale',
+           'RandomImportance',
            'DELTAS']
 
 DELTAS = ('acts', 'flops', 'none')
@@ -252,6 +253,61 @@ class L1Norm(Importance):
             order = atoms[np.lexsort((atoms, norms[atoms]))]
             out[order] = np.arange(1, atoms.size + 1) / atoms.size
         return out
+
+
+class GroupMagnitude(Importance):
+    """The group magnitude of Torch-Pruning's ``MagnitudeImportance`` (Fang et al., CVPR 2023, DepGraph): per atom,
+    ``sum |w|^p`` over every weight slice the atom owns: its producers' filters (output slices), its consumers'
+    input slices (a plain conv / linear whose weight has one input column per atom; grouped and depthwise readers
+    are left out) and its norms' scales, averaged over the slices found. Raw scores (no normalisation): rank within
+    units (BalancedPruning) or compare units of similar scale.
+
+    Args:
+        p: the norm's power. Defaults to 2.
+        delta: as :class:`Importance`. Defaults to ``'none'``.
+    """
+
+    def __init__(self, p: int = 2, delta: str = 'none') -> None:
+        super().__init__(delta)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0:
+            raise ValueError(f'p={p!r} must be a number > 0, e.g. 2')
+        self.p = float(p)
+
+    def __repr__(self) -> str:
+        return f'GroupMagnitude(p={self.p:g}, delta={self.delta!r})'
+
+    def raw_scores(self) -> np.ndarray:
+        modules = dict(self.model.named_modules())
+        score = np.zeros(self.graph.num_atoms)
+        count = np.zeros(self.graph.num_atoms)
+
+        def add(atoms: np.ndarray, per: np.ndarray) -> None:
+            valid = atoms >= 0
+            np.add.at(score, atoms[valid], per[valid])
+            np.add.at(count, atoms[valid], 1)
+
+        for name, atoms in self.graph.out_atoms.items():
+            rule = self.graph.rules[name]
+            w = getattr(modules[name], 'weight', None)
+            if not isinstance(w, torch.Tensor):
+                continue
+            w = w.detach().abs().double()
+            if rule.is_norm and w.numel() == atoms.size:
+                add(atoms, w.pow(self.p).cpu().numpy())
+            elif rule.is_weighted:
+                dim = _weight_out_dim(rule, modules[name])
+                if w.shape[dim] == atoms.size:
+                    add(atoms, w.movedim(dim, 0).reshape(atoms.size, -1).pow(self.p).sum(1).cpu().numpy())
+        for name, atoms in self.graph.in_atoms.items():
+            w = getattr(modules[name], 'weight', None)
+            if not isinstance(w, torch.Tensor) or w.dim() < 2:
+                continue
+            in_dim = 1 - _weight_out_dim(self.graph.rules[name], modules[name])
+            if w.shape[in_dim] != atoms.size or getattr(modules[name], 'groups', 1) != 1:
+                continue  # grouped / depthwise or flattened readers: no one input column per atom
+            w = w.detach().abs().double()
+            add(atoms, w.movedim(in_dim, 0).reshape(atoms.size, -1).pow(self.p).sum(1).cpu().numpy())
+        return score / np.maximum(count, 1)
 
 
 class BNScale(Importance):

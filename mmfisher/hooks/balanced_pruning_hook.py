@@ -126,7 +126,8 @@ class BalancedPruningHook(Hook):
             its rate, its curve raised to that and tau searched again, at most this many rounds (each at most one
             point per unit). 0 only warns. Defaults to 3.
         importance (dict, optional): the ranking criterion from ``IMPORTANCE`` (``dict(type='L1Norm')``,
-            ``dict(type='BNScale')``, ...). Defaults to ``GroupFisher(delta='none')`` on the calibration batches.
+            ``dict(type='GroupMagnitude')``, ``dict(type='BNScale')``, ...). Defaults to
+            ``GroupFisher(delta='none')`` on the calibration batches.
         input_shape (Sequence[int]): ``(C, H, W)`` of the trace and of the cost counts. Defaults to (3, 800, 1333).
         skip, skip_unmatched, divisor, prune_frozen, verify_export: as :class:`FisherPruningHook`.
         allow_random_init (bool): prune without ``load_from`` (a randomly initialised model). Defaults to False:

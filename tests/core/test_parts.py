@@ -241,3 +241,40 @@ def test_schedules():
         IntervalTopK(interval=0)
     with pytest.raises(ValueError, match='delta'):
         GroupFisher(delta='memory')
+
+
+def test_group_magnitude_averages_every_weight_slice_an_atom_owns():
+    """Torch-Pruning's group magnitude: the producer's filter, the norm's scale and the plain reader's input column
+    (p-th powers summed per slice, averaged over the slices); a depthwise reader has no column per atom."""
+    from mmfisher.core.importance import GroupMagnitude
+    from mmfisher.registry import IMPORTANCE
+
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+            self.dw = nn.Conv2d(4, 4, 3, groups=4)
+            self.b = nn.Conv2d(4, 5, 1)
+
+        def forward(self, x):
+            return self.b(self.dw(self.bn(self.a(x))))
+
+    torch.manual_seed(0)
+    model = Chain()
+    with torch.no_grad():
+        model.bn.weight.uniform_(0.5, 2)
+    graph = analyze(model, input_forward(torch.randn(1, 3, 9, 9)))
+    crit = GroupMagnitude()
+    crit.attach(model, graph)
+    score = crit.raw_scores()
+    atoms = graph.out_atoms['a']
+    w_a = model.a.weight.detach().double().pow(2).reshape(4, -1).sum(1)
+    gamma = model.bn.weight.detach().double().pow(2)
+    assert len({int(a) for a in atoms} & {int(a) for a in graph.out_atoms['dw']}) == 4  # dw is in a's unit
+    w_dw = model.dw.weight.detach().double().pow(2).reshape(4, -1).sum(1)  # its filters: output slices
+    w_b = model.b.weight.detach().double().pow(2).movedim(1, 0).reshape(4, -1).sum(1)  # b's input columns
+    expected = (w_a + gamma + w_dw + w_b) / 4  # dw as reader: grouped, left out
+    assert np.allclose(score[atoms], expected.numpy())
+    assert isinstance(IMPORTANCE.build(dict(type='GroupMagnitude', p=1)), GroupMagnitude)
+    with pytest.raises(ValueError, match=r'^p=0 must be a number > 0'):
+        GroupMagnitude(p=0)
