@@ -63,12 +63,16 @@ def scope_of(cfg) -> str:
 
 def build_model(cfg, pretrained: bool = False, init_weights: bool = False) -> nn.Module:
     """Build ``cfg.model`` in the config's default scope, without pretrained weights unless asked
-    (``init_weights`` runs the model's own initialisation; PyTorch's default initialisation otherwise)."""
+    (``init_weights`` runs the model's own initialisation; PyTorch's default initialisation otherwise). A
+    top-level ``data_preprocessor`` (mmpretrain's configs) goes into the model dict unless it sets its own, as
+    mmengine's Runner does, so the model is the one ``tools/train.py`` builds (its structure fingerprint included)."""
     import mmfisher  # noqa: F401  registers mmfisher components
     from mmengine.registry import MODELS, init_default_scope
     scope = scope_of(cfg)
     init_default_scope(scope)
     model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor') is not None and isinstance(model_cfg, dict):
+        model_cfg.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
     if not pretrained:
         model_cfg = strip_pretrained(model_cfg)
     model = MODELS.build(model_cfg)

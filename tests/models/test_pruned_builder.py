@@ -241,3 +241,21 @@ def test_trace_forward_is_deterministic_and_leaves_the_global_rng_alone(kind):
         a, b = f1(model), f2(model)
     from _hook_helpers import tensors
     assert all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b)))
+
+
+def test_build_model_takes_the_top_level_data_preprocessor_as_the_runner_does():
+    """mmpretrain configs set ``data_preprocessor`` at the top level; mmengine's Runner moves it into the model, so a
+    channels.json written in tools/train.py fingerprints that model: mmfisher.zoo.build_model (verify_slimming, the
+    demo, inference scripts) must build the same one, or the Pruned model refuses its own checkpoint."""
+    from mmengine.registry import MODELS, init_default_scope
+    import mmfisher  # noqa: F401
+    from mmfisher.core.slim import model_fingerprint
+    from mmfisher.zoo import build_model
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'tiny', 'resnet_tiny_shapes_cls.py'))
+    model = build_model(cfg)
+    assert type(model.data_preprocessor).__name__ == 'ClsDataPreprocessor'
+    init_default_scope('mmpretrain')
+    runner_cfg = copy.deepcopy(cfg.model)
+    runner_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)  # what Runner.build_model is given
+    assert model_fingerprint(model) == model_fingerprint(MODELS.build(runner_cfg))
