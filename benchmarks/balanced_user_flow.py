@@ -143,8 +143,12 @@ for tag, m in (('unpruned', base), ('pruned', slim)):
 for tag, m in (('unpruned', base), ('pruned', slim)):  # the unpruned model's export: what the runtime gives anyway
     w = TensorMode(m, samples).eval()
     path = {onnx!r}.replace('.onnx', '_' + tag + '.onnx')
-    torch.onnx.export(w, (x,), path, opset_version=17, dynamo=False, input_names=['inputs'])
-    got = ort.InferenceSession(path, providers=['CPUExecutionProvider']).run(None, dict(inputs=x.numpy()))
+    try:
+        torch.onnx.export(w, (x,), path, opset_version=17, dynamo=False, input_names=['inputs'])
+        got = ort.InferenceSession(path, providers=['CPUExecutionProvider']).run(None, dict(inputs=x.numpy()))
+    except Exception as exc:  # noqa: BLE001  recorded: an op the exporter or the runtime lacks (mmcv's DCN)
+        out[tag + '_onnx_error'] = (type(exc).__name__ + ': ' + str(exc))[:300]
+        continue
     with torch.no_grad():
         ref = w(x)
     out[tag + '_onnx_max_abs_diff'] = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))

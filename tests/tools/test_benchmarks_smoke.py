@@ -338,6 +338,9 @@ def test_balanced_user_flow_row(tmp_path):
     with open(out) as f:
         d = json.load(f)
     row = d['rows']['vfnet_r50']
-    assert d['ok'] == 1 and row['ok'] is True, row
+    assert all(row[step]['rc'] == 0 for step in ('prune', 'finetune', 'test', 'export')), row
     assert abs(row['flops_ratio'] - 0.5) <= 0.01 and row['unprunable_layers_named'] >= 1
-    assert osp.exists(tmp_path / 'w' / 'vfnet_r50' / 'ft' / 'iter_4.pth')
+    exp = row['export']
+    assert exp['same_class'] is True and exp['cls'] == 'VFNet' and 0.45 <= exp['flops_ratio_mmengine'] <= 0.55
+    # its deformable convs export as mmcv's custom op, which plain onnxruntime lacks: recorded, the row not ok
+    assert 'MMCVDeformConv2d' in exp['pruned_onnx_error'] and row['ok'] is False and d['ok'] == 0
