@@ -107,16 +107,10 @@ test_dataloader = val_dataloader
 }
 
 INIT = '''
-import torch, mmfisher
+import torch
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from {scope}.registry import MODELS
-init_default_scope({scope!r})
-cfg = Config.fromfile({cfg!r})
-if cfg.get('data_preprocessor'):
-    cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
-m = MODELS.build(cfg.model)
-m.init_weights()
+from mmfisher.zoo import build_model
+m = build_model(Config.fromfile({cfg!r}), init_weights=True)
 torch.save(dict(state_dict=m.state_dict(), meta=dict()), {out!r})
 '''
 
@@ -184,7 +178,7 @@ def one(name, work):
     init = osp.join(d, 'init.pth')
     row = {'config': cfg, 'mode': mode, 'recipe': 'custom_hooks = _base_.custom_hooks + [...]' if base_hooks
            else "_base_ += ['mmfisher::_base_/balanced_pruning.py']"}
-    rc, s, err = _run([py, '-c', INIT.format(scope=scope, cfg=osp.join(d, 'model.py'), out=init)],
+    rc, s, err = _run([py, '-c', INIT.format(cfg=osp.join(d, 'model.py'), out=init)],
                       osp.join(d, 'init.log'))
     row['init'] = dict(rc=rc, s=s, error=err)
     if rc:

@@ -11,8 +11,9 @@ SCOPES = ('mmdet', 'mmpretrain')
 
 
 def load_config(spec: str):
-    """A config from a path or ``mmdet::``/``mmpretrain::``/``mmfisher::`` package path."""
-    from mmengine.config import Config
+    """A config from a path or ``mmdet::``/``mmpretrain::``/``mmfisher::`` package path, read by
+    :func:`mmfisher.engine.load_config` (a key two ``_base_`` files set is named, with the fix)."""
+    from .engine.config import load_config as read
     if '::' in spec:
         pkg, rel = spec.split('::', 1)
         from mmengine.utils import get_installed_path
@@ -24,10 +25,10 @@ def load_config(spec: str):
         if not os.path.isfile(path):
             raise FileNotFoundError(f'config "{spec}" not found: no {rel} in {pkg}\'s shipped configs '
                                     f'({os.path.join(root, ".mim", "configs")})')
-        return Config.fromfile(path)
+        return read(path)
     if not os.path.isfile(spec):
         raise FileNotFoundError(f'config "{spec}" not found: give a config path or mmdet::/mmpretrain:: path')
-    return Config.fromfile(spec)
+    return read(spec)
 
 
 def strip_pretrained(cfg: Any) -> Any:

@@ -132,16 +132,23 @@ def _stochastic(m: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode for the block (``model_mode='eval'``: a loss of the model's inference
-    outputs), each one's flag restored after."""
+def _flags_restored(module: nn.Module) -> Iterator[None]:
+    """Every submodule's train flag restored after the block."""
     flags = [(m, m.training) for m in module.modules()]
-    module.eval()
     try:
         yield
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block (``model_mode='eval'``: a loss of the model's inference
+    outputs), each one's flag restored after."""
+    with _flags_restored(module):
+        module.eval()
+        yield
 
 
 @contextlib.contextmanager
@@ -154,16 +161,12 @@ def loss_mode(module: nn.Module) -> Iterator[None]:
     stored statistics (stored statistics used, never updated; :func:`~.norm_stats.batch_statistics` makes the
     trained ones normalise with the batch's own) and every stochastic layer (dropout, attention dropout,
     drop-path) in eval mode, so the same batch gives the same loss at every measurement."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.train()
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) or _stochastic(m):
-            m.eval()
-    try:
+    with _flags_restored(module):
+        module.train()
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) or _stochastic(m):
+                m.eval()
         yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 @contextlib.contextmanager

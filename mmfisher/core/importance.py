@@ -201,6 +201,11 @@ class Taylor(GradientImportance):
         return np.abs(self.sums.numpy())
 
 
+def _slice_sums(w: torch.Tensor, dim: int, p: float = 1.0) -> np.ndarray:
+    """(w.shape[dim],) float64: ``sum |w|^p`` over each slice of ``w`` along ``dim``."""
+    return w.detach().abs().double().movedim(dim, 0).reshape(w.shape[dim], -1).pow(p).sum(1).cpu().numpy()
+
+
 def _weight_out_dim(rule: Any, module: nn.Module) -> int:
     """The weight dimension that indexes output channels (1 for transposed convs, else 0)."""
     dim = getattr(rule, 'weight_out_dim', None)
@@ -267,7 +272,7 @@ class GroupMagnitude(Importance):
         delta: as :class:`Importance`. Defaults to ``'none'``.
     """
 
-    def __init__(self, p: int = 2, delta: str = 'none') -> None:
+    def __init__(self, p: float = 2, delta: str = 'none') -> None:
         super().__init__(delta)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0:
             raise ValueError(f'p={p!r} must be a number > 0, e.g. 2')
@@ -291,13 +296,12 @@ class GroupMagnitude(Importance):
             w = getattr(modules[name], 'weight', None)
             if not isinstance(w, torch.Tensor):
                 continue
-            w = w.detach().abs().double()
             if rule.is_norm and w.numel() == atoms.size:
-                add(atoms, w.pow(self.p).cpu().numpy())
+                add(atoms, _slice_sums(w.reshape(-1), 0, self.p))
             elif rule.is_weighted:
                 dim = _weight_out_dim(rule, modules[name])
                 if w.shape[dim] == atoms.size:
-                    add(atoms, w.movedim(dim, 0).reshape(atoms.size, -1).pow(self.p).sum(1).cpu().numpy())
+                    add(atoms, _slice_sums(w, dim, self.p))
         for name, atoms in self.graph.in_atoms.items():
             w = getattr(modules[name], 'weight', None)
             if not isinstance(w, torch.Tensor) or w.dim() < 2:
@@ -305,8 +309,7 @@ class GroupMagnitude(Importance):
             in_dim = 1 - _weight_out_dim(self.graph.rules[name], modules[name])
             if w.shape[in_dim] != atoms.size or getattr(modules[name], 'groups', 1) != 1:
                 continue  # grouped / depthwise or flattened readers: no one input column per atom
-            w = w.detach().abs().double()
-            add(atoms, w.movedim(in_dim, 0).reshape(atoms.size, -1).pow(self.p).sum(1).cpu().numpy())
+            add(atoms, _slice_sums(w, in_dim, self.p))
         return score / np.maximum(count, 1)
 
 
