@@ -56,6 +56,55 @@ MODELS = {
     'swin_tiny': ('mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py',
                   CLS3 + "\nmodel['backbone'].update(img_size=64, pad_small_map=True)", 'estimated', False),
 }
+DET3 = "model['bbox_head']['num_classes'] = 3"
+RCNN3 = "model['roi_head']['bbox_head']['num_classes'] = 3"
+# a second set (``--set more``, ``benchmarks/results/balanced_user_flow_more.json``): 14 mmdet and 20 mmpretrain
+# configs beyond the first 15 and beyond every test and other benchmark; LeViT, EfficientFormer and VGG at 224 px (their
+# attention biases and VGG's classifier are sized for it)
+MORE = {
+    'yolof_r50': ('mmdet::yolof/yolof_r50-c5_8xb8-1x_coco.py', DET3, 'measured', False),
+    'faster_rcnn_r50_c4': ('mmdet::faster_rcnn/faster-rcnn_r50-caffe_c4-1x_coco.py', RCNN3, 'estimated', False),
+    'retinanet_nasfpn': ('mmdet::nas_fpn/retinanet_r50_nasfpn_crop640-50e_coco.py', DET3, 'estimated', False),
+    'faster_rcnn_pafpn': ('mmdet::pafpn/faster-rcnn_r50_pafpn_1x_coco.py', RCNN3, 'estimated', False),
+    'fovea_r50': ('mmdet::foveabox/fovea_r50_fpn_4xb4-1x_coco.py', DET3, 'estimated', False),
+    'autoassign_r50': ('mmdet::autoassign/autoassign_r50-caffe_fpn_1x_coco.py', DET3, 'estimated', False),
+    'libra_retinanet': ('mmdet::libra_rcnn/libra-retinanet_r50_fpn_1x_coco.py', DET3, 'estimated', False),
+    'retinanet_regnetx_800mf': ('mmdet::regnet/retinanet_regnetx-800MF_fpn_1x_coco.py', DET3, 'estimated', False),
+    'fcos_hrnet_w18': ('mmdet::hrnet/fcos_hrnetv2p-w18-gn-head_4xb4-1x_coco.py', DET3, 'estimated', False),
+    'atss_dyhead': ('mmdet::dyhead/atss_r50_fpn_dyhead_1x_coco.py', DET3, 'estimated', False),
+    'faster_rcnn_resnest50': ('mmdet::resnest/faster-rcnn_s50_fpn_syncbn-backbone+head_ms-range-1x_coco.py', RCNN3,
+                              'estimated', False),
+    'double_heads_r50': ('mmdet::double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py', RCNN3, 'estimated', False),
+    'sabl_retinanet': ('mmdet::sabl/sabl-retinanet_r50_fpn_1x_coco.py', DET3, 'estimated', False),
+    'ghm_retinanet': ('mmdet::ghm/retinanet_r50_fpn_ghm-1x_coco.py', DET3, 'estimated', False),
+    'seresnet50': ('mmpretrain::seresnet/seresnet50_8xb32_in1k.py', CLS3, 'measured', False),
+    'mobileone_s0': ('mmpretrain::mobileone/mobileone-s0_8xb32_in1k.py', CLS3, 'measured', False),
+    'repvgg_a0': ('mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py', CLS3, 'measured', False),
+    'efficientnetv2_b0': ('mmpretrain::efficientnet_v2/efficientnetv2-b0_8xb32_in1k.py', CLS3, 'measured', False),
+    'mobilevit_xxsmall': ('mmpretrain::mobilevit/mobilevit-xxsmall_8xb128_in1k.py', CLS3, 'measured', False),
+    'poolformer_s12': ('mmpretrain::poolformer/poolformer-s12_32xb128_in1k.py', CLS3, 'measured', False),
+    'deit_tiny': ('mmpretrain::deit/deit-tiny_4xb256_in1k.py', CLS3 + "\nmodel['backbone']['img_size'] = 64",
+                  'measured', False),
+    'twins_pcpvt_small': ('mmpretrain::twins/twins-pcpvt-small_8xb128_in1k.py', CLS3, 'estimated', False),
+    'van_tiny': ('mmpretrain::van/van-tiny_8xb128_in1k.py', CLS3, 'measured', False),
+    'edgenext_xxsmall': ('mmpretrain::edgenext/edgenext-xxsmall_8xb256_in1k.py', CLS3, 'measured', False),
+    'levit_128s': ('mmpretrain::levit/levit-128s_8xb256_in1k.py', CLS3, 'measured', False),
+    'tinyvit_5m': ('mmpretrain::tinyvit/tinyvit-5m_8xb256_in1k.py', CLS3 + "\nmodel['backbone']['img_size'] = (64, 64)",
+                   'measured', False),
+    'convnext_v2_atto': ('mmpretrain::convnext_v2/convnext-v2-atto_32xb32_in1k.py', CLS3, 'measured', True),
+    'riformer_s12': ('mmpretrain::riformer/riformer-s12_8xb128_in1k.py', CLS3, 'measured', False),
+    'efficientformer_l1': ('mmpretrain::efficientformer/efficientformer-l1_8xb128_in1k.py', CLS3, 'measured',
+                           False),
+    'hornet_tiny': ('mmpretrain::hornet/hornet-tiny_8xb128_in1k.py', CLS3, 'estimated', False),
+    'conformer_tiny': ('mmpretrain::conformer/conformer-tiny-p16_8xb128_in1k.py', CLS3, 'estimated', False),
+    'davit_tiny': ('mmpretrain::davit/davit-tiny_4xb256_in1k.py',
+                   CLS3 + "\nmodel['backbone']['pad_small_map'] = True", 'estimated', False),
+    'cspdarknet50': ('mmpretrain::cspnet/cspdarknet50_8xb32_in1k.py', CLS3, 'measured', False),
+    'vgg11': ('mmpretrain::vgg/vgg11_8xb32_in1k.py',
+              "model['backbone']['num_classes'] = 3\ndata_preprocessor = dict(num_classes=3)", 'estimated', False),
+}
+FIRST = list(MODELS)
+MODELS.update(MORE)
 
 DATA = '''
 _data_root = '{root}/data/generated/shapes_det/'
@@ -94,7 +143,18 @@ test_evaluator = val_evaluator
 
 # what a model needs beyond the common data settings: CenterNet tests on its own padded crop (its head reads the
 # crop's `border`)
+_RESIZE224 = '''
+for _dl in (train_dataloader, val_dataloader):
+    _dl['dataset']['pipeline'] = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(224, 224)),
+                                  dict(type='PackInputs')]
+test_dataloader = val_dataloader
+'''
+SHAPE = {'levit_128s': (3, 224, 224), 'efficientformer_l1': (3, 224, 224), 'vgg11': (3, 224, 224)}
 EXTRA = {
+    'faster_rcnn_r50_c4': "model['roi_head']['shared_head']['init_cfg'] = None\n",  # no download: a random init
+    'levit_128s': _RESIZE224,
+    'efficientformer_l1': _RESIZE224,
+    'vgg11': _RESIZE224,
     'centernet_r18': '''
 val_dataloader['dataset']['pipeline'] = [
     dict(type='LoadImageFromFile', to_float32=True),
@@ -168,7 +228,7 @@ def _run(cmd, log):
 def one(name, work):
     cfg, classes, mode, base_hooks = MODELS[name]
     scope = cfg.split('::')[0]
-    shape = (3, 128, 128) if scope == 'mmdet' else (3, 64, 64)
+    shape = SHAPE.get(name, (3, 128, 128) if scope == 'mmdet' else (3, 64, 64))
     d = osp.join(work, name)
     os.makedirs(d, exist_ok=True)
     py = sys.executable
@@ -228,18 +288,29 @@ default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=4, by_epoch
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
+    p.add_argument('--models', nargs='+', default=None, choices=list(MODELS),
+                   help='the models to run (default: the --set)')
+    p.add_argument('--set', choices=('first', 'more'), default='first',
+                   help='first: the 15 configs of balanced_user_flow.json; more: the 34 of balanced_user_flow_more.json')
     p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'bench', 'balanced_user_flow'))
-    p.add_argument('--out', default=None, help='the JSON file (default benchmarks/results/balanced_user_flow.json)')
+    p.add_argument('--out', default=None, help='the JSON file (default benchmarks/results/balanced_user_flow.json, '
+                   'or _more.json for --set more)')
+    p.add_argument('--update', action='store_true',
+                   help="keep the out file's other rows: rerun only --models and replace their rows")
     args = p.parse_args()
-    res = Result('balanced_user_flow', args.out)
+    if args.models is None:
+        args.models = FIRST if args.set == 'first' else list(MORE)
+    res = Result('balanced_user_flow' if args.set == 'first' else 'balanced_user_flow_more', args.out)
     res['rows'] = {}
+    if args.update and osp.exists(res.path):
+        res['rows'] = json.load(open(res.path))['rows']
+        res['updated_rows'] = args.models
     for name in args.models:
         res['rows'][name] = one(name, args.work_dir)
         print(name, json.dumps(res['rows'][name]), flush=True)
         res.save(final=False)
     res['ok'] = sum(r['ok'] for r in res['rows'].values())
-    print(res.save(), f"{res['ok']} of {len(args.models)} ok")
+    print(res.save(), f"{res['ok']} of {len(res['rows'])} ok")
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ from mmengine.dist import is_main_process
 
 import mmfisher  # noqa: F401  registers mmfisher and applies its runtime patches before anything is built
 from mmfisher.engine import launch, load_config
+from mmfisher.hooks.checkpoint_match import CheckpointFitHook
 
 
 def parse_args() -> argparse.Namespace:
@@ -26,6 +27,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, xxx=yyy format, e.g. test_dataloader.batch_size=4')
+    parser.add_argument('--allow-partial-checkpoint', action='store_true',
+                        help='test a checkpoint that leaves tensors of the model unloaded (refused by default: '
+                        'mmengine would keep them randomly initialised)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -52,6 +56,7 @@ def main() -> None:
         launch.enable_visualization(cfg, scope, args.show_dir)
     dump = launch.dump_metric(scope, args.out) if args.out else None
     runner = launch.build_runner(cfg)
+    runner.register_hook(CheckpointFitHook(args.allow_partial_checkpoint))  # a checkpoint that leaves weights random is refused, not tested
     if dump is not None:
         runner.test_evaluator.metrics.append(dump)
     with launch.naming_checkpoint(cfg.get('load_from')):

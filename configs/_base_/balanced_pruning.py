@@ -57,6 +57,7 @@ custom_hooks = [
         prune_frozen=False,          # leave channels of frozen stages alone
         verify_export=True,          # refuse to write a slimmed model that differs from the masked one
         allow_random_init=False,     # refuse to prune without load_from
+        allow_partial_checkpoint=False,  # refuse a load_from that leaves tensors of the model random
         seed=0,                      # torch's RNG seeded per calibration batch while measuring (stochastic losses)
         tolerance=0.01,              # warn when the structure lies more than this below the target
         plot=True),                  # balanced_curves.png and kept_channels.png

@@ -45,5 +45,6 @@ custom_hooks = [
         verify_export=True,          # refuse to write a slimmed model that differs from the masked one
         importance=None,             # None: GroupFisher(delta=delta); or a criterion, e.g. dict(type='Taylor')
         schedule=None,               # None: IntervalTopK(interval, k=channels_per_step); or dict(type='AdaptiveK')
-        skip_unmatched='warn'),      # a `skip` pattern that matches no layer: 'warn' | 'error'
+        skip_unmatched='warn',       # a `skip` pattern that matches no layer: 'warn' | 'error'
+        allow_partial_checkpoint=False),  # refuse a load_from / resume checkpoint that leaves tensors random
 ]

@@ -25,23 +25,16 @@ from ..core.files import atomic_write_all
 from ..core.importance import GroupFisher, Importance
 from ..core.state import PruningState
 from ..models.invariant import invariant_methods
-from ..models.target import pruned_module
+from ..models.target import pruned_module, unwrap
 from ..models.tracing import check_input_shape, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS
 from .args import build_part, is_int, patterns, ratio_text, short_list
+from .checkpoint_match import refuse_mismatch
 
 CURVES_FILE = 'balanced_curves.json'
 OVERFIT_LOSS = 1e-3  # an unpruned training loss below this: the hook suggests held-out calibration data
 CURVES_PLOT = 'balanced_curves.png'
 KEPT_PLOT = 'kept_channels.png'
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The runner's model without DDP-style wrappers (a distiller stays whole: its loss is the loss)."""
-    from mmengine.model import is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return model
 
 
 def _total_loss(model: torch.nn.Module, losses: Any) -> torch.Tensor:
@@ -132,6 +125,10 @@ class BalancedPruningHook(Hook):
         skip, skip_unmatched, divisor, prune_frozen, verify_export: as :class:`FisherPruningHook`.
         allow_random_init (bool): prune without ``load_from`` (a randomly initialised model). Defaults to False:
             refused, since the curves of an untrained model mean nothing.
+        allow_partial_checkpoint (bool): go on (with a warning) when ``load_from`` leaves tensors of the model
+            unloaded (missing, or of another shape: a ``pruned.pth``, another depth or class count). Defaults to
+            False: refused (:class:`~mmfisher.hooks.checkpoint_match.CheckpointMismatch`), since those weights
+            would stay random.
         seed (int): torch's RNG is seeded per calibration batch while measuring (restored after). Defaults to 0.
         tolerance (float): warn when the structure lies more than this below the target. Defaults to 0.01.
         plot (bool): write ``balanced_curves.png`` and ``kept_channels.png`` (matplotlib). Defaults to True.
@@ -161,6 +158,7 @@ class BalancedPruningHook(Hook):
                  prune_frozen: bool = False,
                  verify_export: bool = True,
                  allow_random_init: bool = False,
+                 allow_partial_checkpoint: bool = False,
                  seed: int = 0,
                  tolerance: float = 0.01,
                  plot: bool = True) -> None:
@@ -181,7 +179,8 @@ class BalancedPruningHook(Hook):
             raise ValueError(f'divisor={divisor!r} must be an int >= 1 (e.g. 8 to keep channel counts multiples '
                              'of 8)')
         for name, value in (('prune_frozen', prune_frozen), ('verify_export', verify_export),
-                            ('allow_random_init', allow_random_init), ('plot', plot)):
+                            ('allow_random_init', allow_random_init),
+                            ('allow_partial_checkpoint', allow_partial_checkpoint), ('plot', plot)):
             if not isinstance(value, bool):
                 raise TypeError(f'{name}={value!r} must be True or False')
         if skip_unmatched not in ('warn', 'error'):
@@ -206,6 +205,7 @@ class BalancedPruningHook(Hook):
         self.prune_frozen = prune_frozen
         self.verify_export = verify_export
         self.allow_random_init = allow_random_init
+        self.allow_partial_checkpoint = allow_partial_checkpoint
         self.plot = plot
         self.state: Optional[PruningState] = None
         self.result: Optional[BalancedResult] = None
@@ -227,11 +227,17 @@ class BalancedPruningHook(Hook):
                              'load_from to the trained, unpruned checkpoint (--cfg-options load_from=PATH), or '
                              'set allow_random_init=True in the hook to prune a random model on purpose')
 
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Refuse a checkpoint that leaves weights of the pruned model random (mmengine calls this before it
+        loads the checkpoint, non-strictly)."""
+        refuse_mismatch('BalancedPruningHook', runner.model, checkpoint, self.allow_partial_checkpoint,
+                        runner.logger.warning)
+
     # ------------------------------------------------------------------ the method
     def before_train(self, runner) -> None:
         t_start = time.perf_counter()
         model = pruned_module(runner.model)
-        full = _unwrap(runner.model)
+        full = unwrap(runner.model)  # a distiller stays whole: its loss is the loss
         t0 = time.perf_counter()
         graph = analyze_fast(model, lambda m: make_trace_forward(m, self.input_shape))
         self.wall['trace'] = time.perf_counter() - t0
@@ -282,6 +288,12 @@ class BalancedPruningHook(Hook):
         self.wall['prune'] = time.perf_counter() - t_start
         for w in res.warnings:
             runner.logger.warning(f'BalancedPruningHook: {w}')
+        if res.batches < self.calibration_batches:
+            runner.logger.warning(
+                f'BalancedPruningHook: calibration_batches={self.calibration_batches} but the '
+                f'{self.calibration_data} gave {res.batches} batch(es) in total (its dataset is smaller): the curves '
+                f'were measured on {res.batches}. Fix: a larger calibration set, or calibration_batches <= '
+                f'{res.batches} to silence this')
         if self.calibration_dataloader is None and measure_fn is None and 0 <= res.base_loss < OVERFIT_LOSS:
             runner.logger.warning(
                 f'BalancedPruningHook: the unpruned model\'s loss on its training batches is {res.base_loss:.3g} '

@@ -24,6 +24,7 @@ from ..models.target import pruned_module
 from ..models.tracing import check_input_shape, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS, SCHEDULES
 from .args import build_part, is_int, is_number, patterns, ratio_text, short_list
+from .checkpoint_match import refuse_mismatch
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
 STATE_KEY = 'fisher_pruning'
@@ -94,6 +95,10 @@ class FisherPruningHook(Hook):
             interval=10, k=1)`` (the default, from ``interval`` / ``channels_per_step`` / ``start_iter``) or
             ``dict(type='AdaptiveK', interval=10, share=0.01)`` (a share of the eligible atoms per step, so a
             large model needs few steps); give the flat arguments or this, not both.
+        allow_partial_checkpoint (bool): go on (with a warning) when the ``load_from`` / ``--resume``
+            checkpoint leaves tensors of the pruned model unloaded (missing, or of another shape: a ``pruned.pth``,
+            a COCO detector's classifier for a new class count). Defaults to False: refused
+            (:class:`~mmfisher.hooks.checkpoint_match.CheckpointMismatch`), since those weights would stay random.
 
     Priority ``'LOW'``: after the optimizer step (inside ``train_step``), the logger and EMA hooks, and before
     ``CheckpointHook`` (``'VERY_LOW'``), so a checkpoint holds this iteration's masks and Fisher sums
@@ -121,7 +126,8 @@ class FisherPruningHook(Hook):
                  verify_export: bool = True,
                  importance: Optional[Union[dict, Importance]] = None,
                  schedule: Optional[Union[dict, Schedule]] = None,
-                 skip_unmatched: str = 'warn') -> None:
+                 skip_unmatched: str = 'warn',
+                 allow_partial_checkpoint: bool = False) -> None:
         if not is_number(target) or not 0 < float(target) < 1:
             raise ValueError(f'target={target!r} must be a number in (0, 1): the remaining share of '
                              f'{target_metric!r}, e.g. target=0.5 keeps half')
@@ -142,7 +148,7 @@ class FisherPruningHook(Hook):
             raise ValueError(f'divisor={divisor!r} must be an int >= 1 (e.g. 8 to keep channel counts multiples '
                              'of 8)')
         for name, value in (('prune_frozen', prune_frozen), ('stop_at_target', stop_at_target),
-                            ('verify_export', verify_export)):
+                            ('verify_export', verify_export), ('allow_partial_checkpoint', allow_partial_checkpoint)):
             if not isinstance(value, bool):
                 raise TypeError(f'{name}={value!r} must be True or False')
         if skip_unmatched not in ('warn', 'error'):
@@ -172,6 +178,7 @@ class FisherPruningHook(Hook):
         self.prune_frozen = prune_frozen
         self.stop_at_target = stop_at_target
         self.verify_export = verify_export
+        self.allow_partial_checkpoint = allow_partial_checkpoint
 
         self.state: Optional[PruningState] = None
         self.saved: List[float] = []                # save_thresholds already written
@@ -423,13 +430,14 @@ class FisherPruningHook(Hook):
         optimizer state, so a checkpoint of another model is refused here, with the fix, and not by torch's
         optimizer."""
         state = checkpoint.get(STATE_KEY)
-        if state is None:
-            return
-        state = self._upgrade(state)
-        if self.state is None:  # runner.train() loads checkpoints before before_train: trace now
-            self._setup(runner)
-        self._restore(state)
-        self._pending = state  # before_train logs it and compares targets
+        if state is not None:  # masks of another model are named as such first
+            state = self._upgrade(state)
+            if self.state is None:  # runner.train() loads checkpoints before before_train: trace now
+                self._setup(runner)
+            self._restore(state)
+            self._pending = state  # before_train logs it and compares targets
+        refuse_mismatch('FisherPruningHook', runner.model, checkpoint, self.allow_partial_checkpoint,
+                        runner.logger.warning)
 
     @staticmethod
     def _upgrade(state: Any) -> Dict[str, Any]:

@@ -158,6 +158,22 @@ def test_a_near_zero_training_loss_warns_and_names_calibration_dataloader(tmp_pa
     assert seen[1] == []  # calibrated on the data given: no advice
 
 
+def test_a_calibration_set_smaller_than_calibration_batches_warns_with_the_count(tmp_path, checkpoint, monkeypatch):
+    small = toy_loader(ToyData(n=6, seed=5))  # batch_size 4: 2 batches (the last one of 2 images)
+    runner = toy_runner(str(tmp_path / 'w'), load_from=checkpoint, calibration_dataloader=small,
+                        calibration_batches=5, grid=(0.5,))
+    logged = []
+    monkeypatch.setattr(runner.logger, 'warning', lambda msg, *a, **k: logged.append(msg))
+    runner.train()
+    short = [m for m in logged if 'gave' in m]
+    assert short == ['BalancedPruningHook: calibration_batches=5 but the calibration_dataloader gave 2 batch(es) in '
+                     'total (its dataset is smaller): the curves were measured on 2. Fix: a larger calibration set, '
+                     'or calibration_batches <= 2 to silence this']
+    assert get_hook(runner).result.batches == 2
+    with open(osp.join(tmp_path, 'w', 'channels.json')) as f:
+        assert json.load(f)['meta']['calibration_batches'] == 2
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize('value, error', [(5, TypeError), ('data/val', TypeError), (dict(batch_size=4), ValueError)])
 def test_bad_calibration_dataloader_names_the_field(value, error):
@@ -201,6 +217,30 @@ def test_unreachable_target_is_refused_with_the_best_ratio_and_nothing_written(t
                                                 r'ratio is 0\.\d{4}.*Fix: set target >= '):
         toy_runner(work, load_from=checkpoint, target=0.05, skip=('stem',)).train()
     no_outputs(work)
+
+
+def test_a_checkpoint_of_another_width_is_refused_unless_allowed(tmp_path, checkpoint):
+    # a checkpoint whose tensors do not fit the model (here the head of a narrower net): mmengine loads it
+    # non-strictly and keeps those weights random; the hook refuses before anything is measured
+    from mmfisher.hooks.checkpoint_match import CheckpointMismatch
+    state = torch.load(checkpoint, weights_only=True)['state_dict']
+    state['head.weight'] = state['head.weight'][:, :WIDTH - 4]
+    del state['mid.bias']
+    bad = str(tmp_path / 'narrow.pth')
+    torch.save({'state_dict': state}, bad)
+    work = str(tmp_path / 'w')
+    with pytest.raises(CheckpointMismatch, match=r'BalancedPruningHook: the checkpoint does not fit the ToyNet it '
+                       r'would prune: 1 of \d+ tensors have other shapes \(e\.g\. head\.weight \(2, 12, 1, 1\) in the '
+                       r'checkpoint, \(2, 16, 1, 1\) in the model\); 1 of \d+ tensors are missing \(e\.g\. mid\.bias\).*'
+                       r'Fix: set load_from to the trained checkpoint.*allow_partial_checkpoint=True'):
+        toy_runner(work, load_from=bad).train()
+    no_outputs(work)
+    work2 = str(tmp_path / 'w2')
+    runner = toy_runner(work2, load_from=bad, allow_partial_checkpoint=True, calibration_batches=1, grid=(0.5,))
+    runner.train()
+    assert osp.isfile(osp.join(work2, 'channels.json'))
+    with pytest.raises(TypeError, match='allow_partial_checkpoint'):
+        toy_runner(str(tmp_path / 'w3'), load_from=checkpoint, allow_partial_checkpoint='yes')
 
 
 def test_nan_loss_of_the_unpruned_model_is_refused_and_nothing_written(tmp_path, checkpoint):
@@ -317,6 +357,26 @@ def test_train_py_without_load_from_exits_non_zero_naming_the_field(tmp_path):
     proc = _train([CLS_PRUNE, '--work-dir', work, '--cfg-options', 'load_from=None'] + SMALL_DATA)
     assert proc.returncode != 0
     assert 'BalancedPruningHook: load_from is not set' in proc.stdout and 'allow_random_init=True' in proc.stdout
+    no_outputs(work)
+
+
+def test_train_py_refuses_a_pruned_checkpoint_as_load_from_and_writes_nothing(tmp_path):
+    # the slimmed pruned.pth of an earlier run given to the unpruned config: named as a pruned checkpoint, with the
+    # Pruned model as the way to use it
+    ckpt = _cls_checkpoint(str(tmp_path / 'init.pth'))
+    state = torch.load(ckpt, weights_only=True)['state_dict']
+    slim = {k: (v[:v.shape[0] // 2] if k.startswith('backbone.bn1.') and v.dim() == 1 else v) for k, v in state.items()}
+    slim['backbone.conv1.weight'] = state['backbone.conv1.weight'][:state['backbone.conv1.weight'].shape[0] // 2]
+    bad = str(tmp_path / 'pruned.pth')
+    torch.save({'state_dict': slim, 'meta': dict(mmfisher='BalancedPruningHook', channels='channels.json',
+                                                 structure_digest='0' * 32)}, bad)
+    work = str(tmp_path / 'prune')
+    proc = _train([CLS_PRUNE, '--work-dir', work, '--cfg-options', f'load_from={bad}'] + SMALL_DATA)
+    assert proc.returncode != 0
+    assert re.search(r'CheckpointMismatch: BalancedPruningHook: the checkpoint does not fit the ImageClassifier it '
+                     r'would prune: \d+ of \d+ tensors have other shapes \(e\.g\. backbone\.conv1\.weight', proc.stdout)
+    assert "It is a pruned checkpoint (written by BalancedPruningHook, channels.json)" in proc.stdout
+    assert "dict(type='mmfisher.Pruned'" in proc.stdout
     no_outputs(work)
 
 

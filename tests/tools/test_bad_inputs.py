@@ -224,3 +224,45 @@ def test_tools_train_checkpoint_that_does_not_fit_exits_non_zero_without_outputs
     assert proc.returncode != 0
     assert 'checkpoint masks do not fit the model (num_atoms: checkpoint 5' in proc.stdout
     assert not _outputs(work)
+
+
+# ---------------------------------------------------------------------------------------------- tools/test.py
+CLS_CFG = osp.join(ROOT, 'configs', 'tiny', 'resnet_tiny_shapes_cls.py')
+
+
+def _test(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, 'tools/test.py', *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+
+
+def test_tools_test_refuses_a_checkpoint_that_leaves_weights_random(tmp_path):
+    # the unpruned config given a slimmed pruned.pth: mmengine would load it with size-mismatch warnings and
+    # report the metrics of a partly random model
+    from mmengine.config import Config
+    from mmfisher.data_gen import make_all
+    from mmfisher.zoo import build_model
+    make_all(osp.join(ROOT, 'data', 'generated'), which=['shapes_cls'])
+    torch.manual_seed(0)
+    state = build_model(Config.fromfile(CLS_CFG), init_weights=True).state_dict()
+    slim = {k: (v[:v.shape[0] // 2] if k.startswith(('backbone.conv1.', 'backbone.bn1.')) and v.dim() else v)
+            for k, v in state.items()}
+    bad = str(tmp_path / 'pruned.pth')
+    torch.save({'state_dict': slim, 'meta': dict(mmfisher='FisherPruningHook', channels='channels.json',
+                                                 structure_digest='0' * 32)}, bad)
+    small = ['--cfg-options', 'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
+             'test_dataloader.dataset.indices=8']
+    work = str(tmp_path / 't')
+    proc = _test(CLS_CFG, bad, '--work-dir', work, '--out', str(tmp_path / 'preds.pkl'), *small)
+    assert proc.returncode != 0
+    assert ('CheckpointMismatch: the checkpoint does not fit the ImageClassifier of this config: 5 of '
+            in proc.stdout), proc.stdout[-3000:]
+    assert 'tensors have other shapes (e.g. backbone.conv1.weight (8, 3, 7, 7) in the checkpoint' in proc.stdout
+    assert "It is a pruned checkpoint (written by FisherPruningHook, channels.json): to test it" in proc.stdout
+    assert 'accuracy/top1' not in proc.stdout and not osp.exists(str(tmp_path / 'preds.pkl'))  # nothing evaluated
+    whole = str(tmp_path / 'trained.pth')
+    torch.save({'state_dict': state, 'meta': {}}, whole)
+    proc = _test(CLS_CFG, whole, '--work-dir', str(tmp_path / 'ok'), *small)
+    assert proc.returncode == 0 and 'accuracy/top1' in proc.stdout, proc.stdout[-3000:]  # a fitting one tests
+    proc = _test(CLS_CFG, bad, '--work-dir', str(tmp_path / 'partial'), '--allow-partial-checkpoint', *small)
+    assert proc.returncode == 0 and '--allow-partial-checkpoint: testing it as loaded' in proc.stdout
