@@ -26,7 +26,7 @@ from ..core.importance import GroupFisher, Importance
 from ..core.state import PruningState
 from ..models.invariant import invariant_methods
 from ..models.target import pruned_module, unwrap
-from ..models.tracing import check_input_shape, make_trace_forward
+from ..models.tracing import check_input_shape, input_shape_note, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS
 from .args import build_part, is_int, patterns, ratio_text, short_list
 from .checkpoint_match import refuse_mismatch
@@ -262,6 +262,10 @@ class BalancedPruningHook(Hook):
         t0 = time.perf_counter()
         batches = self._calibration(runner, full)
         self.wall['data'] = time.perf_counter() - t0
+        note = input_shape_note(self.input_shape, batches[0].get('inputs'), 'BalancedPruningHook') \
+            if batches and isinstance(batches[0], dict) else None
+        if note:
+            runner.logger.warning(note)
         world = get_world_size()
 
         def reduce(t: torch.Tensor) -> torch.Tensor:

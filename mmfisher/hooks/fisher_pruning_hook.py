@@ -21,7 +21,7 @@ from ..core.importance import DELTAS, GroupFisher, Importance
 from ..core.schedule import IntervalTopK, Schedule
 from ..core.state import METRICS, PruningState, StateMismatch
 from ..models.target import pruned_module
-from ..models.tracing import check_input_shape, make_trace_forward
+from ..models.tracing import check_input_shape, input_shape_note, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS, SCHEDULES
 from .args import build_part, is_int, is_number, patterns, ratio_text, short_list
 from .checkpoint_match import refuse_mismatch
@@ -179,6 +179,7 @@ class FisherPruningHook(Hook):
         self.stop_at_target = stop_at_target
         self.verify_export = verify_export
         self.allow_partial_checkpoint = allow_partial_checkpoint
+        self._shape_checked = False
 
         self.state: Optional[PruningState] = None
         self.saved: List[float] = []                # save_thresholds already written
@@ -295,9 +296,15 @@ class FisherPruningHook(Hook):
 
     # ------------------------------------------------------------------ per iteration
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
-        """Remember the AMP loss scale this iteration's backward uses (1.0 without AMP)."""
+        """Remember the AMP loss scale this iteration's backward uses (1.0 without AMP); on the first one, warn
+        when the images are far from ``input_shape``."""
         if self.state is None:
             return
+        if not self._shape_checked and isinstance(data_batch, dict):
+            self._shape_checked = True
+            note = input_shape_note(self.input_shape, data_batch.get('inputs'), 'FisherPruningHook')
+            if note:
+                runner.logger.warning(note)
         self.importance.collecting = not self.done and self.schedule.collects(runner.iter)
         scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
         self._scale = float(scaler.get_scale()) if scaler is not None and hasattr(scaler, 'get_scale') else 1.0

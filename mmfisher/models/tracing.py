@@ -45,6 +45,37 @@ def check_input_shape(input_shape: Any, name: str = 'input_shape') -> Tuple[int,
     return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
 
 
+SHAPE_SLACK = 2.0  # the batches' image area may differ from input_shape's this many times before a warning
+
+
+def input_shape_note(input_shape: Sequence[int], inputs: Any, owner: str) -> Optional[str]:
+    """A warning when the images the model trains on are far from ``input_shape`` (another channel count, or an
+    area more than :data:`SHAPE_SLACK` times larger or smaller), else None.
+
+    ``inputs``: a batch's ``inputs``, an ``(N, C, H, W)`` tensor (after the data preprocessor) or a list of
+    ``(C, H, W)`` tensors (before it); anything else gives None. The costs, ratios and the target are counted at
+    ``input_shape``, and a CNN's FLOP shares barely move with the size, but a head's FC layers, attention and
+    position embeddings do: a classifier left at the detection default ``(3, 800, 1333)`` is counted wrong.
+    """
+    if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+        shapes = [tuple(inputs.shape[1:])]
+    elif isinstance(inputs, (list, tuple)):
+        shapes = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor) and t.dim() == 3]
+    else:
+        shapes = []
+    if not shapes:
+        return None
+    areas = sorted(h * w for _, h, w in shapes)
+    c, h, w = shapes[len(shapes) // 2] if len(set(areas)) > 1 else shapes[0]
+    area = areas[len(areas) // 2]
+    ours = int(input_shape[1]) * int(input_shape[2])
+    if c == int(input_shape[0]) and ours / SHAPE_SLACK <= area <= ours * SHAPE_SLACK:
+        return None
+    return (f'{owner}: input_shape={tuple(int(v) for v in input_shape)} but the training batches hold {c}x{h}x{w} '
+            'images: the FLOPs and activation shares and the target are counted at input_shape, not at the size '
+            f'the model runs at. Fix: set input_shape=({c}, {h}, {w}) in the hook (the size it is deployed at)')
+
+
 def _isinstance_of(model: nn.Module, module: str, name: str) -> bool:
     try:
         mod = __import__(module, fromlist=[name])

@@ -49,8 +49,8 @@ def toy_runner(work_dir, load_from=None, train_data=None, **hook):
         model=ToyNet(width=WIDTH), work_dir=work_dir,
         train_dataloader=toy_loader(ToyData() if train_data is None else train_data),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)), train_cfg=dict(by_epoch=False, max_iters=20),
-        custom_hooks=[dict(type='mmfisher.BalancedPruningHook', input_shape=(3, 12, 12),
-                           **dict(dict(target=0.5, calibration_batches=3), **hook))],
+        custom_hooks=[dict(type='mmfisher.BalancedPruningHook',
+                           **dict(dict(input_shape=(3, 12, 12), target=0.5, calibration_batches=3), **hook))],
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1000, by_epoch=False)),
         load_from=load_from, default_scope=None, randomness=dict(seed=0))
 
@@ -172,6 +172,19 @@ def test_a_calibration_set_smaller_than_calibration_batches_warns_with_the_count
     assert get_hook(runner).result.batches == 2
     with open(osp.join(tmp_path, 'w', 'channels.json')) as f:
         assert json.load(f)['meta']['calibration_batches'] == 2
+
+
+def test_an_input_shape_far_from_the_batches_images_warns_with_their_size(tmp_path, checkpoint, monkeypatch):
+    for name, shape, expect in (('same', (3, 12, 12), 0), ('far', (3, 48, 48), 1)):
+        runner = toy_runner(str(tmp_path / name), load_from=checkpoint, input_shape=shape, grid=(0.5,))
+        logged = []
+        monkeypatch.setattr(runner.logger, 'warning', lambda msg, *a, **k: logged.append(msg))
+        runner.train()
+        notes = [m for m in logged if 'input_shape=' in m]
+        assert len(notes) == expect, notes
+    assert notes[0].startswith('BalancedPruningHook: input_shape=(3, 48, 48) but the training batches hold 3x12x12 '
+                               'images') and notes[0].endswith('Fix: set input_shape=(3, 12, 12) in the hook (the size '
+                                                               'it is deployed at)')
 
 
 # ---------------------------------------------------------------------------------------------- bad input
