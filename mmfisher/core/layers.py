@@ -928,7 +928,9 @@ class _InferSizes(TorchFunctionMode):
     """While a slimmed module's own forward runs: a ``view`` / ``reshape`` whose sizes no longer match its
     tensor (a width read off the input, ``reshape(B, N, C)``, that pruning made different from the tensor's)
     gets the size at one of ``positions`` (``[number of sizes, position]`` pairs, recorded by the trace) inferred
-    (-1) instead, if that makes the sizes match."""
+    (-1) instead, if that makes the sizes match. Under ``torch.jit.trace`` (ONNX export, mmengine's FLOPs
+    counter) the sizes read off a tensor are 0-dim integer tensors: they count as their values, and the others
+    stay as given, so the traced graph keeps its dynamic sizes."""
 
     def __init__(self, positions: List[List[int]]) -> None:
         super().__init__()
@@ -940,15 +942,24 @@ class _InferSizes(TorchFunctionMode):
         if name in ('view', 'reshape') and args and isinstance(args[0], torch.Tensor) and not kwargs:
             x, rest = args[0], list(args[1:])
             sizes = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)) else rest
-            if sizes and all(isinstance(v, int) for v in sizes) and -1 not in sizes and \
-                    int(np.prod(sizes)) != x.numel():
+            values = [_size_value(v) for v in sizes]
+            if values and None not in values and -1 not in values and int(np.prod(values)) != x.numel():
                 for n, p in self.positions:
                     if n == len(sizes):
-                        rest_prod = int(np.prod([v for k, v in enumerate(sizes) if k != p]))
+                        rest_prod = int(np.prod([v for k, v in enumerate(values) if k != p]))
                         if rest_prod > 0 and x.numel() % rest_prod == 0:
                             sizes = sizes[:p] + [-1] + sizes[p + 1:]
                             return func(x, sizes)
         return func(*args, **kwargs)
+
+
+def _size_value(v: Any) -> Optional[int]:
+    """A view / reshape size as an int: a Python int, or a 0-dim integer tensor (a size under jit tracing)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+        return int(v)
+    return None
 
 
 class InferredSizesAdapter(ForwardAdapter):

@@ -61,6 +61,8 @@ class PruningState:
             kept count up to a multiple of ``divisor`` (see :func:`mmfisher.core.selection.round_up`).
         input_shape: the trace input's shape, stored in and checked against checkpoint states.
         owner: the name used in error messages (the driver, e.g. ``'FisherPruningHook'``).
+        inexact: ``{unit name: reason}`` of units kept whole because their slimming does not reproduce the masked
+            model (:func:`mmfisher.core.verify.inexact_units`); listed by :meth:`describe`.
 
     Raises:
         NothingPrunable: the graph has no atom, or none is eligible.
@@ -69,7 +71,8 @@ class PruningState:
     VERSION = 2
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, skip: Sequence[str] = (), prune_frozen: bool = False,
-                 divisor: int = 1, input_shape: Optional[Sequence[int]] = None, owner: str = 'mmfisher') -> None:
+                 divisor: int = 1, input_shape: Optional[Sequence[int]] = None, owner: str = 'mmfisher',
+                 inexact: Optional[Dict[str, str]] = None) -> None:
         self.owner = owner
         self.skip = tuple(skip)
         self.prune_frozen = bool(prune_frozen)
@@ -89,6 +92,10 @@ class PruningState:
             eligible &= graph.trainable
         for i in self.skipped_units:
             eligible[self.unit_atoms[i]] = False
+        self.inexact = dict(inexact or {})  # unit name -> why its slimming is not exact (verify.inexact_units)
+        for i, u in enumerate(graph.units):
+            if u.name in self.inexact:
+                eligible[self.unit_atoms[i]] = False
         sizes = np.array([a.size for a in self.unit_atoms])
         eligible &= sizes[self.unit_of] > self.min_keep
         if not eligible.any():
@@ -202,6 +209,13 @@ class PruningState:
         if self.skipped_units:
             lines.append(f'  skipped by skip={self.skip} ({len(self.skipped_units)} units): '
                          + _short([g.units[i].name for i in self.skipped_units]))
+        if self.inexact:
+            lines.append(f'  kept, their slimming does not reproduce the masked model (checked before pruning; '
+                         f'please report the model) ({len(self.inexact)} units):')
+            for unit, why in list(self.inexact.items())[:6]:
+                lines.append(f'    {unit}: {why[:300]}')
+            if len(self.inexact) > 6:
+                lines.append(f'    ... {len(self.inexact) - 6} more')
         if g.unprunable:
             lines.append(f'  unprunable layers ({len(g.unprunable)}):')
             for layer, reason in list(g.unprunable.items())[:12]:

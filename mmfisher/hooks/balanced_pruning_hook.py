@@ -26,7 +26,7 @@ from ..core.importance import GroupFisher, Importance
 from ..core.state import PruningState
 from ..models.invariant import invariant_methods
 from ..models.target import pruned_module, unwrap
-from ..models.tracing import check_input_shape, input_shape_note, make_trace_forward
+from ..models.tracing import check_input_shape, inexact_units_at, input_shape_note, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS
 from .args import build_part, is_int, patterns, ratio_text, short_list
 from .checkpoint_match import refuse_mismatch
@@ -241,9 +241,12 @@ class BalancedPruningHook(Hook):
         t0 = time.perf_counter()
         graph = analyze_fast(model, lambda m: make_trace_forward(m, self.input_shape))
         self.wall['trace'] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        inexact = inexact_units_at(model, graph, self.input_shape) if self.verify_export else {}
+        self.wall['precheck'] = time.perf_counter() - t0
         self.state = state = PruningState(model, graph, skip=self.skip, prune_frozen=self.prune_frozen,
                                           divisor=self.divisor, input_shape=self.input_shape,
-                                          owner='BalancedPruningHook')
+                                          owner='BalancedPruningHook', inexact=inexact)
         if state.unmatched_skip:
             text = '; '.join(f'{p!r} (closest: {", ".join(c) if c else "none"})'
                              for p, c in state.unmatched_skip.items())

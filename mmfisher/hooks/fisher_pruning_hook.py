@@ -21,7 +21,7 @@ from ..core.importance import DELTAS, GroupFisher, Importance
 from ..core.schedule import IntervalTopK, Schedule
 from ..core.state import METRICS, PruningState, StateMismatch
 from ..models.target import pruned_module
-from ..models.tracing import check_input_shape, input_shape_note, make_trace_forward
+from ..models.tracing import check_input_shape, inexact_units_at, input_shape_note, make_trace_forward
 from ..registry import HOOKS, IMPORTANCE, MMENGINE_HOOKS, SCHEDULES
 from .args import build_part, is_int, is_number, patterns, ratio_text, short_list
 from .checkpoint_match import refuse_mismatch
@@ -86,7 +86,10 @@ class FisherPruningHook(Hook):
             trace input (eval mode) and refuse to write anything if they differ (relative 1e-3): a safety net
             against any layer or op the engine mapped wrongly. A float32 disagreement is re-checked once on float64
             copies (a top-k over near-equal scores, as in DINO, may pick other elements after rounding; a wrong
-            slimming still differs there). Costs one forward per export (three on a re-check). Defaults to True.
+            slimming still differs there). Costs one forward per export (three on a re-check). The same check
+            runs once before pruning, on a copy with half of every unit masked: units whose slimming it finds
+            wrong are kept whole and listed (``mmfisher.core.verify.inexact_units``), so the export at the end
+            does not fail. Defaults to True.
         importance (dict, optional): the importance criterion, built from mmfisher's ``IMPORTANCE`` registry,
             e.g. ``dict(type='GroupFisher', delta='flops')``, ``dict(type='L1Norm')``, ``dict(type='Taylor')``,
             ``dict(type='BNScale')``, ``dict(type='RandomImportance', seed=0)``. Defaults to
@@ -264,8 +267,10 @@ class FisherPruningHook(Hook):
         t0 = time.perf_counter()
         graph = analyze_fast(model, lambda m: make_trace_forward(m, self.input_shape))
         seconds = time.perf_counter() - t0
+        inexact = inexact_units_at(model, graph, self.input_shape) if self.verify_export else {}
         self.state = PruningState(model, graph, skip=self.skip, prune_frozen=self.prune_frozen,
-                                  divisor=self.divisor, input_shape=self.input_shape, owner='FisherPruningHook')
+                                  divisor=self.divisor, input_shape=self.input_shape, owner='FisherPruningHook',
+                                  inexact=inexact)
         if self.state.unmatched_skip:
             text = '; '.join(f'{p!r} (closest: {", ".join(c) if c else "none"})'
                              for p, c in self.state.unmatched_skip.items())

@@ -16,7 +16,7 @@ The input is ``torch.randn((1, C, H, W))`` from a private generator seeded with 
 touched, so tracing never changes a training run's random stream), on the model's device.
 """
 import inspect
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -74,6 +74,16 @@ def input_shape_note(input_shape: Sequence[int], inputs: Any, owner: str) -> Opt
     return (f'{owner}: input_shape={tuple(int(v) for v in input_shape)} but the training batches hold {c}x{h}x{w} '
             'images: the FLOPs and activation shares and the target are counted at input_shape, not at the size '
             f'the model runs at. Fix: set input_shape=({c}, {h}, {w}) in the hook (the size it is deployed at)')
+
+
+def inexact_units_at(model: nn.Module, graph: Any, input_shape: Sequence[int]) -> Dict[str, str]:
+    """:func:`mmfisher.core.verify.inexact_units` of ``model`` on its trace input at ``input_shape`` (the check
+    the export runs at the end, before anything is pruned): ``{unit name: reason}`` of units to keep whole."""
+    from ..core.verify import inexact_units
+
+    def make(m: nn.Module):
+        return make_trace_forward(m, input_shape)
+    return inexact_units(model, graph, make(model), make_forward=make)
 
 
 def _isinstance_of(model: nn.Module, module: str, name: str) -> bool:

@@ -511,6 +511,14 @@ def test_a_size_read_off_other_channels_is_inferred_when_slimmed():
     assert res['ok'], (res['max_abs_diff'], res['scale'])
     assert res['slim'].inp.out_features == 11 and res['slim'].qkv.out_features == 24
     assert res['config']['forwards'] == {'': {'infer_sizes': [[3, 2], [5, 4]]}}
+    # under torch.jit.trace (ONNX export, mmengine's FLOPs counter) the sizes are 0-dim tensors: inferred too
+    # (they were left as given, and the slimmed model failed to trace: found on mmpretrain's Twins)
+    x = torch.randn(2, 3, 5)
+    with torch.no_grad():
+        traced = torch.jit.trace(res['slim'], (x,), check_trace=False)
+        assert torch.allclose(traced(x), res['slim'](x), atol=1e-6)
+        x2 = torch.randn(1, 7, 5)  # the traced graph keeps the sizes it reads off the input
+        assert torch.allclose(traced(x2), res['slim'](x2), atol=1e-6)
 
 
 def test_split_of_a_parameter_by_a_stream_width_keeps_the_stream():
@@ -591,3 +599,76 @@ def test_groupnorm_with_one_group_renormalizes(check_exact):
     assert len(set(g.out_atoms['norm'].tolist())) == 8
     slim = check_exact(model, torch.randn(1, 3, 4, 4), ratio=0.5)['slim']
     assert slim.norm.num_groups == 1 and slim.norm.num_channels == slim.stem.out_channels == 4
+
+
+class LiteralWidthReshape(nn.Module):
+    """mmpretrain VAN: ``x.reshape(-1, H, W, block.out_channels)``: the channel dim's size is a child's attribute,
+    a literal to the running module, which pruning would not follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.block.out_channels_copy = 16  # not an attribute of the running module: unbound
+        self.norm = nn.LayerNorm(16)
+        self.inner = nn.Conv2d(16, 24, 1)
+        self.out = nn.Conv2d(24, 2, 1)
+
+    def forward(self, x):
+        x = self.block(self.embed(x))
+        h, w = x.shape[2:]
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        x = x.reshape(-1, h, w, self.block.out_channels_copy).permute(0, 3, 1, 2)
+        return self.out(F.relu(self.inner(x)))
+
+
+def test_a_channel_size_given_as_an_unbound_literal_keeps_the_width_and_is_named(check_exact):
+    model = LiteralWidthReshape().eval()
+    x = torch.randn(2, 3, 4, 4)
+    g = analyze(model, input_forward(x))
+    assert g.unprunable['block'] == 'op reshape sizes them by a literal (16) that no attribute of the model holds'
+    assert {u.name for u in g.units} == {'embed', 'inner'}  # the channels before and after the reshape still prune
+    check_exact(model, x, x2=torch.randn(1, 3, 4, 4), ratio=0.5)  # and the slimmed model runs (it failed before)
+
+
+class CoincidentBinding(nn.Module):
+    """VAN again, where the running module also holds the width by coincidence (``embed_dims[0] == 16``): the
+    trace binds that attribute, slimming sets it, and the forward still reads the child's: the slimmed model
+    cannot run. :func:`mmfisher.core.verify.inexact_units` finds the unit before anything is pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_dims = [16, 24]
+        self.embed = nn.Conv2d(3, 16, 1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.block.width = 16
+        self.norm = nn.LayerNorm(16)
+        self.inner = nn.Conv2d(16, 24, 1)
+        self.out = nn.Conv2d(24, 2, 1)
+
+    def forward(self, x):
+        x = self.block(self.embed(x))
+        h, w = x.shape[2:]
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        x = x.reshape(-1, h, w, self.block.width).permute(0, 3, 1, 2)
+        return self.out(F.relu(self.inner(x)))
+
+
+def test_units_whose_slimming_fails_are_found_before_pruning_and_kept_whole():
+    from mmfisher.core import PruningState
+    from mmfisher.core.verify import inexact_units
+    model = CoincidentBinding().eval()
+    forward = input_forward(torch.randn(2, 3, 4, 4))
+    g = analyze(model, forward)
+    assert {u.name for u in g.units} == {'embed', 'block', 'inner'}  # the trace believes all three prune
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    found = inexact_units(model, g, forward)
+    assert list(found) == ['block'], found
+    # the batch's -1 absorbs the stale width, so it is the next layer that meets the wrong channel count
+    assert found['block'].startswith("the slimmed model fails in 'inner' (Conv2d): RuntimeError: Given groups=1")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # checked on copies
+    state = PruningState(model, g, inexact=found)
+    block = next(i for i, u in enumerate(g.units) if u.name == 'block')
+    assert not state.eligible[g.units[block].atoms].any() and state.eligible[g.units[0].atoms].any()
+    assert any('kept, their slimming does not reproduce the masked model' in line for line in state.describe())
+    assert inexact_units(LiteralWidthReshape().eval(), analyze(LiteralWidthReshape().eval(), forward), forward) == {}

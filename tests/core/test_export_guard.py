@@ -60,6 +60,22 @@ def test_inexact_slimming_is_refused_and_nothing_written(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_slimmed_model_that_fails_to_run_names_the_module_and_nothing_is_written(tmp_path, monkeypatch):
+    model, graph, alive, forward = _setup()
+    real = export.slim_model
+
+    def stale_slim(m, g, a):  # the reader keeps its unpruned width: the slimmed forward cannot run
+        cfg = real(m, g, a)
+        m.b = nn.Conv2d(8, 4, 1)
+        return cfg
+
+    monkeypatch.setattr(export, 'slim_model', stale_slim)
+    with pytest.raises(export.SlimmingMismatch, match=r"the slimmed model does not run like the masked one \(the "
+                       r"slimmed model fails in 'b' \(Conv2d\): RuntimeError: .*\); nothing was written.*skip"):
+        export.export_pruned(model, graph, alive, str(tmp_path), '', {}, forward=forward)
+    assert os.listdir(tmp_path) == []
+
+
 def _float64_forward(m):
     """The trace forward for any copy of the model: inputs in the model's dtype."""
     dtype = next(m.parameters()).dtype

@@ -87,6 +87,8 @@ def trace_channels(model: nn.Module, forward: Callable[[nn.Module], Any], batch:
         for m in state.mixed:
             if not (m.used and m.zero_only):
                 state.uf.flag(m.elems, m.reason)
+        for elems, reason in state.late_flags:
+            state.uf.flag(elems, reason)
     finally:
         for h in handles:
             h.remove()

@@ -203,6 +203,10 @@ def constrain_move(state: TraceState, name: str, pargs: tuple, infos: List[Chann
             owner, names = state.size_attribute(size, SPLIT_WORDS)
             if names:  # bound after the forward, if this axis can shrink (constraints.SizeBinding)
                 state.constraints.append(SizeBinding(owner, names, info.cmap.copy(), info.dims.index(d)))
+            else:  # a literal no attribute of the running module holds (VAN's reshape(-1, H, W, block.out_channels))
+                # would not follow pruning: those channels keep their width
+                state.late_flags.append((np.unique(info.cmap), f'op {name} sizes them by a literal ({size}) that '
+                                         f'no attribute of {owner or "the model"} holds'))
 
 
 def _size_args(name: str, pargs: tuple, pkw: dict, ndim: Optional[int], raw: bool = False) -> Optional[list]:

@@ -46,6 +46,8 @@ class TraceState:
         self.prefs: Dict[int, Tuple[torch.Tensor, Any]] = {}  # id(tensor) -> (tensor, ParamRef): see params.py
         self.zeros: Dict[int, torch.Tensor] = {}  # zeros_like results (see mark_zero)
         self.constraints: List[Any] = []  # SplitGrid / GroupGrid, resolved after the forward (constraints.py)
+        # (elements, reason) made unprunable after the outputs are flagged, so an output layer keeps that reason
+        self.late_flags: List[Tuple[np.ndarray, str]] = []
 
     # ---- tensor bookkeeping -------------------------------------------------------------------------------
     def get(self, t: Any) -> Any:
