@@ -631,7 +631,7 @@ def test_a_channel_size_given_as_an_unbound_literal_keeps_the_width_and_is_named
     check_exact(model, x, x2=torch.randn(1, 3, 4, 4), ratio=0.5)  # and the slimmed model runs (it failed before)
 
 
-class CoincidentBinding(nn.Module):
+class CoincidentBinding(LiteralWidthReshape):
     """VAN again, where the running module also holds the width by coincidence (``embed_dims[0] == 16``): the
     trace binds that attribute, slimming sets it, and the forward still reads the child's: the slimmed model
     cannot run. :func:`mmfisher.core.verify.inexact_units` finds the unit before anything is pruned."""
@@ -639,19 +639,6 @@ class CoincidentBinding(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed_dims = [16, 24]
-        self.embed = nn.Conv2d(3, 16, 1)
-        self.block = nn.Conv2d(16, 16, 3, padding=1)
-        self.block.width = 16
-        self.norm = nn.LayerNorm(16)
-        self.inner = nn.Conv2d(16, 24, 1)
-        self.out = nn.Conv2d(24, 2, 1)
-
-    def forward(self, x):
-        x = self.block(self.embed(x))
-        h, w = x.shape[2:]
-        x = self.norm(x.flatten(2).transpose(1, 2))
-        x = x.reshape(-1, h, w, self.block.width).permute(0, 3, 1, 2)
-        return self.out(F.relu(self.inner(x)))
 
 
 def test_units_whose_slimming_fails_are_found_before_pruning_and_kept_whole():
