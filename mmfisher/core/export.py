@@ -91,17 +91,30 @@ def slimmed(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, forward=No
             check = outputs_agree(model, copied, forward, rtol, make_forward)
         except RuntimeError as exc:
             raise SlimmingMismatch(f'the slimmed model does not run like the masked one ({exc}); nothing was '
-                                   'written. Please report the model config; as a work-around, add the '
-                                   'affected layers to the hook\'s `skip`.') from exc
+                                   f'written.{_culprits(model, graph, alive, forward, rtol, make_forward)}') from exc
         if not check['ok']:
             raise SlimmingMismatch(
                 f'the slimmed model differs from the masked one (max abs diff {check["max_abs_diff"]:.3g}, output '
-                f'scale {check["scale"]:.3g}); nothing was written. Please report the model config; as a '
-                'work-around, add the affected layers to the hook\'s `skip`.')
+                f'scale {check["scale"]:.3g}); nothing was written.'
+                f'{_culprits(model, graph, alive, forward, rtol, make_forward)}')
     with torch.no_grad():
         state = {k: v.detach().cpu().clone() for k, v in copied.state_dict().items()}
     del copied
     return cfg, state
+
+
+def _culprits(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, forward, rtol: float, make_forward) -> str:
+    """The fix for a failed export check: the units whose slimming in this structure fails, found by halving the
+    set of units (:func:`mmfisher.core.verify.inexact_units` with ``alive``), as a ``skip`` to set."""
+    from .verify import inexact_units
+    found = inexact_units(model, graph, forward, rtol=rtol, make_forward=make_forward,
+                          alive=np.asarray(alive, dtype=bool))
+    names = list(found)
+    hint = (f' The units whose slimming fails in this structure: {names[:8]}{" ..." if len(names) > 8 else ""}. '
+            f'Fix: add them to the hook\'s `skip` (skip={names[:8]!r}) and prune again, and please report the '
+            'model config' if names else
+            ' Please report the model config; as a work-around, add the affected layers to the hook\'s `skip`.')
+    return hint
 
 
 def export_pruned(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, work_dir: str, suffix: str,

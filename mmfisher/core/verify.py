@@ -130,7 +130,7 @@ def outputs_agree(reference: nn.Module, candidate: nn.Module, forward: Callable[
 def inexact_units(model: nn.Module, graph: ChannelGraph, forward: Callable[[nn.Module], Any], ratio: float = 0.5,
                   seed: int = 0, rtol: float = 1e-4,
                   make_forward: Optional[Callable[[nn.Module], Callable[[nn.Module], Any]]] = None,
-                  units: Optional[Sequence[int]] = None) -> Dict[str, str]:
+                  units: Optional[Sequence[int]] = None, alive: Optional[np.ndarray] = None) -> Dict[str, str]:
     """The units whose pruning the slimmed model does not reproduce: ``{unit name: what went wrong}``.
 
     A slimmed copy with ``ratio`` of every unit's atoms masked is compared with the masked model
@@ -139,22 +139,28 @@ def inexact_units(model: nn.Module, graph: ChannelGraph, forward: Callable[[nn.M
     checked alone, down to the single units that fail (a half that fails only together with the other is kept
     whole). A slimming the tracer got wrong (a width a module reads from an attribute the trace could not tie to
     its channels) is then kept whole and named, instead of being found by the export check at the end.
-    ``units``: the unit indices to check (default: every unit).
+    ``units``: the unit indices to check (default: every unit). ``alive``: check this structure instead of
+    random masks (each unit's atoms as ``alive`` has them): which units make a given structure fail.
     """
     todo = list(range(len(graph.units))) if units is None else list(units)
 
+    given = None if alive is None else np.asarray(alive, dtype=bool)
+
     def failure(subset: Sequence[int]) -> Optional[str]:
         rng = np.random.default_rng(seed)
-        alive = np.ones(graph.num_atoms, dtype=bool)
+        keep = np.ones(graph.num_atoms, dtype=bool)
         for i in subset:
             atoms = graph.units[i].atoms
+            if given is not None:
+                keep[atoms] = given[atoms]
+                continue
             k = min(int(round(ratio * atoms.size)), atoms.size - 1)
             if k > 0:
-                alive[rng.choice(atoms, size=k, replace=False)] = False
-        if alive.all():
+                keep[rng.choice(atoms, size=k, replace=False)] = False
+        if keep.all():
             return None
         try:
-            res = compare_masked_slimmed(deepcopy_module(model), graph, forward, alive, rtol, make_forward)
+            res = compare_masked_slimmed(deepcopy_module(model), graph, forward, keep, rtol, make_forward)
         except RuntimeError as exc:
             return str(exc)
         if res['ok']:

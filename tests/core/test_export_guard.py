@@ -69,9 +69,13 @@ def test_a_slimmed_model_that_fails_to_run_names_the_module_and_nothing_is_writt
         m.b = nn.Conv2d(8, 4, 1)
         return cfg
 
+    from mmfisher.core import verify
     monkeypatch.setattr(export, 'slim_model', stale_slim)
+    monkeypatch.setattr(verify, 'slim_model', stale_slim)  # the search for the culprits slims the same way
     with pytest.raises(export.SlimmingMismatch, match=r"the slimmed model does not run like the masked one \(the "
-                       r"slimmed model fails in 'b' \(Conv2d\): RuntimeError: .*\); nothing was written.*skip"):
+                       r"slimmed model fails in 'b' \(Conv2d\): RuntimeError: .*\); nothing was written\. The units "
+                       r"whose slimming fails in this structure: \['a'\]\. Fix: add them to the hook's `skip` "
+                       r"\(skip=\['a'\]\)"):
         export.export_pruned(model, graph, alive, str(tmp_path), '', {}, forward=forward)
     assert os.listdir(tmp_path) == []
 
