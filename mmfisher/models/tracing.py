@@ -65,9 +65,8 @@ def input_shape_note(input_shape: Sequence[int], inputs: Any, owner: str) -> Opt
         shapes = []
     if not shapes:
         return None
-    areas = sorted(h * w for _, h, w in shapes)
-    c, h, w = shapes[len(shapes) // 2] if len(set(areas)) > 1 else shapes[0]
-    area = areas[len(areas) // 2]
+    c, h, w = sorted(shapes, key=lambda s: s[1] * s[2])[len(shapes) // 2]  # the median image by area
+    area = h * w
     ours = int(input_shape[1]) * int(input_shape[2])
     if c == int(input_shape[0]) and ours / SHAPE_SLACK <= area <= ours * SHAPE_SLACK:
         return None

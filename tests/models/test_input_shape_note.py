@@ -20,7 +20,7 @@ def test_a_classifier_left_at_the_detection_default_is_named_with_the_fix():
                     'model runs at. Fix: set input_shape=(3, 224, 224) in the hook (the size it is deployed at)')
     assert 'input_shape=(1, 64, 64) in the hook' in input_shape_note((3, 64, 64), torch.zeros(8, 1, 64, 64), 'X')
     # the median image of a mixed list is named
-    mixed = [torch.zeros(3, 64, 64), torch.zeros(3, 96, 96), torch.zeros(3, 128, 128)]
+    mixed = [torch.zeros(3, 128, 128), torch.zeros(3, 64, 64), torch.zeros(3, 96, 96)]
     assert 'hold 3x96x96 images' in input_shape_note((3, 512, 512), mixed, 'X')
 
 
